@@ -1,0 +1,1 @@
+"""Python client for the gradserve gradient-computation service."""
