@@ -1,0 +1,130 @@
+"""What Client and AsyncClient share, with no I/O: settings, requests, answers, the retry policy.
+
+Every API call is first described as a :class:`Call` (method, path, payload, whether it is
+safe to replay, how to read the answer); the two clients only differ in how they send it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from . import _codec
+from ._exceptions import APIConnectionError, APITimeoutError, error_from_response
+
+__version__ = "0.1.0"
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 2
+
+# Nothing reached the server: replaying any request is safe.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The server (or a proxy) asks to try again later; replayed only when the call is idempotent.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API call: the request to send and how to read its answer."""
+
+    method: str
+    path: str
+    payload: Any = None  # JSON-able, numpy arrays allowed anywhere
+    content: bytes | None = None  # a raw body instead (checkpoint import)
+    idempotent: bool = False  # safe to replay after the request may have reached the server
+    raw: bool = False  # answer is bytes (checkpoint download), not JSON
+    read: Callable[[Any], Any] = field(default=lambda body: body)
+
+
+class BaseClient:
+    """Settings, URL building, encoding, decoding and error mapping shared by both clients."""
+
+    initial_retry_delay = 0.5
+    max_retry_delay = 8.0
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,
+        max_retries: int,
+        binary: bool,
+    ) -> None:
+        base_url = base_url or os.environ.get("GRADSERVE_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self.api_key = api_key if api_key is not None else os.environ.get("GRADSERVE_API_KEY")
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
+        if max_retries < 0:
+            raise ValueError(f"Invalid max_retries: {max_retries}")
+        self.max_retries = max_retries
+        self.binary = binary
+
+    def _url(self, path: str) -> httpx.URL:
+        return self.base_url.join(path.lstrip("/"))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"gradserve-client/{__version__}", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _build_request(self, http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
+        headers = self._headers()
+        content = call.content
+        if content is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        elif call.payload is not None:
+            content, body_headers = _codec.encode(call.payload, binary=self.binary)
+            headers.update(body_headers)
+        return http.build_request(
+            call.method, self._url(call.path), content=content, headers=headers, timeout=self.timeout
+        )
+
+    def _read_response(self, response: httpx.Response, call: Call) -> Any:
+        if response.is_error:
+            raise error_from_response(response.status_code, _error_body(response))
+        if call.raw:
+            return call.read(response.content)
+        return call.read(_codec.decode(response.content, response.headers))
+
+    def _should_retry(
+        self,
+        call: Call,
+        attempt: int,
+        *,
+        error: httpx.TransportError | None = None,
+        response: httpx.Response | None = None,
+    ) -> bool:
+        if attempt >= self.max_retries:
+            return False
+        if error is not None:
+            return isinstance(error, _NOT_SENT) or call.idempotent
+        return call.idempotent and response is not None and response.status_code in _RETRY_STATUSES
+
+    def _retry_delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """Returns the seconds to wait before retry ``attempt + 1``: exponential, with jitter."""
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after is not None and retry_after.isdigit():
+            return min(float(retry_after), self.max_retry_delay)
+        delay = min(self.initial_retry_delay * 2**attempt, self.max_retry_delay)
+        return delay * (0.75 + 0.25 * random.random())
+
+
+def connection_error(error: httpx.TransportError) -> APIConnectionError:
+    """Returns the client error for a transport failure."""
+    if isinstance(error, httpx.TimeoutException):
+        return APITimeoutError(f"request timed out: {error!r}")
+    return APIConnectionError(f"connection failed: {error!r}")
+
+
+def _error_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text or response.reason_phrase

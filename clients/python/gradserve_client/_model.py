@@ -1,0 +1,389 @@
+"""RemoteModel and AsyncRemoteModel: a server-side model driven like a local one.
+
+Both inherit the call builders of :class:`ModelCalls` (no I/O) and differ only in
+``client._call(...)`` versus ``await client._call(...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import numpy as np
+
+from ._base import Call
+from ._codec import as_tensor
+from ._fit import FitLoop, History
+from ._types import (
+    BackwardResult,
+    ForwardBackwardResult,
+    GradcheckReport,
+    ModelInfo,
+    StepResult,
+    Tape,
+    TrainStepResult,
+    from_body,
+)
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient, Client
+
+
+def model_info(body: dict[str, Any]) -> ModelInfo:
+    """Returns the ModelInfo of a model-info body."""
+    shapes = {name: tuple(shape) for name, shape in (body.get("parameter_shapes") or {}).items()}
+    return from_body(ModelInfo, {**body, "parameter_shapes": shapes})
+
+
+class ModelCalls:
+    """Builds every call on one model; arrays go out in the model's float dtype."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.info.spec.get("dtype", "float32"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, step={self.info.step})"
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/models/{quote(self.id, safe='')}{suffix}"
+
+    def _tensor(self, x: Any) -> np.ndarray:
+        return as_tensor(x, self.dtype)
+
+    def _objective(self, targets: Any, grad_output: Any) -> dict[str, np.ndarray]:
+        if (targets is None) == (grad_output is None):
+            raise TypeError("pass exactly one of targets= or grad_output=")
+        if targets is not None:
+            return {"targets": self._tensor(targets)}
+        return {"grad_output": self._tensor(grad_output)}
+
+    def _refresh_call(self) -> Call:
+        def read(body: dict[str, Any]) -> ModelInfo:
+            self.info = model_info(body)
+            return self.info
+
+        return Call("GET", self._path(), idempotent=True, read=read)
+
+    def _forward_call(self, x: Any, train: bool, keep_tape: bool) -> Call:
+        payload: dict[str, Any] = {"inputs": self._tensor(x), "train": train or keep_tape}
+        if keep_tape:
+            payload["keep_tape"] = True
+            return Call(
+                "POST", self._path("/forward"), payload,
+                read=lambda body: (body["outputs"], Tape(body["tape_id"], self.id)),
+            )
+        # A train-mode forward may move batchnorm running statistics: not replayed.
+        return Call("POST", self._path("/forward"), payload, idempotent=not train,
+                    read=lambda body: body["outputs"])
+
+    def _backward_call(self, tape: Tape, targets: Any, grad_output: Any, return_input_grad: bool) -> Call:
+        payload = {"tape_id": tape.id, **self._objective(targets, grad_output)}
+        if return_input_grad:
+            payload["return_input_grad"] = True
+        return Call("POST", self._path("/backward"), payload,
+                    read=lambda body: from_body(BackwardResult, body))
+
+    def _forward_backward_call(
+        self, x: Any, targets: Any, grad_output: Any, return_outputs: bool, return_input_grad: bool
+    ) -> Call:
+        payload = {"inputs": self._tensor(x), **self._objective(targets, grad_output)}
+        if return_outputs:
+            payload["return_outputs"] = True
+        if return_input_grad:
+            payload["return_input_grad"] = True
+        return Call("POST", self._path("/forward_backward"), payload,
+                    read=lambda body: from_body(ForwardBackwardResult, body))
+
+    def _step_call(self, lr: float | None) -> Call:
+        payload = {} if lr is None else {"lr": lr}
+        return Call("POST", self._path("/step"), payload, read=lambda body: from_body(StepResult, body))
+
+    def _zero_grad_call(self) -> Call:
+        # Clearing twice leaves the same state as clearing once.
+        return Call("POST", self._path("/zero_grad"), {}, idempotent=True, read=lambda body: None)
+
+    def _train_step_call(self, x: Any, y: Any, return_outputs: bool) -> Call:
+        payload = {"inputs": self._tensor(x), **self._objective(y, None)}
+        if return_outputs:
+            payload["return_outputs"] = True
+        return Call("POST", self._path("/train_step"), payload,
+                    read=lambda body: from_body(TrainStepResult, body))
+
+    def _gradcheck_call(self, x: Any, targets: Any, grad_output: Any, options: dict[str, Any]) -> Call:
+        payload = {"inputs": self._tensor(x), **self._objective(targets, grad_output)}
+        payload.update((k, v) for k, v in options.items() if v is not None)
+        # Runs on a float64 copy of the model on the server: no state changes, safe to replay.
+        return Call("POST", self._path("/gradcheck"), payload, idempotent=True,
+                    read=lambda body: from_body(GradcheckReport, body))
+
+    def _parameters_call(self) -> Call:
+        return Call("GET", self._path("/parameters"), idempotent=True, read=lambda body: body["parameters"])
+
+    def _load_parameters_call(self, parameters: dict[str, Any]) -> Call:
+        payload = {"parameters": {name: self._tensor(value) for name, value in parameters.items()}}
+        # Replacing with the same values twice gives the same parameters.
+        return Call("PUT", self._path("/parameters"), payload, idempotent=True, read=lambda body: None)
+
+    def _gradients_call(self) -> Call:
+        return Call("GET", self._path("/gradients"), idempotent=True, read=lambda body: body["gradients"])
+
+    def _diagnostics_call(self) -> Call:
+        return Call("GET", self._path("/diagnostics"), idempotent=True)
+
+    def _checkpoint_call(self, path: str | Path) -> Call:
+        def read(content: bytes) -> Path:
+            Path(path).write_bytes(content)
+            return Path(path)
+
+        return Call("GET", self._path("/checkpoint"), idempotent=True, raw=True, read=read)
+
+    def _delete_call(self) -> Call:
+        return Call("DELETE", self._path(), idempotent=True, read=lambda body: None)
+
+    def _fit_loop(self, x: Any, y: Any, **settings: Any) -> FitLoop:
+        return FitLoop(self.info.spec, x, y, **settings)
+
+
+class RemoteModel(ModelCalls):
+    """A model on a gradserve server, driven through a :class:`Client`."""
+
+    def __init__(self, client: Client, info: ModelInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    def refresh(self) -> ModelInfo:
+        """Returns the model's current info (step, version, accumulated) and keeps it in ``info``."""
+        return self._client._call(self._refresh_call())
+
+    def forward(self, x: Any, *, train: bool = False, keep_tape: bool = False) -> Any:
+        """Returns the outputs for ``x`` (N, D) -> (N, M); with ``keep_tape=True``, ``(outputs, tape)``."""
+        return self._client._call(self._forward_call(x, train, keep_tape))
+
+    def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """Returns eval-mode outputs for ``x``, sent ``batch_size`` rows at a time."""
+        x = np.asarray(x)
+        parts = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0,), self.dtype)
+
+    def backward(
+        self, tape: Tape, *, targets: Any = None, grad_output: Any = None, return_input_grad: bool = False
+    ) -> BackwardResult:
+        """Returns the loss (given targets) and grad norm; gradients add into the model's buffers."""
+        return self._client._call(self._backward_call(tape, targets, grad_output, return_input_grad))
+
+    def forward_backward(
+        self,
+        x: Any,
+        targets: Any = None,
+        *,
+        grad_output: Any = None,
+        return_outputs: bool = False,
+        return_input_grad: bool = False,
+    ) -> ForwardBackwardResult:
+        """Returns the loss and grad norm of one batch; gradients add into the model's buffers."""
+        return self._client._call(
+            self._forward_backward_call(x, targets, grad_output, return_outputs, return_input_grad)
+        )
+
+    def step(self, *, lr: float | None = None) -> StepResult:
+        """Returns the optimizer step taken from the accumulated gradients (which are then cleared)."""
+        return self._client._call(self._step_call(lr))
+
+    def zero_grad(self) -> None:
+        """Clears the accumulated gradients."""
+        return self._client._call(self._zero_grad_call())
+
+    def train_step(self, x: Any, y: Any, *, return_outputs: bool = False) -> TrainStepResult:
+        """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
+        return self._client._call(self._train_step_call(x, y, return_outputs))
+
+    def gradcheck(
+        self,
+        x: Any,
+        targets: Any = None,
+        *,
+        grad_output: Any = None,
+        mode: str | None = None,
+        eps: float | None = None,
+        atol: float | None = None,
+        rtol: float | None = None,
+        max_entries: int | None = None,
+        seed: int | None = None,
+    ) -> GradcheckReport:
+        """Returns the server's comparison of analytic and numeric gradients (model untouched)."""
+        options = dict(mode=mode, eps=eps, atol=atol, rtol=rtol, max_entries=max_entries, seed=seed)
+        return self._client._call(self._gradcheck_call(x, targets, grad_output, options))
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Returns every parameter by its state_dict name."""
+        return self._client._call(self._parameters_call())
+
+    def load_parameters(self, parameters: dict[str, Any]) -> None:
+        """Replaces the parameters (names and shapes must match); pending tapes go stale."""
+        return self._client._call(self._load_parameters_call(parameters))
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Returns the accumulated gradients by parameter name."""
+        return self._client._call(self._gradients_call())
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Returns per-layer gradient and parameter norms, ratios and health flags."""
+        return self._client._call(self._diagnostics_call())
+
+    def download_checkpoint(self, path: str | Path) -> Path:
+        """Returns ``path`` after writing the model's safetensors checkpoint there."""
+        return self._client._call(self._checkpoint_call(path))
+
+    def delete(self) -> None:
+        """Deletes the model on the server."""
+        return self._client._call(self._delete_call())
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_data: tuple[Any, Any] | None = None,
+        seed: int | None = None,
+        verbose: int = 1,
+    ) -> History:
+        """Returns the History of training on (x, y): one train_step per batch, as Keras's ``fit``."""
+        loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                              validation_data=validation_data, seed=seed, verbose=verbose)
+        for epoch in range(epochs):
+            for xb, yb in loop.epoch_batches(epoch):
+                result = self.train_step(xb, yb, return_outputs=loop.classifier)
+                loop.record_batch(result.loss, result.outputs, yb)
+            val_outputs = self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
+            loop.end_epoch(epoch, val_outputs)
+        return loop.history
+
+
+class AsyncRemoteModel(ModelCalls):
+    """A model on a gradserve server, driven through an :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient, info: ModelInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    async def refresh(self) -> ModelInfo:
+        """Returns the model's current info (step, version, accumulated) and keeps it in ``info``."""
+        return await self._client._call(self._refresh_call())
+
+    async def forward(self, x: Any, *, train: bool = False, keep_tape: bool = False) -> Any:
+        """Returns the outputs for ``x`` (N, D) -> (N, M); with ``keep_tape=True``, ``(outputs, tape)``."""
+        return await self._client._call(self._forward_call(x, train, keep_tape))
+
+    async def predict(self, x: Any, *, batch_size: int = 256) -> np.ndarray:
+        """Returns eval-mode outputs for ``x``, sent ``batch_size`` rows at a time."""
+        x = np.asarray(x)
+        parts = [await self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0,), self.dtype)
+
+    async def backward(
+        self, tape: Tape, *, targets: Any = None, grad_output: Any = None, return_input_grad: bool = False
+    ) -> BackwardResult:
+        """Returns the loss (given targets) and grad norm; gradients add into the model's buffers."""
+        return await self._client._call(self._backward_call(tape, targets, grad_output, return_input_grad))
+
+    async def forward_backward(
+        self,
+        x: Any,
+        targets: Any = None,
+        *,
+        grad_output: Any = None,
+        return_outputs: bool = False,
+        return_input_grad: bool = False,
+    ) -> ForwardBackwardResult:
+        """Returns the loss and grad norm of one batch; gradients add into the model's buffers."""
+        return await self._client._call(
+            self._forward_backward_call(x, targets, grad_output, return_outputs, return_input_grad)
+        )
+
+    async def step(self, *, lr: float | None = None) -> StepResult:
+        """Returns the optimizer step taken from the accumulated gradients (which are then cleared)."""
+        return await self._client._call(self._step_call(lr))
+
+    async def zero_grad(self) -> None:
+        """Clears the accumulated gradients."""
+        return await self._client._call(self._zero_grad_call())
+
+    async def train_step(self, x: Any, y: Any, *, return_outputs: bool = False) -> TrainStepResult:
+        """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
+        return await self._client._call(self._train_step_call(x, y, return_outputs))
+
+    async def gradcheck(
+        self,
+        x: Any,
+        targets: Any = None,
+        *,
+        grad_output: Any = None,
+        mode: str | None = None,
+        eps: float | None = None,
+        atol: float | None = None,
+        rtol: float | None = None,
+        max_entries: int | None = None,
+        seed: int | None = None,
+    ) -> GradcheckReport:
+        """Returns the server's comparison of analytic and numeric gradients (model untouched)."""
+        options = dict(mode=mode, eps=eps, atol=atol, rtol=rtol, max_entries=max_entries, seed=seed)
+        return await self._client._call(self._gradcheck_call(x, targets, grad_output, options))
+
+    async def parameters(self) -> dict[str, np.ndarray]:
+        """Returns every parameter by its state_dict name."""
+        return await self._client._call(self._parameters_call())
+
+    async def load_parameters(self, parameters: dict[str, Any]) -> None:
+        """Replaces the parameters (names and shapes must match); pending tapes go stale."""
+        return await self._client._call(self._load_parameters_call(parameters))
+
+    async def gradients(self) -> dict[str, np.ndarray]:
+        """Returns the accumulated gradients by parameter name."""
+        return await self._client._call(self._gradients_call())
+
+    async def diagnostics(self) -> dict[str, Any]:
+        """Returns per-layer gradient and parameter norms, ratios and health flags."""
+        return await self._client._call(self._diagnostics_call())
+
+    async def download_checkpoint(self, path: str | Path) -> Path:
+        """Returns ``path`` after writing the model's safetensors checkpoint there."""
+        return await self._client._call(self._checkpoint_call(path))
+
+    async def delete(self) -> None:
+        """Deletes the model on the server."""
+        return await self._client._call(self._delete_call())
+
+    async def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        validation_data: tuple[Any, Any] | None = None,
+        seed: int | None = None,
+        verbose: int = 1,
+    ) -> History:
+        """Returns the History of training on (x, y): one train_step per batch, as Keras's ``fit``."""
+        loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                              validation_data=validation_data, seed=seed, verbose=verbose)
+        for epoch in range(epochs):
+            for xb, yb in loop.epoch_batches(epoch):
+                result = await self.train_step(xb, yb, return_outputs=loop.classifier)
+                loop.record_batch(result.loss, result.outputs, yb)
+            val_outputs = await self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
+            loop.end_epoch(epoch, val_outputs)
+        return loop.history

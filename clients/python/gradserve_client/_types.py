@@ -1,0 +1,82 @@
+"""What the server's answers hold, as small read-only records (arrays already decoded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+def from_body(cls: type[T], body: dict[str, Any]) -> T:
+    """Returns a ``cls`` record from a response body; fields the body lacks are None, extras ignored."""
+    return cls(**{f.name: body.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the server describes it (``GET /v1/models/{id}``)."""
+
+    id: str
+    spec: dict[str, Any]
+    parameter_shapes: dict[str, tuple[int, ...]]
+    num_parameters: int
+    step: int
+    version: int
+    accumulated: int
+
+
+@dataclass(frozen=True)
+class Tape:
+    """A stored forward pass, consumed once by ``backward``."""
+
+    id: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class BackwardResult:
+    loss: float | None
+    grad_norm: float
+    input_grad: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ForwardBackwardResult:
+    loss: float | None
+    grad_norm: float
+    accumulated: int
+    outputs: np.ndarray | None
+    input_grad: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    lr: float
+    grad_norm: float
+    update_norm: float
+
+
+@dataclass(frozen=True)
+class TrainStepResult:
+    """forward_backward and step in one: the batch's loss, then the step taken."""
+
+    loss: float
+    grad_norm: float
+    step: int
+    lr: float
+    update_norm: float
+    outputs: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    """``passed``, and per parameter (and for the inputs) the entries checked and the worst errors."""
+
+    passed: bool
+    mode: str
+    parameters: dict[str, dict[str, Any]]
+    inputs: dict[str, Any] | None
