@@ -1,0 +1,92 @@
+"""Training health: gradient and parameter norms, update ratios, dead and saturated units.
+
+Thresholds (flags are raised past them):
+- vanishing gradient: a parameter's gradient norm is below VANISHING_RATIO x its norm
+  (and its norm is not zero);
+- exploding gradient: the global gradient norm is above EXPLODING_NORM, or an update moved a
+  parameter by more than EXPLODING_UPDATE_RATIO of its norm (healthy training sits near 1e-3);
+- dead ReLU: more than DEAD_FRACTION of a ReLU layer's units were zero for the whole batch;
+- saturation: more than SATURATED_FRACTION of a tanh/sigmoid layer's outputs were within 0.01
+  of their bounds.
+Gradients are the accumulated ones when there are any, else those of the last step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .model import Model
+
+VANISHING_RATIO = 1e-7
+EXPLODING_NORM = 1e3
+EXPLODING_UPDATE_RATIO = 0.1
+DEAD_FRACTION = 0.5
+SATURATED_FRACTION = 0.5
+
+
+def report(model: "Model") -> dict:
+    """Return a JSON-able report: per parameter, per layer, and overall flags."""
+    live = model.accumulated > 0
+    grad_norms = ({n: math.sqrt(float(np.vdot(g, g))) for n, g in model.gradients().items()} if live
+                  else model.history.grad_norms)
+    parameters = {}
+    for name, p in model.parameters().items():
+        p_norm = math.sqrt(float(np.vdot(p, p)))
+        g_norm = grad_norms.get(name)
+        u_norm = model.history.update_norms.get(name)
+        parameters[name] = {
+            "param_norm": p_norm,
+            "grad_norm": g_norm,
+            "update_norm": u_norm,
+            "grad_to_param": _ratio(g_norm, p_norm),
+            "update_to_param": _ratio(u_norm, p_norm),
+            "vanishing": g_norm is not None and p_norm > 0 and g_norm < VANISHING_RATIO * p_norm,
+        }
+    layers = []
+    for i, spec in enumerate(model.spec["layers"]):
+        entry: dict = {"index": i, "type": spec["type"]}
+        names = [n for n in parameters if n.split(".", 1)[0] == str(i)]
+        if names:
+            entry["param_norm"] = math.sqrt(sum(parameters[n]["param_norm"] ** 2 for n in names))
+            if all(parameters[n]["grad_norm"] is not None for n in names):
+                entry["grad_norm"] = math.sqrt(sum(parameters[n]["grad_norm"] ** 2 for n in names))
+        stats = model.history.activations.get(i, {})
+        entry.update(stats)
+        entry["dead"] = stats.get("dead_fraction", 0.0) > DEAD_FRACTION
+        entry["saturated"] = stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION
+        layers.append(entry)
+    total_grad = math.sqrt(sum(v * v for v in grad_norms.values())) if grad_norms else None
+    ratios = [p["update_to_param"] for p in parameters.values() if p["update_to_param"] is not None]
+    exploding = (total_grad is not None and not total_grad <= EXPLODING_NORM) or any(
+        r > EXPLODING_UPDATE_RATIO for r in ratios)
+    return {
+        "step": model.step_count,
+        "accumulated": model.accumulated,
+        "grad_source": "accumulated" if live else ("last_step" if grad_norms else "none"),
+        "grad_norm": total_grad,
+        "parameters": parameters,
+        "layers": layers,
+        "flags": {
+            "vanishing_gradients": [n for n, p in parameters.items() if p["vanishing"]],
+            "exploding_gradients": exploding,
+            "dead_relu_layers": [e["index"] for e in layers if e["dead"]],
+            "saturated_layers": [e["index"] for e in layers if e["saturated"]],
+        },
+        "thresholds": {
+            "vanishing_ratio": VANISHING_RATIO,
+            "exploding_norm": EXPLODING_NORM,
+            "exploding_update_ratio": EXPLODING_UPDATE_RATIO,
+            "dead_fraction": DEAD_FRACTION,
+            "saturated_fraction": SATURATED_FRACTION,
+        },
+    }
+
+
+def _ratio(a: float | None, b: float) -> float | None:
+    if a is None or b == 0:
+        return None
+    return a / b

@@ -1,0 +1,118 @@
+"""Elementwise activations, with PyTorch's numerics. Each maps (N, ...) -> (N, ...)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Layer
+
+# A unit counts as saturated when its output is this close to the activation's bounds.
+SATURATION_MARGIN = 0.01
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Return 1 / (1 + exp(-x)) without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    out = np.reciprocal(1 + e)
+    # For x < 0: sigmoid(x) = e / (1 + e) = 1 - 1 / (1 + e).
+    np.subtract(1, out, out=out, where=x < 0)
+    return out
+
+
+class ReLU(Layer):
+    def forward(self, x, train, rng):
+        y = np.maximum(x, 0)
+        return y, y
+
+    def backward(self, dy, y):
+        return np.multiply(dy, y > 0)
+
+    def activation_stats(self, y):
+        # A unit is dead when it is zero for every example of the batch.
+        alive = (y.reshape(-1, y.shape[-1]) > 0).any(axis=0)
+        return {"dead_fraction": float(1.0 - alive.mean())}
+
+
+class LeakyReLU(Layer):
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x, train, rng):
+        positive = x > 0
+        return np.where(positive, x, x * self.negative_slope), positive
+
+    def backward(self, dy, positive):
+        return np.where(positive, dy, dy * self.negative_slope)
+
+
+class ELU(Layer):
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x, train, rng):
+        positive = x > 0
+        negative_part = np.expm1(np.minimum(x, 0))
+        negative_part *= self.alpha
+        return np.where(positive, x, negative_part), (positive, negative_part)
+
+    def backward(self, dy, cache):
+        positive, negative_part = cache
+        # d/dx alpha * (exp(x) - 1) = alpha * exp(x) = negative_part + alpha.
+        return np.where(positive, dy, dy * (negative_part + self.alpha))
+
+
+class GELU(Layer):
+    """The tanh approximation, as torch.nn.GELU(approximate="tanh")."""
+
+    K = math.sqrt(2.0 / math.pi)
+    C = 0.044715
+
+    def forward(self, x, train, rng):
+        t = np.tanh(self.K * (x + self.C * x**3))
+        return 0.5 * x * (1 + t), (x, t)
+
+    def backward(self, dy, cache):
+        x, t = cache
+        inner_grad = self.K * (1 + 3 * self.C * x * x)
+        return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * inner_grad)
+
+
+class Sigmoid(Layer):
+    def forward(self, x, train, rng):
+        y = sigmoid(x)
+        return y, y
+
+    def backward(self, dy, y):
+        return dy * y * (1 - y)
+
+    def activation_stats(self, y):
+        saturated = (y < SATURATION_MARGIN) | (y > 1 - SATURATION_MARGIN)
+        return {"saturated_fraction": float(saturated.mean())}
+
+
+class Tanh(Layer):
+    def forward(self, x, train, rng):
+        y = np.tanh(x)
+        return y, y
+
+    def backward(self, dy, y):
+        return dy * (1 - y * y)
+
+    def activation_stats(self, y):
+        return {"saturated_fraction": float((np.abs(y) > 1 - SATURATION_MARGIN).mean())}
+
+
+class Softplus(Layer):
+    """log(1 + exp(x)), computed stably; its derivative is sigmoid(x)."""
+
+    def forward(self, x, train, rng):
+        y = np.log1p(np.exp(-np.abs(x)))
+        y += np.maximum(x, 0)
+        return y, x
+
+    def backward(self, dy, x):
+        return dy * sigmoid(x)

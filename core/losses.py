@@ -1,0 +1,74 @@
+"""Losses: each returns (loss, grad_outputs), averaged as torch's reduction="mean".
+
+outputs: (N, C) for classification (logits), any shape for the elementwise losses;
+targets: INT64 labels (N,) or probabilities (N, C) for softmax_cross_entropy, the
+outputs' shape for the others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers.activations import sigmoid
+
+
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean over N of -log softmax(logits)[target]; the gradient is (p - y) / N."""
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    sum_exp = exp.sum(axis=1, keepdims=True)
+    log_probs = shifted
+    log_probs -= np.log(sum_exp)
+    probs = exp
+    probs /= sum_exp
+    if targets.ndim == 1:
+        rows = np.arange(n)
+        loss = -log_probs[rows, targets].sum() / n
+        probs[rows, targets] -= 1
+        grad = probs
+    else:
+        loss = -(targets * log_probs).sum() / n
+        # For targets that do not sum to one, d/dz of -sum(y log p) is p * sum(y) - y.
+        grad = probs * targets.sum(axis=1, keepdims=True)
+        grad -= targets
+    grad /= n
+    return float(loss), grad
+
+
+def mse(outputs: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean of (o - t)^2; the gradient is 2 (o - t) / numel."""
+    diff = outputs - targets
+    loss = float(np.vdot(diff, diff)) / diff.size
+    diff *= 2 / diff.size
+    return loss, diff
+
+
+def bce_with_logits(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean of max(z, 0) - z t + log(1 + exp(-|z|)); the gradient is (sigmoid(z) - t) / numel."""
+    losses = np.log1p(np.exp(-np.abs(logits)))
+    losses += np.maximum(logits, 0)
+    losses -= logits * targets
+    grad = sigmoid(logits)
+    grad -= targets
+    grad /= logits.size
+    return float(losses.mean()), grad
+
+
+def huber(outputs: np.ndarray, targets: np.ndarray, delta: float = 1.0) -> tuple[float, np.ndarray]:
+    """Mean of 0.5 d^2 where |d| <= delta, else delta (|d| - delta / 2); the gradient is clip(d) / numel."""
+    diff = outputs - targets
+    absdiff = np.abs(diff)
+    quadratic = np.minimum(absdiff, delta)
+    losses = quadratic * (absdiff - 0.5 * quadratic)
+    grad = np.clip(diff, -delta, delta, out=diff)
+    grad /= diff.size
+    return float(losses.mean()), grad
+
+
+LOSSES = {
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "mse": mse,
+    "bce_with_logits": bce_with_logits,
+    "huber": huber,
+}

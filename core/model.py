@@ -1,0 +1,326 @@
+"""Model: a stack of layers built from a spec, with a loss, an optimizer and gradient buffers.
+
+    model = Model.from_spec(spec)
+    outputs, tape = model.forward(x, train=True)
+    loss, grad_outputs = model.loss(outputs, targets)
+    grad_inputs = model.backward(tape, grad_outputs)   # adds into model.gradients()
+    model.step()                                      # optimizer update, gradients cleared
+
+Parameters are named as the state_dict of the matching torch.nn.Sequential.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint, diagnostics, losses, spec as specs
+from .errors import InputError, NonFiniteGradientError, NothingToStepError, StaleTapeError
+from .layers import Layer, build, walk
+from .layers.norm import BatchNorm
+from .optim import Optimizer
+
+
+@dataclass
+class Tape:
+    """What backward needs from one forward: each layer's cache, and the model version it saw."""
+
+    caches: list
+    version: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    train: bool
+
+
+@dataclass
+class StepResult:
+    step: int
+    lr: float
+    grad_norm: float
+    update_norm: float
+
+
+@dataclass
+class _History:
+    """Scalars kept for diagnostics from the last training forward and the last step."""
+
+    activations: dict[int, dict[str, float]] = field(default_factory=dict)
+    grad_norms: dict[str, float] = field(default_factory=dict)
+    update_norms: dict[str, float] = field(default_factory=dict)
+
+
+class Model:
+    """A trainable stack of layers; see the module docstring."""
+
+    def __init__(self, spec: dict, input_rule: specs.InputRule, num_parameters: int) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec["dtype"])
+        self.input_rule = input_rule
+        self.num_parameters = num_parameters
+        self.layers: list[Layer] = build(spec["layers"], self.dtype, np.random.default_rng(spec["seed"]))
+        self._params = _named(self.layers, "params")
+        self._grads = _named(self.layers, "grads")
+        self._buffers = _named(self.layers, "buffers")
+        self.optimizer = Optimizer(spec["optimizer"], self._params, self._grads)
+        # Dropout masks come from their own stream, so they never shift the initial weights.
+        self.rng = np.random.default_rng([spec["seed"], 1])
+        self.loss_fn = None
+        if spec["loss"] is not None:
+            options = {k: v for k, v in spec["loss"].items() if k != "type"}
+            fn = losses.LOSSES[spec["loss"]["type"]]
+            self.loss_fn = (lambda o, t: fn(o, t, **options)) if options else fn
+        self.version = 0
+        self.step_count = 0
+        self.accumulated = 0
+        self._has_batchnorm = any(isinstance(layer, BatchNorm) for layer in walk(self.layers))
+        self._stats_layers = [i for i, layer in enumerate(self.layers)
+                              if type(layer).activation_stats is not Layer.activation_stats]
+        self.history = _History()
+
+    # ---- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, max_parameters: int | None = None, max_layers: int | None = None) -> "Model":
+        """Return a new model, after checking the whole spec (SpecError names each problem)."""
+        normalized, rule, count = specs.normalize(spec, max_parameters=max_parameters, max_layers=max_layers)
+        return cls(normalized, rule, count)
+
+    def copy(self, dtype=None) -> "Model":
+        """Return a deep copy, optionally cast to another float dtype."""
+        spec = copy.deepcopy(self.spec)
+        if dtype is not None:
+            spec["dtype"] = np.dtype(dtype).name
+        other = Model(spec, self.input_rule, self.num_parameters)
+        checkpoint.load_state(other, checkpoint.state_tensors(self), checkpoint.state_metadata(self), cast=True)
+        return other
+
+    def save(self, path) -> None:
+        checkpoint.save(self, path)
+
+    @classmethod
+    def load(cls, path, **limits) -> "Model":
+        return checkpoint.load(path, **limits)
+
+    def to_bytes(self, include_optimizer: bool = True) -> bytes:
+        """Return the model as a safetensors file (spec, step and optimizer state included)."""
+        return checkpoint.to_bytes(self, include_optimizer=include_optimizer)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **limits) -> "Model":
+        return checkpoint.from_bytes(data, **limits)
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return self._params
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return self._grads
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return self._buffers
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: p.shape for name, p in self._params.items()}
+
+    def set_parameters(self, values: dict[str, np.ndarray]) -> None:
+        """Replace every parameter (names and shapes must match); the version moves on."""
+        missing = sorted(set(self._params) - set(values))
+        unknown = sorted(set(values) - set(self._params))
+        errors = [{"loc": ["parameters"], "msg": f"missing parameters: {missing}", "type": "missing"}] if missing else []
+        errors += [{"loc": ["parameters", n], "msg": f"unknown parameter {n!r}", "type": "extra_forbidden"}
+                   for n in unknown]
+        for name, value in values.items():
+            if name in self._params:
+                value = np.asarray(value)
+                if value.shape != self._params[name].shape:
+                    errors.append({"loc": ["parameters", name], "type": "value_error",
+                                   "msg": f"shape {list(value.shape)} does not match {list(self._params[name].shape)}"})
+                elif value.dtype.kind not in "fiu" or not np.isfinite(value).all():
+                    errors.append({"loc": ["parameters", name], "msg": "values must be finite numbers",
+                                   "type": "value_error"})
+        if errors:
+            raise InputError(errors)
+        for name, value in values.items():
+            np.copyto(self._params[name], value, casting="unsafe")
+        self.version += 1
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Return the shape forward gives for inputs of `input_shape`."""
+        return _output_shape(self.spec["layers"], tuple(input_shape))
+
+    def validate_inputs(self, x, train: bool = False) -> np.ndarray:
+        """Return x as a model-dtype array, or raise InputError naming the problem."""
+        x = np.asarray(x)
+        rule = self.input_rule
+        if x.dtype.kind not in "fiu":
+            raise InputError.at(["inputs"], f"inputs must be numbers, got dtype {x.dtype}")
+        if rule.rank is None:
+            if x.ndim < 2 or math.prod(x.shape[1:]) != rule.features:
+                raise InputError.at(["inputs"], f"inputs of shape {list(x.shape)} do not flatten to "
+                                    f"(N, {rule.features})")
+        else:
+            expected = "(N, D)" if rule.rank == 2 else "(N, T, D)"
+            if x.ndim != rule.rank:
+                raise InputError.at(["inputs"], f"inputs must have rank {rule.rank} {expected}, "
+                                    f"got shape {list(x.shape)}")
+            if x.shape[-1] != rule.features:
+                raise InputError.at(["inputs"], f"inputs have {x.shape[-1]} features, the model expects "
+                                    f"D={rule.features} (shape {list(x.shape)})")
+        if 0 in x.shape:
+            raise InputError.at(["inputs"], f"inputs must not be empty, got shape {list(x.shape)}")
+        self.output_shape(x.shape)
+        if train and self._has_batchnorm and x.shape[0] < 2:
+            raise InputError.at(["inputs"], "batchnorm needs more than one example per batch in training")
+        x = x.astype(self.dtype, copy=False)
+        if not np.isfinite(x).all():
+            raise InputError.at(["inputs"], "inputs hold non-finite values (NaN or Inf)")
+        return x
+
+    def validate_targets(self, targets, output_shape: tuple[int, ...]) -> np.ndarray:
+        """Return targets ready for the loss, or raise InputError naming the problem."""
+        if self.loss_fn is None:
+            raise InputError.at(["targets"], "this model has no loss in its spec; send grad_output instead")
+        t = np.asarray(targets)
+        if self.spec["loss"]["type"] == "softmax_cross_entropy" and t.ndim == 1:
+            if t.dtype.kind not in "iu":
+                raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
+            if t.shape[0] != output_shape[0] or len(output_shape) != 2:
+                raise InputError.at(["targets"], f"{t.shape[0]} labels for outputs of shape {list(output_shape)}")
+            classes = output_shape[1]
+            if t.size and (t.min() < 0 or t.max() >= classes):
+                raise InputError.at(["targets"], f"labels must be in [0, {classes}), got values in "
+                                    f"[{t.min()}, {t.max()}]")
+            return t.astype(np.intp, copy=False)
+        if t.dtype.kind not in "fiu":
+            raise InputError.at(["targets"], f"targets must be numbers, got dtype {t.dtype}")
+        if t.shape != output_shape:
+            # (N,) targets for (N, 1) outputs are the common regression case.
+            if len(output_shape) == 2 and output_shape[1] == 1 and t.shape == output_shape[:1]:
+                t = t.reshape(output_shape)
+            else:
+                raise InputError.at(["targets"], f"targets of shape {list(t.shape)} do not match the outputs' "
+                                    f"shape {list(output_shape)}")
+        t = t.astype(self.dtype, copy=False)
+        if not np.isfinite(t).all():
+            raise InputError.at(["targets"], "targets hold non-finite values (NaN or Inf)")
+        return t
+
+    def validate_grad_output(self, grad_output, output_shape: tuple[int, ...]) -> np.ndarray:
+        g = np.asarray(grad_output)
+        if g.dtype.kind not in "fiu" or g.shape != tuple(output_shape):
+            raise InputError.at(["grad_output"], f"grad_output of shape {list(g.shape)} must match the outputs' "
+                                f"shape {list(output_shape)}")
+        g = g.astype(self.dtype, copy=False)
+        if not np.isfinite(g).all():
+            raise InputError.at(["grad_output"], "grad_output holds non-finite values (NaN or Inf)")
+        return g
+
+    # ---- compute -------------------------------------------------------------------------
+
+    def forward(self, x, train: bool = False, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Tape]:
+        """Return (outputs, tape). x: (N, D) or (N, T, D) as the first layer takes."""
+        x = self.validate_inputs(x, train)
+        rng = self.rng if rng is None else rng
+        h, caches = x, []
+        for i, layer in enumerate(self.layers):
+            h, cache = layer.forward(h, train, rng)
+            caches.append(cache)
+        if train:
+            # Activations with statistics (relu, tanh, sigmoid) keep their output as their cache.
+            self.history.activations = {i: self.layers[i].activation_stats(caches[i]) for i in self._stats_layers}
+        return h, Tape(caches, self.version, x.shape, h.shape, train)
+
+    def loss(self, outputs: np.ndarray, targets) -> tuple[float, np.ndarray]:
+        """Return (mean loss, gradient w.r.t. the outputs)."""
+        targets = self.validate_targets(targets, outputs.shape)
+        return self.loss_fn(outputs, targets)
+
+    def backward(self, tape: Tape, grad_output) -> np.ndarray:
+        """Return the gradient w.r.t. the inputs; add parameter gradients into the buffers."""
+        if tape.version != self.version:
+            raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
+                                 f"version {self.version}; run forward again")
+        dh = self.validate_grad_output(grad_output, tape.output_shape)
+        for layer, cache in zip(reversed(self.layers), reversed(tape.caches)):
+            dh = layer.backward(dh, cache)
+        self.accumulated += 1
+        return dh
+
+    def forward_backward(self, x, targets=None, *, grad_output=None) -> float | None:
+        """Forward in training mode, then backward from the loss (or from grad_output); return the loss."""
+        x = self.validate_inputs(x, train=True)
+        out_shape = self.output_shape(x.shape)
+        if grad_output is None:
+            targets = self.validate_targets(targets, out_shape)
+        else:
+            grad_output = self.validate_grad_output(grad_output, out_shape)
+        outputs, tape = self.forward(x, train=True)
+        loss = None
+        if grad_output is None:
+            loss, grad_output = self.loss_fn(outputs, targets)
+        self.backward(tape, grad_output)
+        return loss
+
+    def grad_norm(self) -> float:
+        """Return the global L2 norm of the accumulated gradients."""
+        return math.sqrt(sum(float(np.vdot(g, g)) for g in self._grads.values()))
+
+    def step(self, lr: float | None = None) -> StepResult:
+        """Apply the optimizer to the accumulated gradients, then clear them."""
+        if self.accumulated == 0:
+            raise NothingToStepError("no gradients accumulated since the last step; run backward first")
+        if lr is not None:
+            try:
+                self.optimizer.lr = lr
+            except ValueError as e:
+                raise InputError.at(["lr"], str(e)) from None
+            self.spec["optimizer"]["lr"] = self.optimizer.lr
+        try:
+            grad_norm, update_norm, grad_norms, update_norms = self.optimizer.step()
+        except NonFiniteGradientError:
+            self.zero_grad()
+            raise
+        self.history.grad_norms, self.history.update_norms = grad_norms, update_norms
+        self.step_count += 1
+        self.version += 1
+        self.zero_grad()
+        return StepResult(self.step_count, self.optimizer.lr, grad_norm, update_norm)
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+        self.accumulated = 0
+
+    def diagnostics(self) -> dict:
+        """Return per-layer gradient/parameter health from the last training batch and step."""
+        return diagnostics.report(self)
+
+
+def _named(layers: list[Layer], attr: str) -> dict[str, np.ndarray]:
+    return {f"{i}.{name}": value for i, layer in enumerate(layers) for name, value in getattr(layer, attr).items()}
+
+
+def _output_shape(layers: list[dict], shape: tuple[int, ...], loc: str = "layers") -> tuple[int, ...]:
+    for i, spec in enumerate(layers):
+        kind = spec["type"]
+        size_key = specs.INPUT_SIZE.get(kind)
+        if size_key and shape[-1] != spec[size_key]:
+            # Only reachable through a flatten of a sequence, whose length is known at run time.
+            raise InputError.at(["inputs"], f"inputs of shape {list(shape)} reach {loc}.{i} ({kind}) with "
+                                f"{shape[-1]} features, it expects {spec[size_key]}")
+        if kind == "linear":
+            shape = (*shape[:-1], spec["out_features"])
+        elif kind == "rnn":
+            n, t = shape[0], shape[1]
+            shape = (n, t, spec["hidden_size"]) if spec["return_sequences"] else (n, spec["hidden_size"])
+        elif kind == "flatten":
+            shape = (shape[0], math.prod(shape[1:]))
+        elif kind == "residual":
+            _output_shape(spec["layers"], shape, f"{loc}.{i}.layers")
+    return shape
