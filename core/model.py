@@ -241,14 +241,19 @@ class Model:
         targets = self.validate_targets(targets, outputs.shape)
         return self.loss_fn(outputs, targets)
 
-    def backward(self, tape: Tape, grad_output) -> np.ndarray:
-        """Return the gradient w.r.t. the inputs; add parameter gradients into the buffers."""
+    def backward(self, tape: Tape, grad_output, need_input_grad: bool = True) -> np.ndarray | None:
+        """Return the gradient w.r.t. the inputs (None if not needed); add parameter gradients into the buffers."""
         if tape.version != self.version:
             raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
                                  f"version {self.version}; run forward again")
         dh = self.validate_grad_output(grad_output, tape.output_shape)
-        for layer, cache in zip(reversed(self.layers), reversed(tape.caches)):
+        for layer, cache in zip(reversed(self.layers[1:]), reversed(tape.caches[1:])):
             dh = layer.backward(dh, cache)
+        if need_input_grad:
+            dh = self.layers[0].backward(dh, tape.caches[0])
+        else:
+            self.layers[0].backward_params(dh, tape.caches[0])
+            dh = None
         self.accumulated += 1
         return dh
 
@@ -264,7 +269,7 @@ class Model:
         loss = None
         if grad_output is None:
             loss, grad_output = self.loss_fn(outputs, targets)
-        self.backward(tape, grad_output)
+        self.backward(tape, grad_output, need_input_grad=False)
         return loss
 
     def grad_norm(self) -> float:

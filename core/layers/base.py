@@ -31,6 +31,10 @@ class Layer:
         """Return dx, adding parameter gradients into `self.grads`."""
         raise NotImplementedError
 
+    def backward_params(self, dy: np.ndarray, cache) -> None:
+        """Add parameter gradients only; the first layer's input gradient is rarely wanted."""
+        self.backward(dy, cache)
+
     def activation_stats(self, y: np.ndarray) -> dict[str, float]:
         """Return health statistics of a training forward's output (dead units, saturation)."""
         return {}

@@ -22,10 +22,12 @@ class Linear(Layer):
         return y, x
 
     def backward(self, dy, x):
-        w = self.params["weight"]
-        d, m = w.shape[1], w.shape[0]
+        self.backward_params(dy, x)
+        return dy @ self.params["weight"]
+
+    def backward_params(self, dy, x):
+        m, d = self.params["weight"].shape
         x2, dy2 = x.reshape(-1, d), dy.reshape(-1, m)
         self._add_matmul("weight", dy2.T, x2)
         self._add_sum("bias", dy2, axis=0)
         self.grads_zero = False
-        return dy @ w

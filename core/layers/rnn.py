@@ -39,6 +39,14 @@ class RNN(Layer):
         return y, (x, hs)
 
     def backward(self, dy, cache):
+        da = self._backward_through_time(dy, cache)
+        return da @ self.params["weight_ih_l0"]
+
+    def backward_params(self, dy, cache):
+        self._backward_through_time(dy, cache)
+
+    def _backward_through_time(self, dy, cache):
+        """Add the parameter gradients; return the pre-activation gradients da: (N, T, H)."""
         x, hs = cache
         w_hh = self.params["weight_hh_l0"]
         n, t, d = x.shape
@@ -62,4 +70,4 @@ class RNN(Layer):
         self._add_sum("bias_ih_l0", da2, axis=0)
         self._add_sum("bias_hh_l0", da2, axis=0)
         self.grads_zero = False
-        return da @ self.params["weight_ih_l0"]
+        return da
