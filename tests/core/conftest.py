@@ -1,0 +1,34 @@
+"""The one helper every gradient test goes through: build a float64 model, gradcheck it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import Model, gradcheck
+
+
+def check_gradients(layers: list[dict], input_shape: tuple[int, ...], loss: str | dict = "mse", *,
+                    labels: bool = False, train: bool = True, seed: int = 0, **options) -> None:
+    """Assert that a float64 model of `layers` passes an exhaustive gradient check."""
+    loss_spec = {"type": loss} if isinstance(loss, str) else loss
+    model = Model.from_spec({"layers": layers, "loss": loss_spec, "dtype": "float64", "seed": seed})
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal(input_shape)
+    out_shape = model.output_shape(x.shape)
+    if labels:
+        targets = rng.integers(0, out_shape[-1], out_shape[0])
+    elif loss_spec["type"] == "bce_with_logits":
+        targets = rng.uniform(0, 1, out_shape)
+    elif loss_spec["type"] == "softmax_cross_entropy":
+        targets = rng.dirichlet(np.ones(out_shape[-1]), out_shape[0])
+    else:
+        targets = rng.standard_normal(out_shape)
+    report = gradcheck(model, x, targets, max_entries=None, train=train, **options)
+    failed = {k: v for k, v in report.parameters.items() if not v.passed}
+    assert report.passed, f"failed: {failed or 'inputs'} {report.inputs}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
