@@ -1,0 +1,100 @@
+"""Training through the client against a real server: fit, the async client, the manual loop."""
+
+import asyncio
+
+import numpy as np
+
+import gradserve_client as gs
+
+
+def test_fit_learns_three_blobs_to_95_percent(client, blobs, classifier):
+    x, y = blobs(600, seed=1)
+    x_val, y_val = blobs(300, seed=2)
+    model = client.create_model(classifier)
+
+    history = model.fit(x, y, epochs=8, batch_size=32, validation_data=(x_val, y_val), seed=0, verbose=0)
+
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 8 for values in history.values())
+    assert history["loss"][-1] < history["loss"][0] / 2
+    assert history["val_accuracy"][-1] >= 0.95
+    assert model.refresh().step == 8 * 19  # ceil(600 / 32) train steps per epoch
+    assert (model.predict(x_val).argmax(axis=1) == y_val).mean() == history["val_accuracy"][-1]
+
+
+def test_fit_shows_a_progress_bar_and_returns_a_keras_like_history(client, capsys, blobs, classifier):
+    x, y = blobs(64, seed=3)
+    history = client.create_model(classifier).fit(x, y, epochs=2, batch_size=16, verbose=1)
+    assert "Epoch 2/2" in capsys.readouterr().err
+    assert history.history is history and len(history["loss"]) == 2
+
+
+def test_async_client_trains_four_models_concurrently(server, blobs, classifier):
+    x, y = blobs(400, seed=4)
+
+    async def main():
+        async with gs.AsyncClient(server.base_url) as client:
+            models = await asyncio.gather(*(client.create_model(classifier, seed=s) for s in range(4)))
+            histories = await asyncio.gather(
+                *(m.fit(x, y, epochs=5, batch_size=32, seed=i, verbose=0) for i, m in enumerate(models))
+            )
+            infos = await asyncio.gather(*(m.refresh() for m in models))
+            return models, histories, infos
+
+    models, histories, infos = asyncio.run(main())
+    assert len({m.id for m in models}) == 4
+    assert [info.step for info in infos] == [5 * 13] * 4
+    for history in histories:
+        assert history["accuracy"][-1] >= 0.95
+
+
+def test_the_manual_loop_tape_backward_accumulate_step(client, blobs, classifier):
+    x, y = blobs(32, seed=5)
+    model = client.create_model(classifier)
+    before = model.parameters()
+
+    outputs, tape = model.forward(x, keep_tape=True)
+    assert outputs.shape == (32, 3) and outputs.dtype == np.float32
+    first = model.backward(tape, targets=y, return_input_grad=True)
+    assert first.input_grad.shape == (32, 2) and first.accumulated == 1
+    second = model.forward_backward(x, y, return_outputs=True)
+    assert second.accumulated == 2 and np.isclose(second.loss, first.loss, rtol=1e-6)
+    np.testing.assert_allclose(second.outputs, outputs, rtol=1e-6)
+    gradients = model.gradients()
+    assert set(gradients) == set(before) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+    step = model.step()
+    assert step.step == 1 and step.update_norm > 0
+    after = model.parameters()
+    assert not np.array_equal(after["0.weight"], before["0.weight"])
+    assert not np.any(model.gradients()["0.weight"])
+
+
+def test_zero_grad_gradcheck_and_diagnostics(client, blobs, classifier):
+    x, y = blobs(8, seed=6)
+    model = client.create_model(classifier, dtype="float64")
+    model.forward_backward(x, y)
+    model.zero_grad()
+    assert model.refresh().accumulated == 0
+    report = model.gradcheck(x, y, max_entries=5)
+    assert report.passed and set(report.parameters) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert isinstance(model.diagnostics(), dict)
+
+
+def test_parameters_checkpoint_and_the_model_list(client, tmp_path, classifier):
+    model = client.create_model(classifier)
+    parameters = {name: np.full(shape, 0.25, np.float32) for name, shape in model.info.parameter_shapes.items()}
+    model.load_parameters(parameters)
+    for name, value in model.parameters().items():
+        np.testing.assert_array_equal(value, parameters[name])
+
+    path = model.download_checkpoint(tmp_path / "model.safetensors")
+    copy = client.import_checkpoint(path)
+    assert copy.id != model.id
+    for name, value in copy.parameters().items():
+        np.testing.assert_array_equal(value, parameters[name])
+    assert {model.id, copy.id} <= {m.id for m in client.list_models()}
+    assert client.model(model.id).info.parameter_shapes == model.info.parameter_shapes
+
+    copy.delete()
+    assert copy.id not in {m.id for m in client.list_models()}

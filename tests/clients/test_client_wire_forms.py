@@ -1,0 +1,37 @@
+"""Binary and list forms carry the same arrays, bit for bit, in both directions."""
+
+import numpy as np
+import pytest
+
+import gradserve_client as gs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_and_list_forms_give_identical_arrays(server, dtype, blobs, classifier):
+    x, y = blobs(16, seed=7)
+    with gs.Client(server.base_url, binary=True) as binary, gs.Client(server.base_url, binary=False) as listed:
+        model_b = binary.create_model(classifier, dtype=dtype)
+        model_l = listed.model(model_b.id)
+
+        out_b, out_l = model_b.forward(x), model_l.forward(x)
+        assert out_b.dtype == out_l.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(out_b, out_l)
+
+        fb_b = model_b.forward_backward(x, y, return_outputs=True, return_input_grad=True)
+        fb_l = model_l.forward_backward(x, y, return_outputs=True, return_input_grad=True)
+        assert fb_b.loss == fb_l.loss
+        np.testing.assert_array_equal(fb_b.outputs, fb_l.outputs)
+        np.testing.assert_array_equal(fb_b.input_grad, fb_l.input_grad)
+
+        grads_b, grads_l = model_b.gradients(), model_l.gradients()
+        for name in grads_b:
+            np.testing.assert_array_equal(grads_b[name], grads_l[name])
+
+        parameters = {n: np.random.default_rng(0).normal(size=s).astype(dtype)
+                      for n, s in model_b.info.parameter_shapes.items()}
+        model_l.load_parameters(parameters)
+        from_list = model_b.parameters()
+        model_b.load_parameters(parameters)
+        for name, value in model_l.parameters().items():
+            np.testing.assert_array_equal(value, from_list[name])
+            np.testing.assert_array_equal(value, parameters[name])
