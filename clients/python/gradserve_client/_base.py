@@ -36,6 +36,8 @@ class Call:
     method: str
     path: str
     payload: Any = None  # JSON-able, numpy arrays allowed anywhere
+    params: dict[str, Any] | None = None  # query string
+    tensor_answer: bool = False  # a GET whose answer holds tensors (binary on request)
     content: bytes | None = None  # a raw body instead (checkpoint import)
     idempotent: bool = False  # safe to replay after the request may have reached the server
     raw: bool = False  # answer is bytes (checkpoint download), not JSON
@@ -76,6 +78,9 @@ class BaseClient:
 
     def _build_request(self, http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
         headers = self._headers()
+        params = dict(call.params or {})
+        if call.tensor_answer and self.binary:
+            params["binary_data_output"] = "true"  # a GET has no body to carry the flag
         content = call.content
         if content is not None:
             headers["Content-Type"] = "application/octet-stream"
@@ -83,7 +88,8 @@ class BaseClient:
             content, body_headers = _codec.encode(call.payload, binary=self.binary)
             headers.update(body_headers)
         return http.build_request(
-            call.method, self._url(call.path), content=content, headers=headers, timeout=self.timeout
+            call.method, self._url(call.path), params=params, content=content, headers=headers,
+            timeout=self.timeout,
         )
 
     def _read_response(self, response: httpx.Response, call: Call) -> Any:

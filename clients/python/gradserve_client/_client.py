@@ -36,9 +36,10 @@ class ClientCalls(BaseClient):
 
         return Call("GET", "/v1/models", idempotent=True, read=read)
 
-    def _import_checkpoint_call(self, checkpoint: str | Path | bytes) -> Call:
+    def _import_checkpoint_call(self, checkpoint: str | Path | bytes, model_id: str | None) -> Call:
         content = checkpoint if isinstance(checkpoint, bytes) else Path(checkpoint).read_bytes()
-        return Call("POST", "/v1/models/import", content=content, read=self._wrap)
+        params = None if model_id is None else {"id": model_id}
+        return Call("POST", "/v1/models/import", params=params, content=content, read=self._wrap)
 
 
 class Client(ClientCalls):
@@ -91,9 +92,9 @@ class Client(ClientCalls):
         """Returns every model visible to this client's key."""
         return self._call(self._list_models_call())
 
-    def import_checkpoint(self, checkpoint: str | Path | bytes) -> RemoteModel:
+    def import_checkpoint(self, checkpoint: str | Path | bytes, *, id: str | None = None) -> RemoteModel:
         """Returns a new model made from a safetensors checkpoint (a path, or its bytes)."""
-        return self._call(self._import_checkpoint_call(checkpoint))
+        return self._call(self._import_checkpoint_call(checkpoint, id))
 
     def _call(self, call: Call) -> Any:
         attempt = 0
@@ -158,9 +159,9 @@ class AsyncClient(ClientCalls):
         """Returns every model visible to this client's key."""
         return await self._call(self._list_models_call())
 
-    async def import_checkpoint(self, checkpoint: str | Path | bytes) -> AsyncRemoteModel:
+    async def import_checkpoint(self, checkpoint: str | Path | bytes, *, id: str | None = None) -> AsyncRemoteModel:
         """Returns a new model made from a safetensors checkpoint (a path, or its bytes)."""
-        return await self._call(self._import_checkpoint_call(checkpoint))
+        return await self._call(self._import_checkpoint_call(checkpoint, id))
 
     async def _call(self, call: Call) -> Any:
         attempt = 0

@@ -106,35 +106,35 @@ class FitLoop:
         n = len(self.x)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         starts = range(0, n, self.batch_size)
-        self._seen = self._loss_sum = self._correct = 0.0
-        self._has_accuracy = False
+        self._seen = self._loss_sum = 0.0
         if self.verbose == 1 and tqdm is not None:
             self._bar = tqdm(total=len(starts), desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch")
         for start in starts:
             index = order[start : start + self.batch_size]
             yield self.x[index], self.y[index]
 
-    def record_batch(self, loss: float, outputs: np.ndarray | None, y: np.ndarray) -> None:
-        """Adds one batch's loss (and accuracy, when outputs came back) to the running means."""
-        n = len(y)
+    def record_batch(self, loss: float, n: int) -> None:
+        """Adds one batch's loss to the epoch's running mean."""
         self._seen += n
         self._loss_sum += loss * n
-        if outputs is not None and self.classifier:
-            self._correct += accuracy(self.loss_spec, outputs, y) * n
-            self._has_accuracy = True
         if self._bar is not None:
             self._bar.set_postfix(self._running(), refresh=False)
             self._bar.update(1)
 
-    def end_epoch(self, epoch: int, val_outputs: np.ndarray | None) -> None:
-        """Appends the epoch's metrics (and validation metrics) to the history, shows them."""
+    def end_epoch(self, epoch: int, outputs: np.ndarray | None, val_outputs: np.ndarray | None) -> None:
+        """Appends the epoch's metrics to the history and shows them.
+
+        ``outputs``: eval-mode outputs on the training data (for accuracy), ``val_outputs``
+        on the validation data; either may be None.
+        """
         metrics = self._running()
+        if outputs is not None:
+            metrics["accuracy"] = accuracy(self.loss_spec, outputs, self.y)
         if self.validation is not None and val_outputs is not None:
             y_val = self.validation[1]
             metrics["val_loss"] = validation_loss(self.loss_spec, val_outputs, y_val)
-            val_accuracy = accuracy(self.loss_spec, val_outputs, y_val)
-            if val_accuracy is not None:
-                metrics["val_accuracy"] = val_accuracy
+            if self.classifier:
+                metrics["val_accuracy"] = accuracy(self.loss_spec, val_outputs, y_val)
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         if self._bar is not None:
@@ -146,8 +146,4 @@ class FitLoop:
             print(f"Epoch {epoch + 1}/{self.epochs} - {shown}", file=sys.stderr)
 
     def _running(self) -> dict[str, float]:
-        seen = max(self._seen, 1)
-        metrics = {"loss": self._loss_sum / seen}
-        if self._has_accuracy:
-            metrics["accuracy"] = self._correct / seen
-        return metrics
+        return {"loss": self._loss_sum / max(self._seen, 1)}

@@ -67,11 +67,7 @@ class ModelCalls:
         return {"grad_output": self._tensor(grad_output)}
 
     def _refresh_call(self) -> Call:
-        def read(body: dict[str, Any]) -> ModelInfo:
-            self.info = model_info(body)
-            return self.info
-
-        return Call("GET", self._path(), idempotent=True, read=read)
+        return Call("GET", self._path(), idempotent=True, read=self._keep_info)
 
     def _forward_call(self, x: Any, train: bool, keep_tape: bool) -> Call:
         payload: dict[str, Any] = {"inputs": self._tensor(x), "train": train or keep_tape}
@@ -107,14 +103,18 @@ class ModelCalls:
         payload = {} if lr is None else {"lr": lr}
         return Call("POST", self._path("/step"), payload, read=lambda body: from_body(StepResult, body))
 
+    def _keep_info(self, body: dict[str, Any]) -> ModelInfo:
+        self.info = model_info(body)
+        return self.info
+
     def _zero_grad_call(self) -> Call:
         # Clearing twice leaves the same state as clearing once.
-        return Call("POST", self._path("/zero_grad"), {}, idempotent=True, read=lambda body: None)
+        return Call("POST", self._path("/zero_grad"), {}, idempotent=True, read=self._keep_info)
 
-    def _train_step_call(self, x: Any, y: Any, return_outputs: bool) -> Call:
+    def _train_step_call(self, x: Any, y: Any, lr: float | None) -> Call:
         payload = {"inputs": self._tensor(x), **self._objective(y, None)}
-        if return_outputs:
-            payload["return_outputs"] = True
+        if lr is not None:
+            payload["lr"] = lr
         return Call("POST", self._path("/train_step"), payload,
                     read=lambda body: from_body(TrainStepResult, body))
 
@@ -126,25 +126,28 @@ class ModelCalls:
                     read=lambda body: from_body(GradcheckReport, body))
 
     def _parameters_call(self) -> Call:
-        return Call("GET", self._path("/parameters"), idempotent=True, read=lambda body: body["parameters"])
+        return Call("GET", self._path("/parameters"), idempotent=True, tensor_answer=True,
+                    read=lambda body: body["parameters"])
 
     def _load_parameters_call(self, parameters: dict[str, Any]) -> Call:
         payload = {"parameters": {name: self._tensor(value) for name, value in parameters.items()}}
         # Replacing with the same values twice gives the same parameters.
-        return Call("PUT", self._path("/parameters"), payload, idempotent=True, read=lambda body: None)
+        return Call("PUT", self._path("/parameters"), payload, idempotent=True, read=self._keep_info)
 
     def _gradients_call(self) -> Call:
-        return Call("GET", self._path("/gradients"), idempotent=True, read=lambda body: body["gradients"])
+        return Call("GET", self._path("/gradients"), idempotent=True, tensor_answer=True,
+                    read=lambda body: body["gradients"])
 
     def _diagnostics_call(self) -> Call:
         return Call("GET", self._path("/diagnostics"), idempotent=True)
 
-    def _checkpoint_call(self, path: str | Path) -> Call:
+    def _checkpoint_call(self, path: str | Path, include_optimizer: bool) -> Call:
         def read(content: bytes) -> Path:
             Path(path).write_bytes(content)
             return Path(path)
 
-        return Call("GET", self._path("/checkpoint"), idempotent=True, raw=True, read=read)
+        params = {"include_optimizer": str(include_optimizer).lower()}
+        return Call("GET", self._path("/checkpoint"), params=params, idempotent=True, raw=True, read=read)
 
     def _delete_call(self) -> Call:
         return Call("DELETE", self._path(), idempotent=True, read=lambda body: None)
@@ -198,13 +201,13 @@ class RemoteModel(ModelCalls):
         """Returns the optimizer step taken from the accumulated gradients (which are then cleared)."""
         return self._client._call(self._step_call(lr))
 
-    def zero_grad(self) -> None:
-        """Clears the accumulated gradients."""
+    def zero_grad(self) -> ModelInfo:
+        """Returns the model's info after clearing the accumulated gradients."""
         return self._client._call(self._zero_grad_call())
 
-    def train_step(self, x: Any, y: Any, *, return_outputs: bool = False) -> TrainStepResult:
+    def train_step(self, x: Any, y: Any, *, lr: float | None = None) -> TrainStepResult:
         """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
-        return self._client._call(self._train_step_call(x, y, return_outputs))
+        return self._client._call(self._train_step_call(x, y, lr))
 
     def gradcheck(
         self,
@@ -227,8 +230,11 @@ class RemoteModel(ModelCalls):
         """Returns every parameter by its state_dict name."""
         return self._client._call(self._parameters_call())
 
-    def load_parameters(self, parameters: dict[str, Any]) -> None:
-        """Replaces the parameters (names and shapes must match); pending tapes go stale."""
+    def load_parameters(self, parameters: dict[str, Any]) -> ModelInfo:
+        """Returns the model's info after replacing its parameters; pending tapes go stale.
+
+        Every name must exist and every shape match; values go out in the model's dtype.
+        """
         return self._client._call(self._load_parameters_call(parameters))
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -239,9 +245,12 @@ class RemoteModel(ModelCalls):
         """Returns per-layer gradient and parameter norms, ratios and health flags."""
         return self._client._call(self._diagnostics_call())
 
-    def download_checkpoint(self, path: str | Path) -> Path:
-        """Returns ``path`` after writing the model's safetensors checkpoint there."""
-        return self._client._call(self._checkpoint_call(path))
+    def download_checkpoint(self, path: str | Path, *, include_optimizer: bool = True) -> Path:
+        """Returns ``path`` after writing the model's safetensors checkpoint there.
+
+        ``include_optimizer=False`` leaves out the optimizer state: a plain PyTorch state_dict.
+        """
+        return self._client._call(self._checkpoint_call(path, include_optimizer))
 
     def delete(self) -> None:
         """Deletes the model on the server."""
@@ -264,10 +273,11 @@ class RemoteModel(ModelCalls):
                               validation_data=validation_data, seed=seed, verbose=verbose)
         for epoch in range(epochs):
             for xb, yb in loop.epoch_batches(epoch):
-                result = self.train_step(xb, yb, return_outputs=loop.classifier)
-                loop.record_batch(result.loss, result.outputs, yb)
+                loop.record_batch(self.train_step(xb, yb).loss, len(yb))
+            # train_step sends no outputs back: accuracy is measured after the epoch, in eval mode.
+            outputs = self.predict(loop.x, batch_size=batch_size) if loop.classifier else None
             val_outputs = self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
-            loop.end_epoch(epoch, val_outputs)
+            loop.end_epoch(epoch, outputs, val_outputs)
         return loop.history
 
 
@@ -316,13 +326,13 @@ class AsyncRemoteModel(ModelCalls):
         """Returns the optimizer step taken from the accumulated gradients (which are then cleared)."""
         return await self._client._call(self._step_call(lr))
 
-    async def zero_grad(self) -> None:
-        """Clears the accumulated gradients."""
+    async def zero_grad(self) -> ModelInfo:
+        """Returns the model's info after clearing the accumulated gradients."""
         return await self._client._call(self._zero_grad_call())
 
-    async def train_step(self, x: Any, y: Any, *, return_outputs: bool = False) -> TrainStepResult:
+    async def train_step(self, x: Any, y: Any, *, lr: float | None = None) -> TrainStepResult:
         """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
-        return await self._client._call(self._train_step_call(x, y, return_outputs))
+        return await self._client._call(self._train_step_call(x, y, lr))
 
     async def gradcheck(
         self,
@@ -345,8 +355,11 @@ class AsyncRemoteModel(ModelCalls):
         """Returns every parameter by its state_dict name."""
         return await self._client._call(self._parameters_call())
 
-    async def load_parameters(self, parameters: dict[str, Any]) -> None:
-        """Replaces the parameters (names and shapes must match); pending tapes go stale."""
+    async def load_parameters(self, parameters: dict[str, Any]) -> ModelInfo:
+        """Returns the model's info after replacing its parameters; pending tapes go stale.
+
+        Every name must exist and every shape match; values go out in the model's dtype.
+        """
         return await self._client._call(self._load_parameters_call(parameters))
 
     async def gradients(self) -> dict[str, np.ndarray]:
@@ -357,9 +370,12 @@ class AsyncRemoteModel(ModelCalls):
         """Returns per-layer gradient and parameter norms, ratios and health flags."""
         return await self._client._call(self._diagnostics_call())
 
-    async def download_checkpoint(self, path: str | Path) -> Path:
-        """Returns ``path`` after writing the model's safetensors checkpoint there."""
-        return await self._client._call(self._checkpoint_call(path))
+    async def download_checkpoint(self, path: str | Path, *, include_optimizer: bool = True) -> Path:
+        """Returns ``path`` after writing the model's safetensors checkpoint there.
+
+        ``include_optimizer=False`` leaves out the optimizer state: a plain PyTorch state_dict.
+        """
+        return await self._client._call(self._checkpoint_call(path, include_optimizer))
 
     async def delete(self) -> None:
         """Deletes the model on the server."""
@@ -382,8 +398,9 @@ class AsyncRemoteModel(ModelCalls):
                               validation_data=validation_data, seed=seed, verbose=verbose)
         for epoch in range(epochs):
             for xb, yb in loop.epoch_batches(epoch):
-                result = await self.train_step(xb, yb, return_outputs=loop.classifier)
-                loop.record_batch(result.loss, result.outputs, yb)
+                loop.record_batch((await self.train_step(xb, yb)).loss, len(yb))
+            # train_step sends no outputs back: accuracy is measured after the epoch, in eval mode.
+            outputs = await self.predict(loop.x, batch_size=batch_size) if loop.classifier else None
             val_outputs = await self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
-            loop.end_epoch(epoch, val_outputs)
+            loop.end_epoch(epoch, outputs, val_outputs)
         return loop.history

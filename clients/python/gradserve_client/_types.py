@@ -12,7 +12,12 @@ T = TypeVar("T")
 
 def from_body(cls: type[T], body: dict[str, Any]) -> T:
     """Returns a ``cls`` record from a response body; fields the body lacks are None, extras ignored."""
-    return cls(**{f.name: body.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
+    return cls(**{f.name: _number(body.get(f.name)) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def _number(value: Any) -> Any:
+    # Non-finite numbers arrive as the strings "NaN", "Infinity", "-Infinity".
+    return float(value) if value in ("NaN", "Infinity", "-Infinity") else value
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Tape:
 class BackwardResult:
     loss: float | None
     grad_norm: float
+    accumulated: int
     input_grad: np.ndarray | None
 
 
@@ -65,11 +71,10 @@ class TrainStepResult:
     """forward_backward and step in one: the batch's loss, then the step taken."""
 
     loss: float
-    grad_norm: float
     step: int
     lr: float
+    grad_norm: float
     update_norm: float
-    outputs: np.ndarray | None
 
 
 @dataclass(frozen=True)
