@@ -1,0 +1,67 @@
+"""Request bodies: read within the size limit, split JSON from binary, validate into a model.
+
+Routes that take tensors read their body here rather than through FastAPI's own body
+parameter, because a body may be binary (the JSON part followed by raw tensor bytes).
+"""
+
+from typing import TypeVar
+
+import orjson
+from anyio import to_thread
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from service.errors import ServiceError, field_errors
+from service.tensors import HEADER, attach_binary, split_message
+
+M = TypeVar("M", bound=BaseModel)
+
+# Bodies bigger than this are parsed on a worker thread so the event loop stays free.
+OFFLOAD_BYTES = 256 * 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Gives the raw body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ServiceError:
+    return ServiceError(413, "body_too_large",
+                        f"the body has at least {size} bytes, over the limit of {limit} (GRADSERVE_MAX_BODY_BYTES)")
+
+
+async def parse_body(request: Request, model: type[M], limit: int) -> M:
+    """Gives the request body as `model`: JSON, or binary form with its tensors attached."""
+    body = await read_body(request, limit)
+    header = request.headers.get(HEADER)
+    if len(body) > OFFLOAD_BYTES:
+        return await to_thread.run_sync(parse_message, body, header, model)
+    return parse_message(body, header, model)
+
+
+def parse_message(body: bytes, header: str | None, model: type[M]) -> M:
+    """Gives `model` validated from a JSON or binary-form message (400 / 422 otherwise)."""
+    json_part, binary = split_message(body, header)
+    if not json_part:
+        json_part = memoryview(b"{}")  # an empty body means every field takes its default
+    try:
+        message = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ServiceError(422, "validation_error",
+                           [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}])
+    attach_binary(message, binary)
+    try:
+        return model.model_validate(message)
+    except ValidationError as exc:
+        raise ServiceError(422, "validation_error", field_errors(exc.errors(), prefix=("body",))) from None

@@ -1,0 +1,45 @@
+"""`gradserve serve`: runs the service under uvicorn."""
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from service.main import create_app
+from service.settings import Settings
+
+log = logging.getLogger("gradserve")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parses the command line and runs the chosen command."""
+    parser = argparse.ArgumentParser(prog="gradserve", description="gradserve: a gradient-computation service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--data-dir", type=Path, help="overrides GRADSERVE_DATA_DIR (default ./data)")
+    serve.add_argument("--durability", choices=["step", "interval", "none"], help="overrides GRADSERVE_DURABILITY")
+    serve.add_argument("--log-level", help="overrides GRADSERVE_LOG_LEVEL (default info)")
+    args = parser.parse_args(argv)
+
+    overrides = {key: value for key, value in
+                 {"data_dir": args.data_dir, "durability": args.durability, "log_level": args.log_level}.items()
+                 if value is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+    log.info("gradserve listening on http://%s:%d (data dir %s)", host, port, settings.data_dir.resolve())
+    config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Typed dependencies shared by the routes."""
+
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Path, Request
+from pydantic import BaseModel
+
+from service.auth import OwnerDep
+from service.body import parse_body
+from service.metrics import Metrics
+from service.schemas import ID_PATTERN
+from service.settings import Settings
+from service.store import Entry, ModelStore
+from service.tensors import Decoder
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["xor-mlp"])]
+
+
+def get_entry(model_id: ModelIdPath, store: StoreDep, owner: OwnerDep) -> Entry:
+    return store.get(model_id, owner)
+
+
+EntryDep = Annotated[Entry, Depends(get_entry)]
+
+
+def get_decoder(entry: EntryDep, settings: SettingsDep) -> Decoder:
+    return Decoder(entry.model.dtype, settings.max_tensor_elements)
+
+
+DecoderDep = Annotated[Decoder, Depends(get_decoder)]
+
+
+def body_of(model: type[M]) -> Any:
+    """Gives a dependency parsing the request body (JSON or binary form) into `model`."""
+
+    async def parse(request: Request, settings: SettingsDep) -> M:
+        return await parse_body(request, model, settings.max_body_bytes)
+
+    return Depends(parse)

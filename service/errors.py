@@ -1,0 +1,141 @@
+"""The one mapping from failures to HTTP answers: `{"detail": ..., "code": ...}`.
+
+    ServiceError            raised by the service itself (400, 401, 404, 409, 413, 422)
+    core.SpecError          422 invalid_spec          (detail: [{loc, msg, type}])
+    core.InputError         422 invalid_input         (detail: [{loc, msg, type}])
+    core.CheckpointError    422 invalid_checkpoint
+    core.StaleTapeError     409 stale_tape
+    core.NothingToStepError 409 nothing_to_step
+    core.NonFiniteGradientError 409 non_finite_gradient
+    RequestValidationError  422 validation_error      (FastAPI's, without echoing input)
+    HTTPException           its status (404 unknown route, 405, ...)
+    anything else           500 internal_error, logged with its traceback, bare message
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core import (
+    CheckpointError,
+    InputError,
+    NonFiniteGradientError,
+    NothingToStepError,
+    SpecError,
+    StaleTapeError,
+)
+
+log = logging.getLogger("gradserve")
+
+CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    SpecError: (422, "invalid_spec"),
+    InputError: (422, "invalid_input"),
+    CheckpointError: (422, "invalid_checkpoint"),
+    StaleTapeError: (409, "stale_tape"),
+    NothingToStepError: (409, "nothing_to_step"),
+    NonFiniteGradientError: (409, "non_finite_gradient"),
+}
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class ServiceError(Exception):
+    """A failure the service names itself, with its status and `code`."""
+
+    def __init__(self, status: int, code: str, detail: Any, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def invalid(loc: Sequence[str | int], msg: str, type: str = "value_error") -> ServiceError:
+    """Gives a 422 naming one field, in FastAPI's `[{loc, msg, type}]` form."""
+    return ServiceError(422, "validation_error", [{"loc": list(loc), "msg": msg, "type": type}])
+
+
+def error_response(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    """Gives the JSON error body every failure is answered with."""
+    body = orjson.dumps({"detail": detail, "code": code})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def field_errors(errors: Sequence[dict], prefix: Sequence[str | int] = ()) -> list[dict]:
+    """Gives `[{loc, msg, type}]` from pydantic's or core's error dicts, without the input."""
+    return [
+        {"loc": [*prefix, *error.get("loc", ())], "msg": str(error.get("msg", "")),
+         "type": str(error.get("type", "value_error"))}
+        for error in errors
+    ]
+
+
+def _core_detail(exc: Exception, status: int) -> Any:
+    if status == 422:
+        errors = getattr(exc, "errors", None)
+        if errors:
+            return field_errors(errors, prefix=("body",))
+        return [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+    return str(exc)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> Response:
+    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+
+async def _core_error(request: Request, exc: Exception) -> Response:
+    for cls in type(exc).__mro__:
+        if cls in CORE_ERRORS:
+            status, code = CORE_ERRORS[cls]
+            return error_response(status, code, _core_detail(exc, status))
+    raise exc
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return error_response(422, "validation_error", field_errors(exc.errors()))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+
+
+class CatchUnhandled:
+    """ASGI middleware turning an unexpected exception into a logged, bare 500."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_response(500, "internal_error", "Internal Server Error")
+            await response(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """Registers every handler above on `app`."""
+    app.add_exception_handler(ServiceError, _service_error)
+    for cls in CORE_ERRORS:
+        app.add_exception_handler(cls, _core_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(CatchUnhandled)

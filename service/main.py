@@ -1,0 +1,55 @@
+"""Builds the FastAPI application: settings, store, metrics, error handling, routers."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import errors
+from service.metrics import Metrics, RecordRequests
+from service.routes import inspection, models, ops, training
+from service.schemas import add_request_schemas
+from service.settings import Settings
+from service.store import ModelStore
+
+log = logging.getLogger("gradserve")
+
+DESCRIPTION = """A gradient-computation service: models live on the server; forward, backward,
+optimizer steps and gradient checks over HTTP.
+
+Tensors are KServe V2 tensor objects (`{"shape", "datatype", "data"}`). Any route taking tensors
+also accepts the binary form: `Content-Type: application/octet-stream`, the header
+`Inference-Header-Content-Length: <bytes of the JSON part>`, tensor objects with
+`"parameters": {"binary_data_size": <bytes>}` and the raw little-endian bytes after the JSON part.
+`"binary_data_output": true` (or `?binary_data_output=true` on GET) answers the same way.
+
+Try it: create the example model with `POST /v1/models`, then use `xor-mlp` as `model_id`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Gives the gradserve application for `settings` (read from the environment if None)."""
+    settings = settings or Settings()
+    store = ModelStore(settings)
+    metrics = Metrics()
+    metrics.watch(models=lambda: len(store.models), tapes=store.pending_tapes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        log.info("data in %s: %d models loaded, %d skipped, durability=%s",
+                 settings.data_dir.resolve(), len(store.models), len(store.skipped), settings.durability)
+        yield
+        await store.close()
+
+    app = FastAPI(title="gradserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
+    errors.install(app)
+    app.add_middleware(RecordRequests, metrics=metrics)
+    for router in (ops.router, models.router, training.router, inspection.router):
+        app.include_router(router)
+
+    generate = app.openapi
+    app.openapi = lambda: add_request_schemas(generate())
+    return app

@@ -1,0 +1,106 @@
+"""Model checkpoints on disk: atomic writes, and reloading every model at start.
+
+Layout of the data directory:
+
+    models/<id>.safetensors   the engine's checkpoint (parameters, optimizer state, spec, step)
+    models/<id>.owner         who created the model: a SHA-256 of their API key, or empty
+
+A write goes to a temporary file in the same folder, is fsynced, renamed over the old file
+and the folder fsynced, so a crash leaves either the old checkpoint or the new one. A file
+that cannot be read at start is reported and skipped; its id stays reserved so nothing
+overwrites it.
+"""
+
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import Model
+
+log = logging.getLogger("gradserve")
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SUFFIX = ".safetensors"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replaces `path` by `data` so that a crash leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename or unlink in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Loaded:
+    """A model read back from disk, with its owner."""
+
+    id: str
+    model: Model
+    owner: str | None
+
+
+class Checkpoints:
+    """The folder of model checkpoints; every method takes an already validated model id."""
+
+    def __init__(self, data_dir: Path):
+        self.folder = Path(data_dir) / "models"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, model_id: str, checkpoint: bytes) -> None:
+        atomic_write(self.folder / f"{model_id}{SUFFIX}", checkpoint)
+
+    def save_owner(self, model_id: str, owner: str | None) -> None:
+        atomic_write(self.folder / f"{model_id}.owner", (owner or "").encode())
+
+    def delete(self, model_id: str) -> None:
+        (self.folder / f"{model_id}{SUFFIX}").unlink(missing_ok=True)
+        (self.folder / f"{model_id}.owner").unlink(missing_ok=True)
+        fsync_dir(self.folder)
+
+    def load_all(self) -> tuple[list[Loaded], dict[str, str]]:
+        """Gives every readable model, and {id: reason} for each checkpoint that is not."""
+        loaded, skipped = [], {}
+        for tmp in self.folder.glob(".*.tmp"):
+            log.warning("removing %s, a write that never completed", tmp.name)
+            tmp.unlink(missing_ok=True)
+        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
+            model_id = path.name[: -len(SUFFIX)]
+            if not ID_RE.fullmatch(model_id):
+                log.warning("skipping %s: not a valid model id", path.name)
+                continue
+            try:
+                model = Model.from_bytes(path.read_bytes())
+                owner_file = self.folder / f"{model_id}.owner"
+                owner = owner_file.read_text().strip() or None if owner_file.exists() else None
+            except Exception as exc:  # a bad file must never stop the server
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("skipping checkpoint %s: %s", path, reason)
+                skipped[model_id] = reason
+                continue
+            model.spec["id"] = model_id
+            loaded.append(Loaded(model_id, model, owner))
+        return loaded, skipped

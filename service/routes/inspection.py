@@ -1,0 +1,70 @@
+"""Reading and replacing parameters, reading gradients, diagnostics and gradient checks."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from core import gradcheck as check_gradients
+from service.auth import authenticate
+from service.deps import DecoderDep, EntryDep, StoreDep, body_of
+from service.schemas import (
+    ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody, request_body,
+)
+from service.tensors import reply
+
+router = APIRouter(prefix="/v1/models/{model_id}", tags=["inspection"], dependencies=[Depends(authenticate)],
+                   responses=ERRORS)
+
+BinaryOutputQuery = Annotated[bool, Query(description="Answer with tensors in binary form.")]
+
+
+@router.get("/parameters", response_model=Parameters)
+async def get_parameters(entry: EntryDep, store: StoreDep, binary_data_output: BinaryOutputQuery = False) -> Response:
+    """Gives every parameter as a tensor object, by its PyTorch state_dict name."""
+    snapshot = await store.run(entry, lambda: {name: p.copy() for name, p in entry.model.parameters().items()})
+    return await reply({"parameters": snapshot}, binary=binary_data_output)
+
+
+@router.put("/parameters", response_model=ModelInfo, openapi_extra=request_body(ParametersBody))
+async def put_parameters(entry: EntryDep, store: StoreDep, decode: DecoderDep,
+                         body: Annotated[ParametersBody, body_of(ParametersBody)]) -> ModelInfo:
+    """Replaces parameters (all names must exist, shapes must match); pending tapes go stale."""
+    model = entry.model
+
+    def work():
+        values = {name: decode(value, ("parameters", name)) for name, value in body.parameters.items()}
+        model.set_parameters(values)
+
+    await store.run(entry, work, save="always")
+    return ModelInfo.of(entry)
+
+
+@router.get("/gradients", response_model=Gradients)
+async def get_gradients(entry: EntryDep, store: StoreDep, binary_data_output: BinaryOutputQuery = False) -> Response:
+    """Gives the accumulated gradients, by parameter name."""
+    snapshot = await store.run(entry, lambda: {name: g.copy() for name, g in entry.model.gradients().items()})
+    return await reply({"gradients": snapshot}, binary=binary_data_output)
+
+
+@router.get("/diagnostics")
+async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
+    """Per-layer gradient and parameter norms, update ratios, dead-ReLU and saturation
+    fractions, and vanishing/exploding flags."""
+    return await store.run(entry, entry.model.diagnostics)
+
+
+@router.post("/gradcheck", response_model=GradcheckResponse, openapi_extra=request_body(GradcheckRequest))
+async def gradcheck(entry: EntryDep, store: StoreDep, decode: DecoderDep,
+                    body: Annotated[GradcheckRequest, body_of(GradcheckRequest)]) -> dict:
+    """Compares analytic gradients with central differences in float64, on a copy of the model."""
+    model = entry.model
+
+    def work():
+        report = check_gradients(
+            model, decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True),
+            grad_output=decode(body.grad_output, "grad_output"), mode=body.mode, eps=body.eps,
+            atol=body.atol, rtol=body.rtol, max_entries=body.max_entries, seed=body.seed)
+        return report.to_dict()
+
+    return await store.run(entry, work)

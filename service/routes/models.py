@@ -1,0 +1,64 @@
+"""Creating, listing, deleting, exporting and importing models."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from service.auth import OwnerDep, authenticate
+from service.body import read_body
+from service.deps import EntryDep, SettingsDep, StoreDep, body_of
+from service.schemas import ERRORS, ModelId, ModelInfo, ModelList, ModelSpec, request_body
+
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(authenticate)], responses=ERRORS)
+
+
+@router.post("", status_code=201, response_model=ModelInfo, openapi_extra=request_body(ModelSpec),
+             responses={409: {"description": "The id is taken"}})
+async def create_model(store: StoreDep, owner: OwnerDep,
+                       spec: Annotated[ModelSpec, body_of(ModelSpec)]) -> ModelInfo:
+    """Creates a model from a spec; the whole spec is checked before anything is allocated."""
+    entry = await store.create(spec.model_dump(exclude_unset=True), owner)
+    return ModelInfo.of(entry)
+
+
+@router.get("", response_model=ModelList)
+async def list_models(store: StoreDep, owner: OwnerDep) -> ModelList:
+    """Lists the caller's models."""
+    return ModelList(models=[ModelInfo.of(entry) for entry in store.list(owner)])
+
+
+@router.post("/import", status_code=201, response_model=ModelInfo, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "A safetensors checkpoint, as GET /v1/models/{model_id}/checkpoint gives it."}})
+async def import_model(request: Request, store: StoreDep, settings: SettingsDep, owner: OwnerDep,
+                       id: Annotated[ModelId | None, Query(description="Id for the new model.")] = None) -> ModelInfo:
+    """Creates a model from a safetensors checkpoint sent as the raw body."""
+    checkpoint = await read_body(request, settings.max_body_bytes)
+    entry = await store.import_checkpoint(checkpoint, id, owner)
+    return ModelInfo.of(entry)
+
+
+@router.get("/{model_id}", response_model=ModelInfo)
+async def get_model(entry: EntryDep) -> ModelInfo:
+    """Describes one model: spec, parameter shapes, step, version, accumulated batches."""
+    return ModelInfo.of(entry)
+
+
+@router.delete("/{model_id}", status_code=204, response_class=Response)
+async def delete_model(entry: EntryDep, store: StoreDep, owner: OwnerDep) -> Response:
+    """Deletes a model and its checkpoint."""
+    await store.delete(entry.id, owner)
+    return Response(status_code=204)
+
+
+@router.get("/{model_id}/checkpoint", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "A safetensors file; spec and step in its metadata."}})
+async def get_checkpoint(entry: EntryDep, store: StoreDep,
+                         include_optimizer: Annotated[bool, Query(
+                             description="false gives a pure PyTorch state_dict")] = True) -> Response:
+    """Gives the model as a safetensors file."""
+    checkpoint = await store.run(entry, lambda: entry.model.to_bytes(include_optimizer=include_optimizer))
+    return Response(checkpoint, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{entry.id}.safetensors"'})

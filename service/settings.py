@@ -1,0 +1,46 @@
+"""The service's settings: one class, read from `GRADSERVE_*` environment variables."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a gradserve server, with its documented default.
+
+    Each field `name` is read from the environment variable `GRADSERVE_<NAME>`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GRADSERVE_", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="Where models are checkpointed.")
+    durability: Literal["step", "interval", "none"] = Field(
+        "step",
+        description="step: every step is on disk before its response; interval: dirty "
+        "models are written every `durability_interval_seconds`; none: steps are written "
+        "only at shutdown. Create, import, PUT parameters and delete are always written.",
+    )
+    durability_interval_seconds: float = Field(5.0, gt=0)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys; empty means no authentication.",
+    )
+    max_body_bytes: int = Field(64 * MiB, ge=1)
+    max_tensor_elements: int = Field(16_000_000, ge=1)
+    max_parameters: int = Field(50_000_000, ge=1)
+    max_models: int = Field(100, ge=1)
+    max_layers: int = Field(256, ge=1)
+    max_tapes: int = Field(16, ge=1)
+    tape_ttl_seconds: float = Field(300.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value

@@ -1,0 +1,226 @@
+"""The model store: live models, their pending tapes, and when they reach the disk.
+
+Requests on one model are serialised by that model's asyncio lock; the engine's work runs
+on a worker thread, so the event loop keeps answering other models meanwhile.
+"""
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from anyio import to_thread
+
+from core import InputError, Model
+from service.errors import ServiceError
+from service.persistence import ID_RE, Checkpoints, Loaded
+from service.settings import Settings
+
+log = logging.getLogger("gradserve")
+
+T = TypeVar("T")
+Save = Literal["no", "step", "always"]
+
+
+@dataclass(eq=False)
+class Entry:
+    """One live model with its owner, lock and pending tapes."""
+
+    id: str
+    model: Model
+    owner: str | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tapes: OrderedDict[str, tuple[Any, float]] = field(default_factory=OrderedDict)  # id -> (tape, made at)
+    dirty: bool = False  # steps taken since the last checkpoint
+    deleted: bool = False
+
+
+class ModelStore:
+    """Every model of the server, keyed by id."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models: dict[str, Entry] = {}
+        self.skipped: dict[str, str] = {}  # ids whose checkpoint could not be read -> why
+        self.ready = False
+        self._checkpoints: Checkpoints | None = None
+        self._registry = asyncio.Lock()  # creation and deletion
+        self._flusher: asyncio.Task | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Loads every checkpoint of the data directory and starts the interval flusher."""
+        self._checkpoints = await to_thread.run_sync(Checkpoints, self.settings.data_dir)
+        loaded, self.skipped = await to_thread.run_sync(self._checkpoints.load_all)
+        for item in loaded:
+            self.models[item.id] = Entry(item.id, item.model, item.owner)
+        if self.settings.durability == "interval":
+            self._flusher = asyncio.create_task(self._flush_every(self.settings.durability_interval_seconds))
+        self.ready = True
+
+    async def close(self) -> None:
+        """Stops the flusher and writes every model with unsaved steps."""
+        self.ready = False
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Writes every model that has steps not yet on disk."""
+        for entry in list(self.models.values()):
+            if entry.dirty:
+                async with entry.lock:
+                    if entry.dirty and not entry.deleted:
+                        await to_thread.run_sync(self._save, entry)
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("interval checkpoint failed")
+
+    # -- models ------------------------------------------------------------------------
+
+    def get(self, model_id: str, owner: str | None) -> Entry:
+        """Gives the model, or 404 if it does not exist or belongs to another key."""
+        entry = self.models.get(model_id)
+        if entry is None or not _visible(entry, owner):
+            raise ServiceError(404, "model_not_found", f"no model {model_id!r}")
+        return entry
+
+    def list(self, owner: str | None) -> list[Entry]:
+        return [entry for entry in self.models.values() if _visible(entry, owner)]
+
+    async def create(self, spec: dict, owner: str | None) -> Entry:
+        """Builds, saves and registers a model from `spec` (201), or raises 409/422."""
+        s = self.settings
+        async with self._registry:
+            model_id = self._free_id(spec.get("id"))
+            model = await to_thread.run_sync(
+                lambda: Model.from_spec({**spec, "id": model_id}, max_parameters=s.max_parameters,
+                                        max_layers=s.max_layers))
+            return await self._register(model_id, model, owner)
+
+    async def import_checkpoint(self, checkpoint: bytes, model_id: str | None, owner: str | None) -> Entry:
+        """Registers a model read from a safetensors checkpoint, under `model_id` if given."""
+        async with self._registry:
+            model = await to_thread.run_sync(lambda: Model.from_bytes(
+                checkpoint, max_parameters=self.settings.max_parameters, max_layers=self.settings.max_layers))
+            model_id = self._free_id(model_id or model.spec.get("id"))
+            model.spec["id"] = model_id
+            return await self._register(model_id, model, owner)
+
+    async def delete(self, model_id: str, owner: str | None) -> None:
+        async with self._registry:
+            entry = self.get(model_id, owner)
+            async with entry.lock:
+                entry.deleted = True
+                del self.models[model_id]
+                await to_thread.run_sync(self._checkpoints.delete, model_id)
+
+    def _free_id(self, model_id: Any) -> str:
+        if model_id is None:
+            return f"m-{secrets.token_hex(6)}"
+        if not isinstance(model_id, str) or not ID_RE.fullmatch(model_id):
+            raise ServiceError(422, "validation_error", [
+                {"loc": ["body", "id"], "msg": "a model id is 1 to 64 of A-Z a-z 0-9 _ -", "type": "string_pattern_mismatch"}])
+        if model_id in self.models:
+            raise ServiceError(409, "id_taken", f"a model {model_id!r} already exists")
+        if model_id in self.skipped:
+            raise ServiceError(409, "id_taken", f"the checkpoint of {model_id!r} on disk could not be read "
+                                                f"({self.skipped[model_id]}); it is kept, choose another id")
+        if len(self.models) >= self.settings.max_models:
+            raise ServiceError(422, "too_many_models", [
+                {"loc": ["body"], "msg": f"the server holds {len(self.models)} models, the limit "
+                                         f"(GRADSERVE_MAX_MODELS) is {self.settings.max_models}", "type": "limit"}])
+        return model_id
+
+    async def _register(self, model_id: str, model: Model, owner: str | None) -> Entry:
+        entry = Entry(model_id, model, owner)
+
+        def save_new() -> None:
+            self._checkpoints.save_owner(model_id, owner)  # first, so a checkpoint never lacks its owner
+            self._save(entry)
+
+        await to_thread.run_sync(save_new)
+        self.models[model_id] = entry
+        return entry
+
+    # -- running the engine ------------------------------------------------------------
+
+    async def run(self, entry: Entry, work: Callable[[], T], save: Save = "no") -> T:
+        """Gives `work()` run on a worker thread while holding the model's lock.
+
+        save="step" writes the checkpoint before returning when durability is "step" (else
+        marks the model dirty); save="always" writes it whatever the durability.
+        """
+        async with entry.lock:
+            self._check_alive(entry)
+            return await to_thread.run_sync(self._work_then_save, entry, work, save)
+
+    async def run_with_tape(self, entry: Entry, tape_id: str, work: Callable[[Any], T]) -> T:
+        """Gives `work(tape)` for a pending tape, consuming the tape unless the input was bad."""
+        async with entry.lock:
+            self._check_alive(entry)
+            tape = self._pending(entry).get(tape_id)
+            if tape is None:
+                raise ServiceError(404, "tape_not_found", f"no pending tape {tape_id!r} (unknown, used, "
+                                                          f"evicted or expired)")
+            try:
+                result = await to_thread.run_sync(work, tape[0])
+            except InputError:
+                raise  # the tape is still good for a corrected request
+            except Exception:
+                entry.tapes.pop(tape_id, None)
+                raise
+            entry.tapes.pop(tape_id, None)
+            return result
+
+    def keep_tape(self, entry: Entry, tape: Any) -> str:
+        """Stores a tape for a later backward and gives its id; evicts the oldest over the bound."""
+        tapes = self._pending(entry)
+        while len(tapes) >= self.settings.max_tapes:
+            tapes.popitem(last=False)
+        tape_id = secrets.token_urlsafe(12)
+        tapes[tape_id] = (tape, time.monotonic())
+        return tape_id
+
+    def pending_tapes(self) -> int:
+        return sum(len(self._pending(entry)) for entry in self.models.values())
+
+    def _pending(self, entry: Entry) -> OrderedDict[str, tuple[Any, float]]:
+        """Gives the entry's tapes after dropping the expired ones."""
+        oldest = time.monotonic() - self.settings.tape_ttl_seconds
+        while entry.tapes and next(iter(entry.tapes.values()))[1] < oldest:
+            entry.tapes.popitem(last=False)
+        return entry.tapes
+
+    def _check_alive(self, entry: Entry) -> None:
+        if entry.deleted:
+            raise ServiceError(404, "model_not_found", f"no model {entry.id!r}")
+
+    def _work_then_save(self, entry: Entry, work: Callable[[], T], save: Save) -> T:
+        result = work()
+        if save == "always" or (save == "step" and self.settings.durability == "step"):
+            self._save(entry)
+        elif save == "step":
+            entry.dirty = True
+        return result
+
+    def _save(self, entry: Entry) -> None:
+        self._checkpoints.save(entry.id, entry.model.to_bytes())
+        entry.dirty = False
+
+
+def _visible(entry: Entry, owner: str | None) -> bool:
+    return entry.owner is None or entry.owner == owner

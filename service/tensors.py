@@ -1,0 +1,281 @@
+"""The one tensor codec: KServe V2 tensor objects <-> NumPy arrays, in list or binary form.
+
+List form:   {"shape": [2, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+             (data flat or nested; a bare nested list is accepted too, its shape inferred).
+Binary form: the tensor object carries {"parameters": {"binary_data_size": <bytes>}} instead
+             of data; the message is the JSON part (its length in the header
+             `Inference-Header-Content-Length`) followed by each tensor's raw little-endian,
+             row-major bytes, in the order the tensor objects appear in the JSON text.
+
+Decoding never loops over elements in Python: the body is parsed by orjson and handed to
+`np.asarray` (list form) or viewed in place with `np.frombuffer` (binary form). Encoding
+serialises arrays with orjson's NumPy support; non-finite values (slow path only) become the
+strings "NaN", "Infinity" and "-Infinity".
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import orjson
+from anyio import to_thread
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from service.errors import ServiceError, invalid
+
+HEADER = "Inference-Header-Content-Length"
+
+Datatype = Literal["FP32", "FP64", "INT32", "INT64"]
+DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+}
+DATATYPE_OF = {dtype: name for name, dtype in DTYPES.items()}
+
+_DATA_SCHEMA = {
+    "type": "array",
+    "items": {"anyOf": [{"type": "number"}, {"type": "array"},
+                        {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]},
+    "description": "Row-major values, flat or nested. Absent in binary form.",
+}
+
+
+class TensorParameters(BaseModel):
+    """Per-tensor parameters of the binary tensor data extension."""
+
+    binary_data_size: int | None = Field(None, ge=0, description="Bytes of this tensor in the binary part.")
+
+
+class Tensor(BaseModel):
+    """A KServe V2 (Open Inference Protocol) tensor object."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"shape": [2, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}],
+    })
+
+    shape: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="Inferred from nested data if absent.")
+    datatype: Datatype | None = Field(None, description="Inputs default to the model's dtype, labels to INT64.")
+    # Validated by the codec, not by pydantic, so that no Python loop touches the elements.
+    data: Annotated[Any, WithJsonSchema(_DATA_SCHEMA)] = None
+    parameters: TensorParameters | None = None
+
+
+TensorInput = Annotated[
+    Tensor | list[Any],
+    WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/Tensor"},
+                              {"type": "array", "description": "A bare nested list; shape inferred."}]}),
+]
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def split_message(body: bytes, header: str | None) -> tuple[memoryview, memoryview]:
+    """Gives the JSON part and the binary part of a request body."""
+    whole = memoryview(body)
+    if header is None:
+        return whole, whole[:0]
+    try:
+        length = int(header)
+    except ValueError:
+        raise invalid(["header", HEADER], f"{HEADER} must be an integer, got {header[:40]!r}") from None
+    if not 0 <= length <= len(body):
+        raise invalid(["header", HEADER], f"{HEADER} is {length}, but the body has {len(body)} bytes")
+    return whole[:length], whole[length:]
+
+
+def attach_binary(message: dict, binary: memoryview) -> None:
+    """Puts each binary tensor's bytes in its `data`, checking that the sizes add up to the body."""
+    offset = 0
+    for loc, tensor in _binary_tensors(message):
+        size = tensor["parameters"]["binary_data_size"]
+        size_loc = ["body", *loc, "parameters", "binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(size_loc, "binary_data_size must be a non-negative integer")
+        if tensor.get("data") is not None:
+            raise invalid(["body", *loc, "data"], "give data or parameters.binary_data_size, not both")
+        if offset + size > len(binary):
+            raise invalid(size_loc, f"binary tensors need more than the {len(binary)} bytes after the JSON part")
+        tensor["data"] = binary[offset:offset + size]
+        offset += size
+    if offset != len(binary):
+        raise invalid(["body"], f"the binary part has {len(binary)} bytes, but its tensors declare {offset}")
+
+
+def _binary_tensors(message: dict) -> Iterator[tuple[list, dict]]:
+    """Yields (loc, tensor object) of binary tensors in the order they appear in the JSON text."""
+    stack: list[tuple[list, dict]] = [([], message)]
+    while stack:  # iterative pre-order walk: depth cannot overflow the Python stack
+        loc, node = stack.pop()
+        parameters = node.get("parameters")
+        if isinstance(parameters, dict) and "binary_data_size" in parameters:
+            yield loc, node
+            continue
+        children = [([*loc, key], value) for key, value in node.items() if isinstance(value, dict)]
+        stack.extend(reversed(children))
+
+
+def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_elements: int,
+           labels: bool = False) -> np.ndarray:
+    """Gives the ndarray a tensor object (or bare nested list) stands for, or raises 413/422.
+
+    `dtype` is used when the tensor does not name its datatype; with `labels`, list data
+    that holds only integers becomes INT64 instead (class labels).
+    """
+    loc = ("body", *loc)
+    tensor = value if isinstance(value, Tensor) else Tensor(data=value)
+    if tensor.datatype is not None:
+        dtype = DTYPES[tensor.datatype]
+    shape = tensor.shape
+    if shape is not None:
+        _check_size(math.prod(shape), loc, max_elements)
+    data = tensor.data
+    if isinstance(data, memoryview):
+        if shape is None:
+            raise invalid([*loc, "shape"], "a binary tensor needs its shape")
+        expected = math.prod(shape) * dtype.itemsize
+        if len(data) != expected:
+            raise invalid([*loc, "parameters", "binary_data_size"],
+                          f"binary_data_size is {len(data)} bytes, shape {shape} of {DATATYPE_OF[dtype]} "
+                          f"needs {expected}")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    if not isinstance(data, list):
+        raise invalid([*loc, "data"], "data must be a list of numbers (or use binary_data_size)")
+    if labels and tensor.datatype is None:
+        array = _from_list(data, None, [*loc, "data"])
+        array = array if array.dtype.kind in "iu" else array.astype(dtype)
+    else:
+        array = _from_list(data, dtype, [*loc, "data"])
+    _check_size(array.size, loc, max_elements)
+    if shape is None:
+        return array
+    if array.size != math.prod(shape):
+        raise invalid([*loc, "data"], f"data has {array.size} values, shape {shape} needs {math.prod(shape)}")
+    return array.reshape(shape)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """`decode` bound to a model's dtype and the element limit; None stays None."""
+
+    dtype: np.dtype
+    max_elements: int
+
+    def __call__(self, value: Tensor | list | None, field: str | tuple[str, ...], *,
+                 labels: bool = False) -> np.ndarray | None:
+        if value is None:
+            return None
+        loc = (field,) if isinstance(field, str) else field
+        return decode(value, loc, dtype=self.dtype, max_elements=self.max_elements, labels=labels)
+
+
+def _from_list(data: list, dtype: np.dtype | None, loc: list) -> np.ndarray:
+    """Gives `data` as an array of `dtype`; with no dtype, integers become INT64."""
+    try:
+        if dtype is not None and dtype.kind == "f":
+            return np.asarray(data, dtype=dtype)
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise invalid(loc, f"not a (rectangular) list of numbers: {_first_line(exc)}") from None
+    if dtype is None:
+        if array.dtype.kind in "fb":
+            return array.astype(np.float64)
+        if array.dtype.kind not in "iu":
+            raise invalid(loc, "not a list of numbers")
+        dtype = DTYPES["INT64"]
+    if array.size and array.dtype.kind not in "iu":
+        raise invalid(loc, f"{DATATYPE_OF[dtype]} data must be integers", "int_type")
+    info = np.iinfo(dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise invalid(loc, f"values out of the {DATATYPE_OF[dtype]} range")
+    return array.astype(dtype, copy=False)
+
+
+def _check_size(elements: int, loc: tuple, max_elements: int) -> None:
+    if elements > max_elements:
+        raise ServiceError(413, "tensor_too_large",
+                           f"{'.'.join(map(str, loc[1:]))} has {elements} elements, over the limit of "
+                           f"{max_elements} (GRADSERVE_MAX_TENSOR_ELEMENTS)")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+# -- encoding ----------------------------------------------------------------------------
+
+
+# Responses with more tensor elements than this are encoded on a worker thread.
+OFFLOAD_ELEMENTS = 64 * 1024
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def number(value: float | None) -> float | str | None:
+    """Gives a scalar for a JSON body: non-finite values as "NaN", "Infinity", "-Infinity"."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else _NON_FINITE[value]
+
+
+async def reply(payload: dict, *, binary: bool = False, status_code: int = 200) -> Response:
+    """Gives `respond(...)`, encoded on a worker thread when the payload is big."""
+    encode = partial(respond, payload, binary=binary, status_code=status_code)
+    if _elements(payload) > OFFLOAD_ELEMENTS:
+        return await to_thread.run_sync(encode)
+    return encode()
+
+
+def _elements(node: dict) -> int:
+    return sum(value.size if isinstance(value, np.ndarray) else _elements(value) if isinstance(value, dict) else 0
+               for value in node.values())
+
+
+def respond(payload: dict, *, binary: bool = False, status_code: int = 200) -> Response:
+    """Gives the response for `payload`, a dict whose ndarray values become tensor objects."""
+    if not binary:
+        body = orjson.dumps(_encode(payload, None), option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, status_code=status_code, media_type="application/json")
+    chunks: list[memoryview] = []
+    head = orjson.dumps(_encode(payload, chunks))
+    return Response(b"".join([head, *chunks]), status_code=status_code, media_type="application/octet-stream",
+                    headers={HEADER: str(len(head))})
+
+
+def _encode(node: dict, chunks: list[memoryview] | None) -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, np.ndarray):
+            out[key] = encode_tensor(value, chunks)
+        elif isinstance(value, dict):
+            out[key] = _encode(value, chunks)
+        else:
+            out[key] = value
+    return out
+
+
+def encode_tensor(array: np.ndarray, chunks: list[memoryview] | None = None) -> dict:
+    """Gives the tensor object for `array`: list form, or binary form appending to `chunks`."""
+    if array.dtype not in DATATYPE_OF:
+        array = array.astype(np.float64 if array.dtype.kind == "f" else np.int64)
+    dtype = array.dtype.newbyteorder("<")
+    tensor: dict[str, Any] = {"shape": list(array.shape), "datatype": DATATYPE_OF[dtype]}
+    flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    if chunks is not None:
+        chunks.append(memoryview(flat).cast("B"))
+        tensor["parameters"] = {"binary_data_size": flat.nbytes}
+    elif flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        tensor["data"] = _with_named_non_finite(flat)
+    else:
+        tensor["data"] = flat
+    return tensor
+
+
+def _with_named_non_finite(flat: np.ndarray) -> list:
+    values = flat.astype(np.float64).astype(object)
+    values[np.isnan(flat)] = "NaN"
+    values[flat == np.inf] = "Infinity"
+    values[flat == -np.inf] = "-Infinity"
+    return values.tolist()

@@ -1,0 +1,113 @@
+"""Servers for the service tests: in-process (httpx's ASGI transport) and a real uvicorn.
+
+`make_client(**settings)` gives a synchronous client on a fresh in-process app with its own
+data directory; `live_url` is a real uvicorn on 127.0.0.1 (free port, tmp data dir) shared by
+the session; `api` runs a test once against each.
+"""
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from functools import partial
+from pathlib import Path
+
+import anyio.from_thread
+import httpx
+import pytest
+import uvicorn
+
+from service.main import create_app
+from service.settings import Settings
+
+
+class PortalClient:
+    """A synchronous client on httpx.AsyncClient + ASGITransport, driven through an anyio portal."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, client: httpx.AsyncClient, app):
+        self._portal, self._client, self.app = portal, client, app
+
+    def request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        return self._portal.call(partial(self._client.request, method, url, **kwargs))
+
+    def get(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+
+@asynccontextmanager
+async def _in_process(app) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://asgi") as client:
+            yield client
+
+
+@contextmanager
+def asgi_client(settings: Settings) -> Iterator[PortalClient]:
+    """Gives a client on a new app for `settings`, its lifespan running until the block ends."""
+    app = create_app(settings)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        with portal.wrap_async_context_manager(_in_process(app)) as client:
+            yield PortalClient(portal, client, app)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., PortalClient]]:
+    """Gives a factory of in-process clients; `data_dir` defaults to a tmp folder."""
+    with ExitStack() as stack:
+        def make(**settings) -> PortalClient:
+            settings.setdefault("data_dir", tmp_path / "data")
+            return stack.enter_context(asgi_client(Settings(**settings)))
+        yield make
+
+
+@pytest.fixture
+def client(make_client) -> PortalClient:
+    return make_client()
+
+
+@contextmanager
+def uvicorn_in_thread(app) -> Iterator[str]:
+    """Serves `app` with a real uvicorn on 127.0.0.1 (a free port) and gives its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_url(tmp_path_factory) -> Iterator[str]:
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("live-data")))
+    with uvicorn_in_thread(app) as url:
+        yield url
+
+
+@pytest.fixture(params=["asgi", "live"])
+def api(request, client, live_url) -> Iterator[PortalClient | httpx.Client]:
+    """Gives an in-process client, then (second run) a client of the real uvicorn."""
+    if request.param == "asgi":
+        yield client
+    else:
+        with httpx.Client(base_url=live_url, timeout=30) as live:
+            yield live
