@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
+from .optim import squared_norm
 
 if TYPE_CHECKING:
     from .model import Model
@@ -31,11 +31,11 @@ SATURATED_FRACTION = 0.5
 def report(model: "Model") -> dict:
     """Return a JSON-able report: per parameter, per layer, and overall flags."""
     live = model.accumulated > 0
-    grad_norms = ({n: math.sqrt(float(np.vdot(g, g))) for n, g in model.gradients().items()} if live
+    grad_norms = ({n: math.sqrt(squared_norm(g)) for n, g in model.gradients().items()} if live
                   else model.history.grad_norms)
     parameters = {}
     for name, p in model.parameters().items():
-        p_norm = math.sqrt(float(np.vdot(p, p)))
+        p_norm = math.sqrt(squared_norm(p))
         g_norm = grad_norms.get(name)
         u_norm = model.history.update_norms.get(name)
         parameters[name] = {

@@ -21,7 +21,7 @@ from . import checkpoint, diagnostics, losses, spec as specs
 from .errors import InputError, NonFiniteGradientError, NothingToStepError, StaleTapeError
 from .layers import Layer, build, walk
 from .layers.norm import BatchNorm
-from .optim import Optimizer
+from .optim import Optimizer, squared_norm
 
 
 @dataclass
@@ -274,7 +274,7 @@ class Model:
 
     def grad_norm(self) -> float:
         """Return the global L2 norm of the accumulated gradients."""
-        return math.sqrt(sum(float(np.vdot(g, g)) for g in self._grads.values()))
+        return math.sqrt(sum(squared_norm(g) for g in self._grads.values()))
 
     def step(self, lr: float | None = None) -> StepResult:
         """Apply the optimizer to the accumulated gradients, then clear them."""
