@@ -159,12 +159,13 @@ UPDATES = {"sgd": sgd_update, "adam": adam_update, "adamw": adamw_update, "rmspr
 # Elementwise updates run on cache-sized chunks, spread over the cores: a 2M-parameter
 # Adam step is memory-bound, and one core streaming 15 full passes leaves the other idle.
 CHUNK = 1 << 16
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="gradserve-optim")
+WORKERS = os.cpu_count() or 1
+_POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="gradserve-optim")
 
 
 def _parallel(fn, jobs: list) -> list:
     """Return [fn(job) for job in jobs], the jobs spread over the thread pool."""
-    workers = _POOL._max_workers
+    workers = WORKERS
     if workers == 1 or len(jobs) < 2 * workers:
         return [fn(job) for job in jobs]
     parts = [jobs[i::workers] for i in range(workers)]
