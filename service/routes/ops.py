@@ -10,7 +10,7 @@ from service.schemas import Status
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Status)
+@router.get("/healthz", response_model=Status, response_model_exclude_none=True)
 async def healthz() -> Status:
     """Gives 200 while the process serves requests."""
     return Status(status="ok")

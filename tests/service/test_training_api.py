@@ -1,0 +1,193 @@
+"""Forward, backward, accumulation and steps over the API, checked against the engine itself."""
+
+import numpy as np
+import pytest
+
+from core import Model
+from wire import MLP, array, binary_body, create, read_binary, tensor
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((6, 4)).astype(np.float32)
+Y = np.array([0, 1, 2, 2, 1, 0])
+
+
+def url(info: dict, route: str) -> str:
+    return f"/v1/models/{info['id']}/{route}"
+
+
+def gradients(api, info) -> dict[str, np.ndarray]:
+    return {name: array(t) for name, t in api.get(url(info, "gradients")).json()["gradients"].items()}
+
+
+def parameters(api, info) -> dict[str, np.ndarray]:
+    return {name: array(t) for name, t in api.get(url(info, "parameters")).json()["parameters"].items()}
+
+
+def test_forward_gives_the_engines_outputs(api):
+    info = create(api)
+    response = api.post(url(info, "forward"), json={"inputs": tensor(X)})
+    assert response.status_code == 200 and response.json()["tape_id"] is None
+    expected, _ = Model.from_spec({**MLP, "id": info["id"]}).forward(X)
+    assert np.array_equal(array(response.json()["outputs"]), expected)
+
+
+def test_forward_then_backward_equals_forward_backward(api):
+    a, b = create(api), create(api)
+    tape = api.post(url(a, "forward"), json={"inputs": tensor(X), "keep_tape": True}).json()["tape_id"]
+    split = api.post(url(a, "backward"), json={"tape_id": tape, "targets": tensor(Y)}).json()
+    joined = api.post(url(b, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y)}).json()
+    assert split == joined
+    assert split["accumulated"] == 1
+    for name, grad in gradients(api, a).items():
+        assert np.array_equal(grad, gradients(api, b)[name])
+
+
+def test_forward_backward_matches_the_engine_and_returns_outputs_and_input_grad(api):
+    info = create(api)
+    body = api.post(url(info, "forward_backward"), json={
+        "inputs": tensor(X), "targets": tensor(Y), "return_outputs": True, "return_input_grad": True}).json()
+    model = Model.from_spec({**MLP, "id": info["id"]})
+    outputs, tape = model.forward(X, train=True)
+    loss, grad_outputs = model.loss(outputs, Y)
+    input_grad = model.backward(tape, grad_outputs)
+    assert body["loss"] == loss and body["grad_norm"] == model.grad_norm()
+    assert np.array_equal(array(body["outputs"]), outputs)
+    assert np.array_equal(array(body["input_grad"]), input_grad)
+    for name, grad in gradients(api, info).items():
+        assert np.array_equal(grad, model.gradients()[name])
+
+
+def test_grad_output_instead_of_targets(api):
+    info = create(api)
+    g = RNG.standard_normal((6, 3)).astype(np.float32)
+    body = api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "grad_output": tensor(g)}).json()
+    assert body["loss"] is None
+    model = Model.from_spec({**MLP, "id": info["id"]})
+    model.forward_backward(X, grad_output=g)
+    for name, grad in gradients(api, info).items():
+        assert np.array_equal(grad, model.gradients()[name])
+
+
+def test_accumulated_gradients_are_the_sum_of_their_parts(api):
+    whole, first, second = create(api), create(api), create(api)
+    for info, rows in ((first, slice(0, 3)), (second, slice(3, 6)), (whole, slice(0, 3)), (whole, slice(3, 6))):
+        api.post(url(info, "forward_backward"), json={"inputs": tensor(X[rows]), "targets": tensor(Y[rows])})
+    assert api.get(f"/v1/models/{whole['id']}").json()["accumulated"] == 2
+    parts = [gradients(api, first), gradients(api, second)]
+    for name, grad in gradients(api, whole).items():
+        np.testing.assert_allclose(grad, parts[0][name] + parts[1][name], rtol=1e-6, atol=1e-7)
+
+
+def test_list_and_binary_forms_give_identical_numbers(api):
+    by_list, by_binary = create(api), create(api)
+    listed = api.post(url(by_list, "forward_backward"), json={
+        "inputs": tensor(X), "targets": tensor(Y), "return_outputs": True, "return_input_grad": True}).json()
+    body, headers = binary_body({"return_outputs": True, "return_input_grad": True, "binary_data_output": True},
+                                {"inputs": X, "targets": Y})
+    head, arrays = read_binary(api.post(url(by_binary, "forward_backward"), content=body, headers=headers))
+    assert head["loss"] == listed["loss"] and head["grad_norm"] == listed["grad_norm"]
+    assert np.array_equal(arrays["outputs"], array(listed["outputs"]))
+    assert np.array_equal(arrays["input_grad"], array(listed["input_grad"]))
+    _, served = read_binary(api.get(url(by_binary, "gradients") + "?binary_data_output=true"))
+    assert served.keys() == gradients(api, by_list).keys()
+    for name, grad in gradients(api, by_list).items():
+        assert np.array_equal(served[name], grad)
+
+
+def test_step_applies_the_optimizer_like_the_engine(api):
+    info = create(api)
+    api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y)})
+    response = api.post(url(info, "step"), json={})
+    model = Model.from_spec({**MLP, "id": info["id"]})
+    model.forward_backward(X, Y)
+    result = model.step()
+    assert response.json() == {"step": 1, "lr": result.lr, "grad_norm": result.grad_norm,
+                                "update_norm": result.update_norm}
+    assert api.get(f"/v1/models/{info['id']}").json()["accumulated"] == 0
+    for name, value in parameters(api, info).items():
+        assert np.array_equal(value, model.parameters()[name])
+
+
+def test_train_step_is_forward_backward_then_step(api):
+    a, b = create(api), create(api)
+    api.post(url(a, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y)})
+    stepped = api.post(url(a, "step"), json={"lr": 0.05}).json()
+    trained = api.post(url(b, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y), "lr": 0.05}).json()
+    assert trained["step"] == stepped["step"] == 1 and trained["lr"] == 0.05
+    assert trained["grad_norm"] == stepped["grad_norm"] and trained["update_norm"] == stepped["update_norm"]
+    assert parameters(api, a).keys() == parameters(api, b).keys()
+    for name, value in parameters(api, a).items():
+        assert np.array_equal(value, parameters(api, b)[name])
+
+
+def test_zero_grad_clears_the_accumulation(api):
+    info = create(api)
+    api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y)})
+    assert api.post(url(info, "zero_grad")).json()["accumulated"] == 0
+    assert all(not grad.any() for grad in gradients(api, info).values())
+
+
+def test_a_step_with_nothing_accumulated_is_409(api):
+    info = create(api)
+    response = api.post(url(info, "step"), json={})
+    assert response.status_code == 409 and response.json()["code"] == "nothing_to_step"
+
+
+def test_a_tape_made_before_a_step_is_stale_409(api):
+    info = create(api)
+    tape = api.post(url(info, "forward"), json={"inputs": tensor(X), "keep_tape": True}).json()["tape_id"]
+    api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y)})
+    response = api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)})
+    assert response.status_code == 409 and response.json()["code"] == "stale_tape"
+    again = api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)})
+    assert again.status_code == 404 and again.json()["code"] == "tape_not_found"
+
+
+def test_a_tape_is_used_once_and_survives_a_bad_request(api):
+    info = create(api)
+    tape = api.post(url(info, "forward"), json={"inputs": tensor(X), "keep_tape": True}).json()["tape_id"]
+    bad = api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y[:2])})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == ["body", "targets"]
+    assert api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)}).status_code == 200
+    assert api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)}).status_code == 404
+
+
+def test_a_non_finite_gradient_step_is_409_and_leaves_parameters_bit_identical(api):
+    info = create(api, {**MLP, "loss": {"type": "mse"},
+                        "layers": [{"type": "linear", "in_features": 4, "out_features": 3}]})
+    before = parameters(api, info)
+    # Finite inputs and targets whose loss and gradients overflow float32.
+    x, far = np.full((6, 4), 1e3, np.float32), np.full((6, 3), 3e38, np.float32)
+    fb = api.post(url(info, "forward_backward"), json={"inputs": tensor(x), "targets": tensor(far)})
+    assert fb.status_code == 200 and fb.json()["loss"] == "Infinity"
+    response = api.post(url(info, "step"), json={})
+    assert response.status_code == 409 and response.json()["code"] == "non_finite_gradient"
+    after = parameters(api, info)
+    for name, value in before.items():
+        assert value.tobytes() == after[name].tobytes()
+    assert api.get(f"/v1/models/{info['id']}").json()["accumulated"] == 0
+    metrics = api.get("/metrics").text
+    assert 'gradserve_refused_steps_total{reason="non_finite_gradient"}' in metrics
+
+
+def test_either_targets_or_grad_output_not_both(api):
+    info = create(api)
+    g = np.zeros((6, 3), np.float32)
+    response = api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y),
+                                                             "grad_output": tensor(g)})
+    assert response.status_code == 422 and "exactly one" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("inputs, words", [
+    (np.full((2, 4), np.nan, np.float32), "non-finite"),
+    (np.zeros((2, 5), np.float32), "features"),
+    (np.zeros((2, 2, 4), np.float32), "rank"),
+])
+def test_bad_inputs_are_422_naming_inputs(api, inputs, words):
+    info = create(api)
+    payload = tensor(inputs)
+    if np.isnan(inputs).any():
+        payload["data"] = ["NaN"] * inputs.size
+    response = api.post(url(info, "forward"), json={"inputs": payload})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "inputs"] and words in response.json()["detail"][0]["msg"]
