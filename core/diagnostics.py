@@ -4,7 +4,9 @@ Thresholds (flags are raised past them):
 - vanishing gradient: a parameter's gradient norm is below VANISHING_RATIO x its norm
   (and its norm is not zero);
 - exploding gradient: the global gradient norm is above EXPLODING_NORM, or an update moved a
-  parameter by more than EXPLODING_UPDATE_RATIO of its norm (healthy training sits near 1e-3);
+  weight matrix by more than EXPLODING_UPDATE_RATIO of its norm (healthy training sits near
+  1e-3). Biases and norm scales are left out: biases start at zero, so any first update is
+  100% of them;
 - dead ReLU: more than DEAD_FRACTION of a ReLU layer's units were zero for the whole batch;
 - saturation: more than SATURATED_FRACTION of a tanh/sigmoid layer's outputs were within 0.01
   of their bounds.
@@ -60,7 +62,8 @@ def report(model: "Model") -> dict:
         entry["saturated"] = stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION
         layers.append(entry)
     total_grad = math.sqrt(sum(v * v for v in grad_norms.values())) if grad_norms else None
-    ratios = [p["update_to_param"] for p in parameters.values() if p["update_to_param"] is not None]
+    ratios = [p["update_to_param"] for name, p in parameters.items()
+              if p["update_to_param"] is not None and model.parameters()[name].ndim >= 2]
     exploding = (total_grad is not None and not total_grad <= EXPLODING_NORM) or any(
         r > EXPLODING_UPDATE_RATIO for r in ratios)
     return {
