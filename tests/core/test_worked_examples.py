@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core import Model
+from core import InputError, Model
 
 
 def sigma(z):
@@ -133,3 +133,22 @@ def test_softmax_cross_entropy_of_equal_logits_is_log_c():
     loss, grad = model.loss(logits, np.array([1, 3], dtype=np.int64))
     assert loss == pytest.approx(math.log(4), rel=1e-12)
     np.testing.assert_allclose(grad, [[0.125, -0.375, 0.125, 0.125], [0.125, 0.125, 0.125, -0.375]], rtol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: softmax_cross_entropy accepts (N, T, C) outputs with (N, T, C) "
+                   "probability targets, normalizes over axis 1 (T, not the classes) and divides by N only")
+def test_softmax_cross_entropy_on_sequences_is_refused_or_per_position():
+    model = Model.from_spec({
+        "layers": [{"type": "rnn", "input_size": 2, "hidden_size": 4, "return_sequences": True},
+                   {"type": "linear", "out_features": 3}],
+        "loss": {"type": "softmax_cross_entropy"}, "dtype": "float64",
+    })
+    outputs, _ = model.forward(np.random.default_rng(0).standard_normal((2, 5, 2)))
+    targets = np.full((2, 5, 3), 1 / 3)
+    try:
+        loss, _ = model.loss(outputs, targets)
+    except InputError:
+        return  # refusing is one right answer: DESIGN gives (N, C) logits only
+    # The other: softmax over the classes at each position, averaged over N·T positions.
+    log_p = outputs - np.log(np.exp(outputs).sum(-1, keepdims=True))
+    assert loss == pytest.approx(float(-(targets * log_p).sum(-1).mean()), rel=1e-9)
