@@ -89,8 +89,8 @@ def test_parameters_checkpoint_and_the_model_list(client, tmp_path, classifier):
         np.testing.assert_array_equal(value, parameters[name])
 
     path = model.download_checkpoint(tmp_path / "model.safetensors")
-    copy = client.import_checkpoint(path)
-    assert copy.id != model.id
+    copy = client.import_checkpoint(path, id=f"{model.id}-copy")
+    assert copy.id == f"{model.id}-copy" and copy.info.step == model.info.step
     for name, value in copy.parameters().items():
         np.testing.assert_array_equal(value, parameters[name])
     assert {model.id, copy.id} <= {m.id for m in client.list_models()}

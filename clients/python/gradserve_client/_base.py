@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ __version__ = "0.1.0"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
+
+# Without TCP_NODELAY a request's headers and body go out as two segments and the body waits
+# for the server's delayed ACK (tens of ms per call on loopback); urllib3 sets it too.
+SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 # Nothing reached the server: replaying any request is safe.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ._base import DEFAULT_MAX_RETRIES, BaseClient, Call, connection_error
+from ._base import DEFAULT_MAX_RETRIES, SOCKET_OPTIONS, BaseClient, Call, connection_error
 from ._model import AsyncRemoteModel, RemoteModel, model_info
 
 
@@ -67,7 +67,9 @@ class Client(ClientCalls):
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, binary)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self.timeout)
+        self._http = http_client or httpx.Client(
+            timeout=self.timeout, transport=httpx.HTTPTransport(socket_options=SOCKET_OPTIONS)
+        )
 
     def close(self) -> None:
         """Closes the connection pool (unless it was passed in)."""
@@ -134,7 +136,9 @@ class AsyncClient(ClientCalls):
     ) -> None:
         super().__init__(base_url, api_key, timeout, max_retries, binary)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self._http = http_client or httpx.AsyncClient(
+            timeout=self.timeout, transport=httpx.AsyncHTTPTransport(socket_options=SOCKET_OPTIONS)
+        )
 
     async def close(self) -> None:
         """Closes the connection pool (unless it was passed in)."""

@@ -17,7 +17,7 @@ def from_body(cls: type[T], body: dict[str, Any]) -> T:
 
 def _number(value: Any) -> Any:
     # Non-finite numbers arrive as the strings "NaN", "Infinity", "-Infinity".
-    return float(value) if value in ("NaN", "Infinity", "-Infinity") else value
+    return float(value) if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity") else value
 
 
 @dataclass(frozen=True)
