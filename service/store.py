@@ -129,6 +129,11 @@ class ModelStore:
                 await to_thread.run_sync(self._checkpoints.delete, model_id)
 
     def _free_id(self, model_id: Any) -> str:
+        """Gives `model_id` (or a new id) if a model may be registered under it, else 409/422."""
+        if len(self.models) >= self.settings.max_models:
+            raise ServiceError(422, "too_many_models", [
+                {"loc": ["body"], "msg": f"the server holds {len(self.models)} models, the limit "
+                                         f"(GRADSERVE_MAX_MODELS) is {self.settings.max_models}", "type": "limit"}])
         if model_id is None:
             return f"m-{secrets.token_hex(6)}"
         if not isinstance(model_id, str) or not ID_RE.fullmatch(model_id):
@@ -139,10 +144,6 @@ class ModelStore:
         if model_id in self.skipped:
             raise ServiceError(409, "id_taken", f"the checkpoint of {model_id!r} on disk could not be read "
                                                 f"({self.skipped[model_id]}); it is kept, choose another id")
-        if len(self.models) >= self.settings.max_models:
-            raise ServiceError(422, "too_many_models", [
-                {"loc": ["body"], "msg": f"the server holds {len(self.models)} models, the limit "
-                                         f"(GRADSERVE_MAX_MODELS) is {self.settings.max_models}", "type": "limit"}])
         return model_id
 
     async def _register(self, model_id: str, model: Model, owner: str | None) -> Entry:

@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 from anyio import to_thread
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from service.errors import ServiceError, invalid
 
@@ -64,7 +64,8 @@ class Tensor(BaseModel):
 
 
 TensorInput = Annotated[
-    Tensor | list[Any],
+    Tensor,
+    BeforeValidator(lambda value: {"data": value} if isinstance(value, list) else value),  # a bare nested list
     WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/Tensor"},
                               {"type": "array", "description": "A bare nested list; shape inferred."}]}),
 ]

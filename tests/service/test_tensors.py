@@ -65,7 +65,7 @@ def test_unknown_datatype_is_refused_by_the_request_model():
         parse_message(orjson.dumps({"inputs": {"shape": [1], "datatype": "FP16", "data": [1]},
                                     "targets": [0]}), None, ForwardBackwardRequest)
     assert caught.value.status == 422
-    assert caught.value.detail[0]["loc"][:4] == ["body", "inputs", "Tensor", "datatype"]
+    assert caught.value.detail[0]["loc"] == ["body", "inputs", "datatype"]
 
 
 def test_a_tensor_over_the_element_limit_is_413_before_any_allocation():

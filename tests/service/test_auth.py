@@ -1,0 +1,65 @@
+"""API keys: 401 without a good one, other keys' models are 404, health stays open."""
+
+import pytest
+
+from service.settings import Settings
+from wire import MLP, create
+
+ALICE, BOB = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
+
+
+@pytest.fixture
+def keyed(make_client):
+    return make_client(api_keys=["alice-key", "bob-key"])
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "alice-key"},
+                                     {"Authorization": "Basic YWxpY2Uta2V5Og=="}])
+def test_missing_or_wrong_key_is_401(keyed, headers):
+    response = keyed.get("/v1/models", headers=headers)
+    assert response.status_code == 401 and response.json()["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert keyed.post("/v1/models", json=MLP, headers=headers).status_code == 401
+
+
+def test_health_and_metrics_need_no_key(keyed):
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert keyed.get(path).status_code == 200
+
+
+def test_a_model_is_invisible_to_other_keys(keyed):
+    response = keyed.post("/v1/models", json=MLP, headers=ALICE)
+    assert response.status_code == 201
+    model_id = response.json()["id"]
+    assert keyed.get(f"/v1/models/{model_id}", headers=ALICE).status_code == 200
+    for method, path in [("GET", ""), ("DELETE", ""), ("POST", "/step"), ("GET", "/parameters"),
+                         ("GET", "/checkpoint"), ("POST", "/forward")]:
+        response = keyed.request(method, f"/v1/models/{model_id}{path}", headers=BOB, json={"inputs": [[0, 0, 0, 0]]})
+        assert response.status_code == 404, (method, path)
+    assert keyed.get("/v1/models", headers=BOB).json()["models"] == []
+    assert [m["id"] for m in keyed.get("/v1/models", headers=ALICE).json()["models"]] == [model_id]
+
+
+def test_ownership_survives_a_restart(make_client, tmp_path):
+    settings = {"api_keys": ["alice-key", "bob-key"], "data_dir": tmp_path / "owned"}
+    first = make_client(**settings)
+    model_id = first.post("/v1/models", json=MLP, headers=ALICE).json()["id"]
+    second = make_client(**settings)
+    assert second.get(f"/v1/models/{model_id}", headers=BOB).status_code == 404
+    assert second.get(f"/v1/models/{model_id}", headers=ALICE).status_code == 200
+    assert b"alice-key" not in (tmp_path / "owned" / "models" / f"{model_id}.owner").read_bytes()
+
+
+def test_keys_come_comma_separated_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GRADSERVE_API_KEYS", "k1, k2,,k3")
+    monkeypatch.setenv("GRADSERVE_MAX_TAPES", "4")
+    settings = Settings()
+    assert settings.api_keys == ["k1", "k2", "k3"] and settings.max_tapes == 4
+    monkeypatch.delenv("GRADSERVE_API_KEYS")
+    assert Settings().api_keys == []
+
+
+def test_documented_defaults():
+    s = Settings(_env_file=None)
+    assert (s.max_body_bytes, s.max_tensor_elements, s.max_parameters, s.max_models, s.max_layers, s.max_tapes,
+            s.tape_ttl_seconds, s.durability) == (64 * 2**20, 16_000_000, 50_000_000, 100, 256, 16, 300, "step")
