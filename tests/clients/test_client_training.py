@@ -12,13 +12,13 @@ def test_fit_learns_three_blobs_to_95_percent(client, blobs, classifier):
     x_val, y_val = blobs(300, seed=2)
     model = client.create_model(classifier)
 
-    history = model.fit(x, y, epochs=8, batch_size=32, validation_data=(x_val, y_val), seed=0, verbose=0)
+    history = model.fit(x, y, epochs=4, batch_size=32, validation_data=(x_val, y_val), seed=0, verbose=0)
 
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert all(len(values) == 8 for values in history.values())
+    assert all(len(values) == 4 for values in history.values())
     assert history["loss"][-1] < history["loss"][0] / 2
     assert history["val_accuracy"][-1] >= 0.95
-    assert model.refresh().step == 8 * 19  # ceil(600 / 32) train steps per epoch
+    assert model.refresh().step == 4 * 19  # ceil(600 / 32) train steps per epoch
     assert (model.predict(x_val).argmax(axis=1) == y_val).mean() == history["val_accuracy"][-1]
 
 
@@ -36,14 +36,14 @@ def test_async_client_trains_four_models_concurrently(server, blobs, classifier)
         async with gs.AsyncClient(server.base_url) as client:
             models = await asyncio.gather(*(client.create_model(classifier, seed=s) for s in range(4)))
             histories = await asyncio.gather(
-                *(m.fit(x, y, epochs=5, batch_size=32, seed=i, verbose=0) for i, m in enumerate(models))
+                *(m.fit(x, y, epochs=3, batch_size=32, seed=i, verbose=0) for i, m in enumerate(models))
             )
             infos = await asyncio.gather(*(m.refresh() for m in models))
             return models, histories, infos
 
     models, histories, infos = asyncio.run(main())
     assert len({m.id for m in models}) == 4
-    assert [info.step for info in infos] == [5 * 13] * 4
+    assert [info.step for info in infos] == [3 * 13] * 4
     for history in histories:
         assert history["accuracy"][-1] >= 0.95
 

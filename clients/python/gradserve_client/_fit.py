@@ -1,8 +1,8 @@
 """Keras-style training loop pieces shared by RemoteModel.fit and AsyncRemoteModel.fit.
 
-The loop itself (send a train_step per batch, a forward pass over the validation data per
-epoch) is written in each model class; everything else, batching, metrics, the progress bar
-and the history, lives here without I/O.
+The loop itself (a train_step per batch; after each epoch, eval-mode forward passes over the
+training data for accuracy and over the validation data) is written in each model class;
+everything else, batching, metrics, the progress bar and the history, lives here without I/O.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class FitLoop:
         if batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size}")
         self.epochs, self.batch_size, self.shuffle, self.verbose = epochs, batch_size, shuffle, verbose
+        self.eval_batch_size = max(batch_size, 256)  # no tape kept in eval: bigger batches, fewer trips
         self.loss_spec = spec["loss"]
         self.classifier = self.loss_spec["type"] in ("softmax_cross_entropy", "bce_with_logits")
         self.validation = None
@@ -121,20 +122,22 @@ class FitLoop:
             self._bar.set_postfix(self._running(), refresh=False)
             self._bar.update(1)
 
-    def end_epoch(self, epoch: int, outputs: np.ndarray | None, val_outputs: np.ndarray | None) -> None:
-        """Appends the epoch's metrics to the history and shows them.
+    def eval_sets(self) -> list[tuple[str, np.ndarray]]:
+        """Returns what to run in eval mode after an epoch: "train" data (a classifier's accuracy,
+        since train_step sends no outputs back) and "val" data, when given."""
+        sets = [("train", self.x)] if self.classifier else []
+        return sets + ([("val", self.validation[0])] if self.validation is not None else [])
 
-        ``outputs``: eval-mode outputs on the training data (for accuracy), ``val_outputs``
-        on the validation data; either may be None.
-        """
+    def end_epoch(self, epoch: int, outputs: dict[str, np.ndarray]) -> None:
+        """Appends the epoch's metrics to the history and shows them (``outputs``: by eval set)."""
         metrics = self._running()
-        if outputs is not None:
-            metrics["accuracy"] = accuracy(self.loss_spec, outputs, self.y)
-        if self.validation is not None and val_outputs is not None:
+        if "train" in outputs:
+            metrics["accuracy"] = accuracy(self.loss_spec, outputs["train"], self.y)
+        if "val" in outputs:
             y_val = self.validation[1]
-            metrics["val_loss"] = validation_loss(self.loss_spec, val_outputs, y_val)
+            metrics["val_loss"] = validation_loss(self.loss_spec, outputs["val"], y_val)
             if self.classifier:
-                metrics["val_accuracy"] = accuracy(self.loss_spec, val_outputs, y_val)
+                metrics["val_accuracy"] = accuracy(self.loss_spec, outputs["val"], y_val)
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         if self._bar is not None:

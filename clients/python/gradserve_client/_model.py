@@ -274,10 +274,8 @@ class RemoteModel(ModelCalls):
         for epoch in range(epochs):
             for xb, yb in loop.epoch_batches(epoch):
                 loop.record_batch(self.train_step(xb, yb).loss, len(yb))
-            # train_step sends no outputs back: accuracy is measured after the epoch, in eval mode.
-            outputs = self.predict(loop.x, batch_size=batch_size) if loop.classifier else None
-            val_outputs = self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
-            loop.end_epoch(epoch, outputs, val_outputs)
+            outputs = {name: self.predict(x, batch_size=loop.eval_batch_size) for name, x in loop.eval_sets()}
+            loop.end_epoch(epoch, outputs)
         return loop.history
 
 
@@ -399,8 +397,6 @@ class AsyncRemoteModel(ModelCalls):
         for epoch in range(epochs):
             for xb, yb in loop.epoch_batches(epoch):
                 loop.record_batch((await self.train_step(xb, yb)).loss, len(yb))
-            # train_step sends no outputs back: accuracy is measured after the epoch, in eval mode.
-            outputs = await self.predict(loop.x, batch_size=batch_size) if loop.classifier else None
-            val_outputs = await self.predict(loop.validation[0], batch_size=batch_size) if loop.validation else None
-            loop.end_epoch(epoch, outputs, val_outputs)
+            outputs = {name: await self.predict(x, batch_size=loop.eval_batch_size) for name, x in loop.eval_sets()}
+            loop.end_epoch(epoch, outputs)
         return loop.history
