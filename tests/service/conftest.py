@@ -5,6 +5,7 @@ data directory; `live_url` is a real uvicorn on 127.0.0.1 (free port, tmp data d
 the session; `api` runs a test once against each.
 """
 
+import contextlib
 import socket
 import threading
 import time
@@ -69,6 +70,12 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., PortalClient]]:
             settings.setdefault("data_dir", tmp_path / "data")
             return stack.enter_context(asgi_client(Settings(**settings)))
         yield make
+
+
+@pytest.fixture
+def open_client(tmp_path: Path) -> Callable[..., contextlib.AbstractContextManager[PortalClient]]:
+    """Gives `asgi_client` for settings, as a context manager the test closes itself."""
+    return lambda **settings: asgi_client(Settings(**{"data_dir": tmp_path / "data", **settings}))
 
 
 @pytest.fixture
