@@ -290,3 +290,26 @@ def test_save_leaves_no_temporary_file(tmp_path):
     model.save(tmp_path / "m.safetensors")
     model.save(tmp_path / "m.safetensors")  # overwriting works too
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_resume_is_bit_identical_for_a_model_with_big_parameters(tmp_path):
+    # Big enough that optimizer state is updated in chunks: the loaded state must be updated the same way.
+    spec = {"layers": [{"type": "linear", "in_features": 400, "out_features": 400}, {"type": "tanh"},
+                       {"type": "linear", "out_features": 2}],
+            "loss": {"type": "mse"}, "optimizer": {"type": "adamw", "lr": 1e-3}, "seed": 3}
+    rng = np.random.default_rng(1)
+    data = [(rng.standard_normal((8, 400)), rng.standard_normal((8, 2))) for _ in range(5)]
+    straight = Model.from_spec(spec)
+    first = Model.from_spec(spec)
+    for i, (x, t) in enumerate(data):
+        straight.forward_backward(x, t)
+        straight.step()
+        if i < 2:
+            first.forward_backward(x, t)
+            first.step()
+    first.save(tmp_path / "big.safetensors")
+    resumed = Model.load(tmp_path / "big.safetensors")
+    for x, t in data[2:]:
+        resumed.forward_backward(x, t)
+        resumed.step()
+    assert_bit_identical(full_state(resumed), full_state(straight))

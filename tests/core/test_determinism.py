@@ -135,3 +135,22 @@ def test_norm_layers_start_as_identity():
     model = make()
     assert np.array_equal(model.parameters()["3.block.0.weight"], np.ones(16, np.float32))
     assert not model.parameters()["3.block.0.bias"].any()
+
+
+@pytest.mark.parametrize("optimizer", [{"type": "adam", "lr": 1e-3, "clip_grad_norm": 1.0},
+                                       {"type": "rmsprop", "momentum": 0.9, "centered": True}])
+def test_same_bits_when_the_optimizer_splits_big_parameters_over_threads(optimizer):
+    # 600 x 500 weights: several chunks, updated on several threads; the result must not depend on timing.
+    spec = {"layers": [{"type": "linear", "in_features": 600, "out_features": 500}, {"type": "relu"},
+                       {"type": "dropout", "p": 0.1}, {"type": "linear", "out_features": 3}],
+            "loss": {"type": "softmax_cross_entropy"}, "optimizer": optimizer}
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((16, 600)), rng.integers(0, 3, 16)) for _ in range(3)]
+    runs = []
+    for _ in range(3):
+        model = make(seed=5, spec=spec)
+        for x, t in data:
+            model.forward_backward(x, t)
+            model.step()
+        runs.append(snapshot(model))
+    assert runs[0] == runs[1] == runs[2]
