@@ -5,13 +5,13 @@
 #
 # BASE_URL defaults to $GRADSERVE_BASE_URL, then http://127.0.0.1:8000; API_KEY to
 # $GRADSERVE_API_KEY (needed only when the server sets GRADSERVE_API_KEYS). STEPS (env,
-# default 150) sets the number of training steps.
+# default 100) sets the number of training steps.
 set -euo pipefail
 
 BASE_URL="${1:-${GRADSERVE_BASE_URL:-http://127.0.0.1:8000}}"
 BASE_URL="${BASE_URL%/}"
 API_KEY="${2:-${GRADSERVE_API_KEY:-}}"
-STEPS="${STEPS:-150}"
+STEPS="${STEPS:-100}"
 
 # api METHOD PATH [JSON]: prints the response body; exits with the server's error on a non-2xx.
 api() {

@@ -2,11 +2,11 @@
 //
 //   node clients/js/example.mjs [BASE_URL]      (default $GRADSERVE_BASE_URL, then http://127.0.0.1:8000)
 //
-// STEPS (env, default 200) sets the number of training steps; GRADSERVE_API_KEY the key.
+// STEPS (env, default 120) sets the number of training steps; GRADSERVE_API_KEY the key.
 import { Client, tensor } from "./gradserve.mjs";
 
 const client = new Client(process.argv[2] ?? process.env.GRADSERVE_BASE_URL ?? "http://127.0.0.1:8000");
-const steps = Number(process.env.STEPS ?? 200);
+const steps = Number(process.env.STEPS ?? 120);
 
 // 64 points of sin(x) on [-3, 3]: x (N, 1) and y (N, 1), float32 as the model.
 const N = 64;

@@ -95,7 +95,10 @@ class Client(ClientCalls):
         return self._call(self._list_models_call())
 
     def import_checkpoint(self, checkpoint: str | Path | bytes, *, id: str | None = None) -> RemoteModel:
-        """Returns a new model made from a safetensors checkpoint (a path, or its bytes)."""
+        """Returns a new model made from a safetensors checkpoint (a path, or its bytes).
+
+        The model takes the checkpoint's id unless ``id`` is given (ConflictError if taken).
+        """
         return self._call(self._import_checkpoint_call(checkpoint, id))
 
     def _call(self, call: Call) -> Any:
@@ -164,7 +167,10 @@ class AsyncClient(ClientCalls):
         return await self._call(self._list_models_call())
 
     async def import_checkpoint(self, checkpoint: str | Path | bytes, *, id: str | None = None) -> AsyncRemoteModel:
-        """Returns a new model made from a safetensors checkpoint (a path, or its bytes)."""
+        """Returns a new model made from a safetensors checkpoint (a path, or its bytes).
+
+        The model takes the checkpoint's id unless ``id`` is given (ConflictError if taken).
+        """
         return await self._call(self._import_checkpoint_call(checkpoint, id))
 
     async def _call(self, call: Call) -> Any:
