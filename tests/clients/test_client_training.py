@@ -3,6 +3,7 @@
 import asyncio
 
 import numpy as np
+import pytest
 
 import gradserve_client as gs
 
@@ -98,3 +99,25 @@ def test_parameters_checkpoint_and_the_model_list(client, tmp_path, classifier):
 
     copy.delete()
     assert copy.id not in {m.id for m in client.list_models()}
+
+
+LOSSES = {
+    "softmax_cross_entropy labels": ({"type": "softmax_cross_entropy"}, lambda rng: rng.integers(0, 3, 16)),
+    "softmax_cross_entropy probabilities": (
+        {"type": "softmax_cross_entropy"}, lambda rng: rng.dirichlet(np.ones(3), 16).astype(np.float32)),
+    "mse": ({"type": "mse"}, lambda rng: rng.normal(size=(16, 3)).astype(np.float32)),
+    "bce_with_logits": ({"type": "bce_with_logits"}, lambda rng: rng.integers(0, 2, (16, 3)).astype(np.float32)),
+    "huber": ({"type": "huber", "delta": 0.5}, lambda rng: rng.normal(size=(16, 3)).astype(np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_fit_computes_validation_loss_as_the_server_computes_the_loss(client, classifier, name):
+    from gradserve_client._fit import validation_loss
+
+    loss_spec, make_targets = LOSSES[name]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 2)).astype(np.float32), make_targets(rng)
+    model = client.create_model(classifier, loss=loss_spec, dtype="float64")
+    server = model.forward_backward(x, y, return_outputs=True)
+    assert validation_loss(model.info.spec["loss"], server.outputs, y) == pytest.approx(server.loss, rel=1e-12)

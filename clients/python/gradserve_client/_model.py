@@ -82,6 +82,8 @@ class ModelCalls:
                     read=lambda body: body["outputs"])
 
     def _backward_call(self, tape: Tape, targets: Any, grad_output: Any, return_input_grad: bool) -> Call:
+        if tape.model_id != self.id:
+            raise ValueError(f"tape {tape.id!r} was made by model {tape.model_id!r}, not {self.id!r}")
         payload = {"tape_id": tape.id, **self._objective(targets, grad_output)}
         if return_input_grad:
             payload["return_input_grad"] = True
