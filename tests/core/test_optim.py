@@ -260,6 +260,21 @@ def test_step_lr_override_is_the_rate_used():
         np.testing.assert_allclose(model.parameters()[n], params[n] - 0.25 * grads[n], rtol=1e-12)
 
 
+def test_step_lr_override_stays_for_later_steps():
+    # As setting param_group["lr"] in torch: a schedule sets it, later steps keep it (and checkpoints record it).
+    params, grads_seq = initial_parameters(), gradient_sequence()
+    model = make_model({"type": "sgd", "lr": 0.1})
+    model.set_parameters(params)
+    give_gradients(model, grads_seq[0])
+    model.step(lr=0.25)
+    give_gradients(model, grads_seq[1])
+    assert model.step().lr == 0.25
+    for n in SHAPES:
+        np.testing.assert_allclose(model.parameters()[n], params[n] - 0.25 * (grads_seq[0][n] + grads_seq[1][n]),
+                                   rtol=1e-12)
+    assert Model.from_bytes(model.to_bytes()).optimizer.lr == 0.25
+
+
 def test_step_lr_override_must_be_valid():
     model = make_model({"type": "sgd", "lr": 0.1})
     give_gradients(model, gradient_sequence()[0])

@@ -22,10 +22,12 @@ size = st.integers(1, 5)
 
 
 @st.composite
-def layer(draw, features: int, depth: int = 0) -> tuple[dict, int]:
-    """Return (one layer's spec, the features it gives)."""
+def layer(draw, features: int, batchnorm: bool, depth: int = 0) -> tuple[dict, int]:
+    """Return (one layer's spec, the features it gives); batchnorm only where inputs are (N, C), N > 1."""
     kinds = ["linear", "activation", "layernorm", "dropout"] + (["residual"] if depth == 0 else [])
-    kind = draw(st.sampled_from(kinds))
+    kind = draw(st.sampled_from(kinds + (["batchnorm"] if batchnorm else [])))
+    if kind == "batchnorm":
+        return {"type": "batchnorm"}, features
     if kind == "linear":
         m = draw(size)
         given_size = draw(st.booleans())  # sizes may be inferred from the previous layer
@@ -38,7 +40,7 @@ def layer(draw, features: int, depth: int = 0) -> tuple[dict, int]:
         return {"type": "dropout", "p": draw(st.sampled_from([0.0, 0.2, 0.5]))}, features
     inner, f = [], features
     for _ in range(draw(st.integers(1, 3))):
-        spec, f = draw(layer(f, depth + 1))
+        spec, f = draw(layer(f, batchnorm, depth + 1))
         inner.append(spec)
     if f != features:
         inner.append({"type": "linear", "out_features": features})
@@ -63,12 +65,12 @@ def problem(draw, dtype: str):
         input_shape = (n, d)
         layers.append({"type": "linear", "in_features": d, "out_features": draw(size)})
         f = layers[0]["out_features"]
+    two_d = not sequence or not return_sequences
     for _ in range(draw(st.integers(0, 4))):
-        spec, f = draw(layer(f))
+        spec, f = draw(layer(f, batchnorm=two_d and n > 1))
         layers.append(spec)
     out = draw(size)
     layers.append({"type": "linear", "out_features": out})
-    two_d = not sequence or not return_sequences
     losses = ["mse", "bce_with_logits", "huber"] + (["softmax_cross_entropy"] if two_d else [])
     loss = draw(st.sampled_from(losses))
     model = Model.from_spec({"layers": layers, "loss": {"type": loss}, "dtype": dtype,
