@@ -218,12 +218,17 @@ export class RemoteModel {
 
   /** Returns { name: tensor } of the parameters. */
   async parameters() {
-    return (await this.#call("GET", "/parameters")).parameters;
+    return (await this.#call("GET", "/parameters?binary_data_output=true")).parameters;
+  }
+
+  /** Replaces the parameters ({ name: tensor }, shapes as the model's); returns the model info. */
+  loadParameters(parameters) {
+    return this.#call("PUT", "/parameters", { parameters });
   }
 
   /** Returns { name: tensor } of the accumulated gradients. */
   async gradients() {
-    return (await this.#call("GET", "/gradients")).gradients;
+    return (await this.#call("GET", "/gradients?binary_data_output=true")).gradients;
   }
 
   /** Deletes the model on the server. */
