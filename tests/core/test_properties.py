@@ -95,8 +95,16 @@ def problem(draw, dtype: str):
 @given(problem("float64"))
 def test_gradients_check(case):
     model, x, targets, _ = case
+    before = live_state(model)
     report = gradcheck(model, x, targets)
     assert report.passed, (model.spec, x, targets, report.to_dict())
+    assert live_state(model) == before  # the check ran on a copy
+
+
+def live_state(model: Model):
+    arrays = {**model.parameters(), **model.buffers(), **{"grad." + n: g for n, g in model.gradients().items()}}
+    return ({n: a.tobytes() for n, a in arrays.items()}, model.version, model.accumulated,
+            str(model.rng.bit_generator.state))
 
 
 @SETTINGS
@@ -148,3 +156,6 @@ def test_float32_stays_float32_through_a_train_step(case):
             assert value.dtype == expected, (name, slot, value.dtype)
     assert all(np.isfinite(p).all() for p in model.parameters().values())
     assert model.forward(x)[0].dtype == f32
+    # A float32 model is checked in float64, on a copy, to the same tolerances.
+    assert gradcheck(model, x, targets).passed
+    assert all(p.dtype == f32 for p in model.parameters().values())
