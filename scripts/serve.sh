@@ -15,9 +15,13 @@ stamp=.venv/.gradserve-installed
 wanted="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" || ! -x .venv/bin/gradserve ]] \
    || ! .venv/bin/python -I -c 'from core import Model; import service.cli, gradserve_client' 2>/dev/null; then
-  echo "installing gradserve into ./.venv ..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e . -e 'clients/python[progress]'
+  echo "installing gradserve into ./.venv (log: .venv/install.log) ..." >&2
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e . -e 'clients/python[progress]'; } >.venv/install.log 2>&1; then
+    tail -n 40 .venv/install.log >&2
+    echo "install failed; the whole log is in .venv/install.log" >&2
+    exit 1
+  fi
   echo "$wanted" >"$stamp"
 fi
 
