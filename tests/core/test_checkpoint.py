@@ -313,3 +313,10 @@ def test_resume_is_bit_identical_for_a_model_with_big_parameters(tmp_path):
         resumed.forward_backward(x, t)
         resumed.step()
     assert_bit_identical(full_state(resumed), full_state(straight))
+
+
+def test_loading_applies_the_callers_limits():
+    model, data = good_checkpoint()
+    assert Model.from_bytes(data, max_parameters=model.num_parameters).num_parameters == model.num_parameters
+    with pytest.raises(CheckpointError, match="max_parameters"):
+        Model.from_bytes(data, max_parameters=model.num_parameters - 1)
