@@ -32,14 +32,15 @@ _NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 def as_tensor(x: Any, dtype: Any = None) -> np.ndarray:
-    """Returns ``x`` as an array of a wire datatype: floats in ``dtype`` (if given), ints kept or INT64."""
+    """Returns ``x`` as an array of a wire datatype: floats and booleans in ``dtype`` (if given,
+    else float32 unless float64), integers as INT32 or INT64."""
     arr = np.asarray(x)
-    if arr.dtype.kind == "f":
+    if arr.dtype.kind in "fb":  # booleans are 0/1 targets (bce_with_logits), not labels
         target = np.dtype(dtype) if dtype is not None else arr.dtype
-        if target not in _NAMES:  # float16 and friends travel as float32
+        if target not in _NAMES or target.kind != "f":  # float16 and friends travel as float32
             target = np.dtype(np.float32)
         return arr.astype(target, copy=False)
-    if arr.dtype.kind in "iub":
+    if arr.dtype.kind in "iu":
         return arr if arr.dtype in _NAMES else arr.astype(np.int64)
     raise TypeError(f"cannot send an array of dtype {arr.dtype} (want float or int)")
 

@@ -20,9 +20,11 @@ except ImportError:  # the optional "progress" extra
 
 
 class History(dict):
-    """Returns per-epoch metrics by name: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
+    """Per-epoch metrics by name: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
 
     A dict of lists, one entry per epoch; ``.history`` is the dict itself, as in Keras.
+    ``loss`` is the mean of the epoch's batch losses (each taken before its step); the
+    others are measured in eval mode after the epoch.
     """
 
     @property

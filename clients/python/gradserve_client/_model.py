@@ -7,7 +7,7 @@ Both inherit the call builders of :class:`ModelCalls` (no I/O) and differ only i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote
 
 import numpy as np
@@ -169,6 +169,11 @@ class RemoteModel(ModelCalls):
         """Returns the model's current info (step, version, accumulated) and keeps it in ``info``."""
         return self._client._call(self._refresh_call())
 
+    @overload
+    def forward(self, x: Any, *, train: bool = ..., keep_tape: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def forward(self, x: Any, *, train: bool = ..., keep_tape: Literal[True]) -> tuple[np.ndarray, Tape]: ...
+
     def forward(self, x: Any, *, train: bool = False, keep_tape: bool = False) -> Any:
         """Returns the outputs for ``x`` (N, D) -> (N, M); with ``keep_tape=True``, ``(outputs, tape)``."""
         return self._client._call(self._forward_call(x, train, keep_tape))
@@ -291,6 +296,11 @@ class AsyncRemoteModel(ModelCalls):
     async def refresh(self) -> ModelInfo:
         """Returns the model's current info (step, version, accumulated) and keeps it in ``info``."""
         return await self._client._call(self._refresh_call())
+
+    @overload
+    async def forward(self, x: Any, *, train: bool = ..., keep_tape: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    async def forward(self, x: Any, *, train: bool = ..., keep_tape: Literal[True]) -> tuple[np.ndarray, Tape]: ...
 
     async def forward(self, x: Any, *, train: bool = False, keep_tape: bool = False) -> Any:
         """Returns the outputs for ``x`` (N, D) -> (N, M); with ``keep_tape=True``, ``(outputs, tape)``."""
