@@ -1,0 +1,74 @@
+"""Runs a command of the installed project that serves gradserve (on 127.0.0.1, a free port,
+state in a tmp folder) as a subprocess, and stops it: for the example and deployment tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the venv's bin: gradserve, python
+API_KEY = "example-key"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """Gives this process's environment without GRADSERVE_* variables, plus `settings`, with
+    the venv's bin first on PATH (so `gradserve` is the one installed there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADSERVE_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **settings}
+
+
+def start(command: Sequence[str], url: str, log: Path, **settings: str) -> Server:
+    """Runs `command` and gives the Server once `url`/readyz answers 200 (fails the test after 30 s)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(list(command), cwd=log.parent, env=environment(**settings),
+                                   stdout=out, stderr=subprocess.STDOUT)
+    server = Server(url, process, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{' '.join(command)} exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop(server)
+    pytest.fail(f"{' '.join(command)} not ready after 30 s:\n{server.log_tail()}")
+
+
+def stop(server: Server) -> int:
+    """Stops the server (SIGTERM, then SIGKILL after 10 s) and gives its exit code."""
+    server.process.terminate()
+    try:
+        return server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        return server.process.wait()
