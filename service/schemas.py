@@ -117,7 +117,14 @@ class GradcheckRequest(TargetsOrGradOutput):
 
 
 class ParametersBody(BaseModel):
-    model_config = _example({"parameters": {"2.bias": {"shape": [1], "datatype": "FP32", "data": [0.0]}}})
+    """Every parameter of the model, by name (shapes must match)."""
+
+    model_config = _example({"parameters": {
+        "0.weight": {"shape": [8, 2], "datatype": "FP32", "data": [0.5, -0.5] * 8},
+        "0.bias": {"shape": [8], "datatype": "FP32", "data": [0.0] * 8},
+        "2.weight": {"shape": [1, 8], "datatype": "FP32", "data": [0.25] * 8},
+        "2.bias": [0.0],
+    }})
     parameters: dict[str, TensorInput]
 
 
