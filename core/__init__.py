@@ -16,10 +16,10 @@ from .errors import (
     StaleTapeError,
 )
 from .gradcheck import GradcheckReport, gradcheck
-from .model import Model, StepResult, Tape
+from .model import Backprop, Model, StepResult, Tape
 
 __all__ = [
-    "Model", "Tape", "StepResult", "gradcheck", "GradcheckReport",
+    "Model", "Tape", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
     "NonFiniteGradientError", "CheckpointError",
 ]

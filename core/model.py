@@ -36,6 +36,16 @@ class Tape:
 
 
 @dataclass
+class Backprop:
+    """What one backward pass gives besides the gradients it adds: the loss, if a loss ran,
+    the input gradient, if asked for, and the outputs, when the forward was part of the call."""
+
+    loss: float | None
+    input_grad: np.ndarray | None
+    outputs: np.ndarray | None = None
+
+
+@dataclass
 class StepResult:
     step: int
     lr: float
@@ -187,6 +197,9 @@ class Model:
         if self.loss_fn is None:
             raise InputError.at(["targets"], "this model has no loss in its spec; send grad_output instead")
         t = np.asarray(targets)
+        if self.spec["loss"]["type"] == "softmax_cross_entropy" and len(output_shape) != 2:
+            raise InputError.at(["targets"], f"softmax_cross_entropy needs (N, C) outputs, the model gives "
+                                f"{list(output_shape)}; add a flatten or drop return_sequences")
         if self.spec["loss"]["type"] == "softmax_cross_entropy" and t.ndim == 1:
             if t.dtype.kind not in "iu":
                 raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
@@ -243,10 +256,44 @@ class Model:
 
     def backward(self, tape: Tape, grad_output, need_input_grad: bool = True) -> np.ndarray | None:
         """Return the gradient w.r.t. the inputs (None if not needed); add parameter gradients into the buffers."""
+        return self.backprop(tape, grad_output=grad_output, need_input_grad=need_input_grad).input_grad
+
+    def backprop(self, tape: Tape, outputs: np.ndarray | None = None, *, targets=None, grad_output=None,
+                 need_input_grad: bool = False) -> Backprop:
+        """Backward through `tape` from the loss of its `outputs` against `targets`, or from `grad_output`."""
         if tape.version != self.version:
             raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
                                  f"version {self.version}; run forward again")
-        dh = self.validate_grad_output(grad_output, tape.output_shape)
+        loss = None
+        if grad_output is None:
+            loss, grad_output = self.loss(outputs, targets)
+        else:
+            grad_output = self.validate_grad_output(grad_output, tape.output_shape)
+        return Backprop(loss, self._backward(tape, grad_output, need_input_grad))
+
+    def forward_backward(self, x, targets=None, *, grad_output=None) -> float | None:
+        """Forward in training mode, then backward from the loss (or from grad_output); return the loss."""
+        return self.train_batch(x, targets, grad_output=grad_output).loss
+
+    def train_batch(self, x, targets=None, *, grad_output=None, need_input_grad: bool = False) -> Backprop:
+        """forward_backward, giving the outputs and (if asked) the input gradient too.
+
+        Everything is checked before the forward, so a bad request changes no state.
+        """
+        x = self.validate_inputs(x, train=True)
+        out_shape = self.output_shape(x.shape)
+        if grad_output is None:
+            targets = self.validate_targets(targets, out_shape)
+        else:
+            grad_output = self.validate_grad_output(grad_output, out_shape)
+        outputs, tape = self.forward(x, train=True)
+        loss = None
+        if grad_output is None:
+            # The loss's own gradient may be non-finite (diverged weights): that is for step to refuse.
+            loss, grad_output = self.loss_fn(outputs, targets)
+        return Backprop(loss, self._backward(tape, grad_output, need_input_grad), outputs)
+
+    def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         for layer, cache in zip(reversed(self.layers[1:]), reversed(tape.caches[1:])):
             dh = layer.backward(dh, cache)
         if need_input_grad:
@@ -257,21 +304,6 @@ class Model:
         self.accumulated += 1
         return dh
 
-    def forward_backward(self, x, targets=None, *, grad_output=None) -> float | None:
-        """Forward in training mode, then backward from the loss (or from grad_output); return the loss."""
-        x = self.validate_inputs(x, train=True)
-        out_shape = self.output_shape(x.shape)
-        if grad_output is None:
-            targets = self.validate_targets(targets, out_shape)
-        else:
-            grad_output = self.validate_grad_output(grad_output, out_shape)
-        outputs, tape = self.forward(x, train=True)
-        loss = None
-        if grad_output is None:
-            loss, grad_output = self.loss_fn(outputs, targets)
-        self.backward(tape, grad_output, need_input_grad=False)
-        return loss
-
     def grad_norm(self) -> float:
         """Return the global L2 norm of the accumulated gradients."""
         return math.sqrt(sum(squared_norm(g) for g in self._grads.values()))
@@ -280,17 +312,19 @@ class Model:
         """Apply the optimizer to the accumulated gradients, then clear them."""
         if self.accumulated == 0:
             raise NothingToStepError("no gradients accumulated since the last step; run backward first")
+        previous_lr = self.optimizer.lr
         if lr is not None:
             try:
                 self.optimizer.lr = lr
             except ValueError as e:
                 raise InputError.at(["lr"], str(e)) from None
-            self.spec["optimizer"]["lr"] = self.optimizer.lr
         try:
             grad_norm, update_norm, grad_norms, update_norms = self.optimizer.step()
         except NonFiniteGradientError:
+            self.optimizer.lr = previous_lr  # a refused step changes nothing but the gradients
             self.zero_grad()
             raise
+        self.spec["optimizer"]["lr"] = self.optimizer.lr
         self.history.grad_norms, self.history.update_norms = grad_norms, update_norms
         self.step_count += 1
         self.version += 1
