@@ -127,6 +127,28 @@ def test_forward_backward_matches_the_three_calls(name):
     assert_grads_close(grads_of(model), three)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_train_batch_and_backprop_give_what_the_three_calls_give(name):
+    model, fs = make(name)
+    x, t = batch(model, fs, 5, 9)
+    outputs, tape = model.forward(x, train=True)
+    loss, g = model.loss(outputs, t)
+    dx = model.backward(tape, g)
+    three = grads_of(model)
+    model.zero_grad()
+    result = model.train_batch(x, t, need_input_grad=True)
+    assert result.loss == loss
+    np.testing.assert_allclose(result.outputs, outputs, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(result.input_grad, dx, rtol=1e-12, atol=1e-15)
+    assert_grads_close(grads_of(model), three)
+    model.zero_grad()
+    outputs, tape = model.forward(x, train=True)
+    result = model.backprop(tape, outputs, targets=t, need_input_grad=True)
+    assert result.loss == loss
+    np.testing.assert_allclose(result.input_grad, dx, rtol=1e-12, atol=1e-15)
+    assert_grads_close(grads_of(model), three)
+
+
 def test_accumulation_matches_a_hand_computed_sum():
     # Linear + mse, independent of the engine: dL/dW = 2/(N M) (y − t)ᵀ x for each batch.
     model = Model.from_spec({"layers": [{"type": "linear", "in_features": 3, "out_features": 2}],

@@ -135,8 +135,6 @@ def test_softmax_cross_entropy_of_equal_logits_is_log_c():
     np.testing.assert_allclose(grad, [[0.125, -0.375, 0.125, 0.125], [0.125, 0.125, 0.125, -0.375]], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: softmax_cross_entropy accepts (N, T, C) outputs with (N, T, C) "
-                   "probability targets, normalizes over axis 1 (T, not the classes) and divides by N only")
 def test_softmax_cross_entropy_on_sequences_is_refused_or_per_position():
     model = Model.from_spec({
         "layers": [{"type": "rnn", "input_size": 2, "hidden_size": 4, "return_sequences": True},
