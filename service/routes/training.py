@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from core import NonFiniteGradientError, NothingToStepError
+from core import Backprop, NonFiniteGradientError, NothingToStepError
 from service.auth import authenticate
 from service.deps import DecoderDep, EntryDep, MetricsDep, StoreDep, body_of
 from service.errors import CORE_ERRORS
@@ -43,18 +43,12 @@ async def backward(entry: EntryDep, store: StoreDep, decode: DecoderDep,
 
     def work(pending):
         tape, outputs = pending
-        if body.targets is not None:
-            loss, grad_output = model.loss(outputs, decode(body.targets, "targets", labels=True))
-        else:
-            loss, grad_output = None, decode(body.grad_output, "grad_output")
-        input_grad = model.backward(tape, grad_output, need_input_grad=body.return_input_grad)
-        return loss, input_grad, model.grad_norm(), model.accumulated
+        result = model.backprop(tape, outputs, targets=decode(body.targets, "targets", labels=True),
+                                grad_output=decode(body.grad_output, "grad_output"),
+                                need_input_grad=body.return_input_grad)
+        return result, model.grad_norm(), model.accumulated
 
-    loss, input_grad, grad_norm, accumulated = await store.run_with_tape(entry, body.tape_id, work)
-    payload = {"loss": number(loss), "grad_norm": number(grad_norm), "accumulated": accumulated}
-    if body.return_input_grad:
-        payload["input_grad"] = input_grad
-    return await reply(payload, binary=body.binary_data_output)
+    return await _reply_backprop(body, *await store.run_with_tape(entry, body.tape_id, work))
 
 
 @router.post("/forward_backward", response_model=ForwardBackwardResponse,
@@ -65,30 +59,22 @@ async def forward_backward(entry: EntryDep, store: StoreDep, decode: DecoderDep,
     model = entry.model
 
     def work():
-        x, targets = decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True)
-        grad_output = decode(body.grad_output, "grad_output")
-        if not (body.return_outputs or body.return_input_grad):
-            loss = model.forward_backward(x, targets, grad_output=grad_output)
-            return loss, None, None, model.grad_norm(), model.accumulated
-        # As forward_backward does: everything is checked before the forward changes any state.
-        x = model.validate_inputs(x, train=True)
-        if targets is not None:
-            targets = model.validate_targets(targets, model.output_shape(x.shape))
-        else:
-            grad_output = model.validate_grad_output(grad_output, model.output_shape(x.shape))
-        outputs, tape = model.forward(x, train=True)
-        loss = None
-        if targets is not None:
-            loss, grad_output = model.loss(outputs, targets)
-        input_grad = model.backward(tape, grad_output, need_input_grad=body.return_input_grad)
-        return loss, outputs, input_grad, model.grad_norm(), model.accumulated
+        result = model.train_batch(decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True),
+                                   grad_output=decode(body.grad_output, "grad_output"),
+                                   need_input_grad=body.return_input_grad)
+        return result, model.grad_norm(), model.accumulated
 
-    loss, outputs, input_grad, grad_norm, accumulated = await store.run(entry, work)
-    payload = {"loss": number(loss), "grad_norm": number(grad_norm), "accumulated": accumulated}
-    if body.return_outputs:
-        payload["outputs"] = outputs
+    return await _reply_backprop(body, *await store.run(entry, work))
+
+
+async def _reply_backprop(body: BackwardRequest | ForwardBackwardRequest, result: Backprop, grad_norm: float,
+                          accumulated: int) -> Response:
+    """Gives the answer of backward and forward_backward: loss, norm, and the tensors asked for."""
+    payload = {"loss": number(result.loss), "grad_norm": number(grad_norm), "accumulated": accumulated}
+    if getattr(body, "return_outputs", False):
+        payload["outputs"] = result.outputs
     if body.return_input_grad:
-        payload["input_grad"] = input_grad
+        payload["input_grad"] = result.input_grad
     return await reply(payload, binary=body.binary_data_output)
 
 
