@@ -20,6 +20,7 @@ import safetensors.numpy
 
 from .errors import CheckpointError, SpecError
 from .layers import walk
+from .optim import state_slots
 
 if TYPE_CHECKING:
     from .model import Model
@@ -126,7 +127,11 @@ def load_state(model: "Model", tensors: dict[str, np.ndarray], meta: dict[str, s
         _copy_checked(name, target, tensors[name], cast)
     for name, g in grads.items():
         _copy_checked(GRAD_PREFIX + name, model.gradients()[name], g, cast)
+    expected_slots = {*state_slots(model.optimizer.hp), "step"}
     for name, slots in optimizer_state.items():
+        if slots and set(slots) != expected_slots:
+            raise CheckpointError(f"optimizer state of {name!r} has {sorted(slots)}, "
+                                  f"{model.spec['optimizer']['type']} keeps {sorted(expected_slots)}")
         shape = model.parameters()[name].shape
         for slot, value in slots.items():
             if slot == "step":

@@ -11,6 +11,7 @@ Thresholds (flags are raised past them):
 - saturation: more than SATURATED_FRACTION of a tanh/sigmoid layer's outputs were within 0.01
   of their bounds.
 Gradients are the accumulated ones when there are any, else those of the last step.
+Layers are named as torch modules: "3" at the top level, "1.block.2" inside a residual block.
 """
 
 from __future__ import annotations
@@ -50,17 +51,20 @@ def report(model: "Model") -> dict:
         }
     layers = []
     for i, spec in enumerate(model.spec["layers"]):
-        entry: dict = {"index": i, "type": spec["type"]}
+        entry: dict = {"index": i, "name": str(i), "type": spec["type"]}
         names = [n for n in parameters if n.split(".", 1)[0] == str(i)]
         if names:
             entry["param_norm"] = math.sqrt(sum(parameters[n]["param_norm"] ** 2 for n in names))
             if all(parameters[n]["grad_norm"] is not None for n in names):
                 entry["grad_norm"] = math.sqrt(sum(parameters[n]["grad_norm"] ** 2 for n in names))
-        stats = model.history.activations.get(i, {})
-        entry.update(stats)
-        entry["dead"] = stats.get("dead_fraction", 0.0) > DEAD_FRACTION
-        entry["saturated"] = stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION
         layers.append(entry)
+    activations = []
+    for name, stats in model.history.activations.items():
+        activations.append({"name": name, **stats,
+                            "dead": stats.get("dead_fraction", 0.0) > DEAD_FRACTION,
+                            "saturated": stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION})
+        if "." not in name:
+            layers[int(name)].update(activations[-1], name=name)
     total_grad = math.sqrt(sum(v * v for v in grad_norms.values())) if grad_norms else None
     ratios = [p["update_to_param"] for name, p in parameters.items()
               if p["update_to_param"] is not None and model.parameters()[name].ndim >= 2]
@@ -73,11 +77,12 @@ def report(model: "Model") -> dict:
         "grad_norm": total_grad,
         "parameters": parameters,
         "layers": layers,
+        "activations": activations,
         "flags": {
             "vanishing_gradients": [n for n, p in parameters.items() if p["vanishing"]],
             "exploding_gradients": exploding,
-            "dead_relu_layers": [e["index"] for e in layers if e["dead"]],
-            "saturated_layers": [e["index"] for e in layers if e["saturated"]],
+            "dead_relu_layers": [a["name"] for a in activations if a["dead"]],
+            "saturated_layers": [a["name"] for a in activations if a["saturated"]],
         },
         "thresholds": {
             "vanishing_ratio": VANISHING_RATIO,

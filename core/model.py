@@ -57,7 +57,7 @@ class StepResult:
 class _History:
     """Scalars kept for diagnostics from the last training forward and the last step."""
 
-    activations: dict[int, dict[str, float]] = field(default_factory=dict)
+    activations: dict[str, dict[str, float]] = field(default_factory=dict)
     grad_norms: dict[str, float] = field(default_factory=dict)
     update_norms: dict[str, float] = field(default_factory=dict)
 
@@ -86,8 +86,6 @@ class Model:
         self.step_count = 0
         self.accumulated = 0
         self._has_batchnorm = any(isinstance(layer, BatchNorm) for layer in walk(self.layers))
-        self._stats_layers = [i for i, layer in enumerate(self.layers)
-                              if type(layer).activation_stats is not Layer.activation_stats]
         self.history = _History()
 
     # ---- construction ------------------------------------------------------------------
@@ -237,7 +235,10 @@ class Model:
     # ---- compute -------------------------------------------------------------------------
 
     def forward(self, x, train: bool = False, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Tape]:
-        """Return (outputs, tape). x: (N, D) or (N, T, D) as the first layer takes."""
+        """Return (outputs, tape). x: (N, D) or (N, T, D) as the first layer takes.
+
+        The outputs may share memory with the tape: change them in place only after backward.
+        """
         x = self.validate_inputs(x, train)
         rng = self.rng if rng is None else rng
         h, caches = x, []
@@ -245,8 +246,7 @@ class Model:
             h, cache = layer.forward(h, train, rng)
             caches.append(cache)
         if train:
-            # Activations with statistics (relu, tanh, sigmoid) keep their output as their cache.
-            self.history.activations = {i: self.layers[i].activation_stats(caches[i]) for i in self._stats_layers}
+            self.history.activations = dict(_activation_stats(self.layers, caches))
         return h, Tape(caches, self.version, x.shape, h.shape, train)
 
     def loss(self, outputs: np.ndarray, targets) -> tuple[float, np.ndarray]:
@@ -339,6 +339,16 @@ class Model:
     def diagnostics(self) -> dict:
         """Return per-layer gradient/parameter health from the last training batch and step."""
         return diagnostics.report(self)
+
+
+def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
+    """Yield (module name, statistics) for every relu/tanh/sigmoid, nested ones included."""
+    for i, (layer, cache) in enumerate(zip(layers, caches)):
+        if type(layer).activation_stats is not Layer.activation_stats:
+            # These activations keep their output as their cache.
+            yield f"{prefix}{i}", layer.activation_stats(cache)
+        if layer.sublayers():
+            yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
 
 
 def _named(layers: list[Layer], attr: str) -> dict[str, np.ndarray]:
