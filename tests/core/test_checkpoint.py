@@ -263,6 +263,10 @@ def _bad_step(meta, t):
     t["optimizer.0.weight.step"] = np.zeros((), np.float32)
 
 
+def _incomplete_optimizer_state(meta, t):
+    del t["optimizer.0.weight.step"]  # Adam would silently restart its bias correction
+
+
 def _invalid_spec(meta, t):
     meta["spec"] = json.dumps({"layers": []})
 
@@ -276,7 +280,7 @@ def _bad_step_count(meta, t):
 
 
 @pytest.mark.parametrize("edit", [_wrong_shape, _wrong_spec, _wrong_state_shape, _wrong_dtype, _non_finite,
-                                  _missing, _unexpected, _bad_step, _invalid_spec, _unparsable_spec,
+                                  _missing, _unexpected, _bad_step, _incomplete_optimizer_state, _invalid_spec, _unparsable_spec,
                                   _bad_step_count])
 def test_inconsistent_checkpoints_are_refused(edit):
     _, data = good_checkpoint()
