@@ -71,8 +71,9 @@ def torch_outputs(checkpoint: Path, x: np.ndarray) -> np.ndarray | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("GRADSERVE_URL", "http://127.0.0.1:8000"),
-                        help="the server (default: $GRADSERVE_URL, else http://127.0.0.1:8000)")
+    parser.add_argument("--url", default=os.environ.get("GRADSERVE_URL") or os.environ.get("GRADSERVE_BASE_URL")
+                        or "http://127.0.0.1:8000",
+                        help="the server (default: $GRADSERVE_URL, $GRADSERVE_BASE_URL, http://127.0.0.1:8000)")
     parser.add_argument("--api-key", default=os.environ.get("GRADSERVE_API_KEY"),
                         help="one of the server's GRADSERVE_API_KEYS (default: $GRADSERVE_API_KEY)")
     parser.add_argument("--epochs", type=int, default=15)
