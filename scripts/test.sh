@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Installs gradserve (server, client, dev tools) into ./.venv and runs the whole test suite.
+# Installs gradserve (server, Python client, dev tools) into ./.venv and runs the whole test
+# suite. Arguments go to pytest: `scripts/test.sh tests/core -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "gradserve needs Python 3.11 or newer; python3 is $(python3 --version 2>&1)" >&2; exit 1; }
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[dev]' -e clients/python
+echo "installing gradserve and its dev tools into ./.venv (log: .venv/install.log) ..." >&2
+if ! { .venv/bin/python -m pip install --upgrade pip \
+       && .venv/bin/python -m pip install -e '.[dev]' -e 'clients/python[progress]'; } >.venv/install.log 2>&1; then
+  tail -n 40 .venv/install.log >&2
+  echo "install failed; the whole log is in .venv/install.log" >&2
+  exit 1
+fi
 exec .venv/bin/python -m pytest -q "$@"
