@@ -6,7 +6,6 @@ the session; `api` runs a test once against each.
 """
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from service.cli import listening_socket
 from service.main import create_app
 from service.settings import Settings
 
@@ -86,8 +86,7 @@ def client(make_client) -> PortalClient:
 @contextmanager
 def uvicorn_in_thread(app) -> Iterator[str]:
     """Serves `app` with a real uvicorn on 127.0.0.1 (a free port) and gives its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
