@@ -196,22 +196,42 @@ def machine() -> str:
 
 
 def table(rows: list[tuple[str, str]], n: int) -> str:
-    lines = ["## Service", "",
-             f"`.venv/bin/python benchmarks/bench_service.py --write` on "
-             f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}.",
-             f"Medians of {n} requests (tiny model: {n * 10}) after warm-up, one httpx client with keep-alive, "
-             "servers in their own processes.", "",
-             "| what | time |", "|---|---|", *[f"| {what} | {value} |" for what, value in rows], ""]
-    return "\n".join(lines)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    return "\n".join([
+        f"### OPENBLAS_NUM_THREADS={blas}", "",
+        f"`{'OPENBLAS_NUM_THREADS=' + blas + ' ' if blas != 'default' else ''}"
+        f".venv/bin/python benchmarks/bench_service.py --write` on "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}; "
+        f"load average {Path('/proc/loadavg').read_text().split()[0]} at the end.",
+        f"Medians of {n} requests (tiny model: {n * 10}) after warm-up, one httpx client with keep-alive and "
+        "TCP_NODELAY, servers in their own processes.", "",
+        "| what | time |", "|---|---|", *[f"| {what} | {value} |" for what, value in rows], ""])
 
 
-def write(section: str) -> None:
+def write(table_text: str) -> None:
+    """Puts `table_text` in the Service section of RESULTS.md, replacing the table of the same BLAS setting."""
     path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    # Replace only our own section: from "## Service" to the next "## " heading.
-    pattern = re.compile(r"^## Service\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = re.search(r"^## Service\n.*?(?=^## |\Z)", text, re.S | re.M)
+    if section is None:
+        body = SECTION_INTRO
+        text = text.rstrip("\n") + "\n\n"
+        start = end = len(text)
+    else:
+        body, start, end = section.group(0), section.start(), section.end()
+    heading = table_text.splitlines()[0]
+    own = re.compile(rf"^{re.escape(heading)}\n.*?(?=^### |\Z)", re.S | re.M)
+    body = own.sub(lambda _: table_text + "\n", body) if own.search(body) else body.rstrip("\n") + "\n\n" + table_text + "\n"
+    path.write_text(text[:start] + body + text[end:])
+
+
+SECTION_INTRO = """## Service
+
+What HTTP adds to a train step (`benchmarks/bench_service.py`). The goal (DESIGN section 8): a
+binary-form HTTP `train_step` costs at most the in-process step plus 1.5x the loopback floor
+for the same bytes. durability=step writes and fsyncs the checkpoint (parameters and Adam
+state, ~2.4 MB for 784-256-10) before answering; durability=none shows the transport alone.
+"""
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""Typed dependencies shared by the routes."""
+"""Typed dependencies shared by the routes.
+
+All are `async def`: FastAPI runs a plain `def` dependency on a worker thread, a hop that
+costs more than these functions do.
+"""
 
 from typing import Annotated, Any, TypeVar
 
@@ -16,15 +20,15 @@ from service.tensors import Decoder
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -34,14 +38,14 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["xor-mlp"])]
 
 
-def get_entry(model_id: ModelIdPath, store: StoreDep, owner: OwnerDep) -> Entry:
+async def get_entry(model_id: ModelIdPath, store: StoreDep, owner: OwnerDep) -> Entry:
     return store.get(model_id, owner)
 
 
 EntryDep = Annotated[Entry, Depends(get_entry)]
 
 
-def get_decoder(entry: EntryDep, settings: SettingsDep) -> Decoder:
+async def get_decoder(entry: EntryDep, settings: SettingsDep) -> Decoder:
     return Decoder(entry.model.dtype, settings.max_tensor_elements)
 
 
