@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from service.auth import OwnerDep
 from service.body import parse_body
 from service.metrics import Metrics
-from service.schemas import ID_PATTERN
+from service.persistence import ID_PATTERN
 from service.settings import Settings
 from service.store import Entry, ModelStore
 from service.tensors import Decoder

@@ -22,7 +22,9 @@ from core import Model
 
 log = logging.getLogger("gradserve")
 
-ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The one definition of a model id; nothing else ever becomes part of a file name.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ID_RE = re.compile(ID_PATTERN)
 SUFFIX = ".safetensors"
 
 
@@ -95,7 +97,7 @@ class Checkpoints:
             try:
                 model = Model.from_bytes(path.read_bytes())
                 owner_file = self.folder / f"{model_id}.owner"
-                owner = owner_file.read_text().strip() or None if owner_file.exists() else None
+                owner = (owner_file.read_text().strip() or None) if owner_file.exists() else None
             except Exception as exc:  # a bad file must never stop the server
                 reason = f"{type(exc).__name__}: {exc}"
                 log.error("skipping checkpoint %s: %s", path, reason)

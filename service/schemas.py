@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
+from service.persistence import ID_PATTERN
 from service.tensors import Tensor, TensorInput
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ModelId = Annotated[str, Field(pattern=ID_PATTERN, examples=["xor-mlp"])]
 
 EXAMPLE_SPEC = {

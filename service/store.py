@@ -179,9 +179,9 @@ class ModelStore:
                                                           f"evicted or expired)")
             try:
                 result = await to_thread.run_sync(work, tape[0])
-            except InputError:
-                raise  # the tape is still good for a corrected request
-            except Exception:
+            except (InputError, ServiceError):
+                raise  # a bad request: the tape is still good for a corrected one
+            except BaseException:
                 entry.tapes.pop(tape_id, None)
                 raise
             entry.tapes.pop(tape_id, None)

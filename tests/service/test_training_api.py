@@ -148,6 +148,8 @@ def test_a_tape_is_used_once_and_survives_a_bad_request(api):
     tape = api.post(url(info, "forward"), json={"inputs": tensor(X), "keep_tape": True}).json()["tape_id"]
     bad = api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y[:2])})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == ["body", "targets"]
+    ragged = api.post(url(info, "backward"), json={"tape_id": tape, "targets": [[0], [1, 2]]})
+    assert ragged.status_code == 422 and ragged.json()["detail"][0]["loc"] == ["body", "targets", "data"]
     assert api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)}).status_code == 200
     assert api.post(url(info, "backward"), json={"tape_id": tape, "targets": tensor(Y)}).status_code == 404
 
