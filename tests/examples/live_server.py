@@ -36,18 +36,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def environment(**settings: str) -> dict[str, str]:
+def environment(bin_dir: Path = BIN, **settings: str) -> dict[str, str]:
     """Gives this process's environment without GRADSERVE_* variables, plus `settings`, with
-    the venv's bin first on PATH (so `gradserve` is the one installed there)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADSERVE_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    `bin_dir` first on PATH (so `gradserve` and `python` are the ones installed there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRADSERVE_", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **settings}
 
 
-def start(command: Sequence[str], url: str, log: Path, **settings: str) -> Server:
-    """Runs `command` and gives the Server once `url`/readyz answers 200 (fails the test after 30 s)."""
+def start(command: Sequence[str], url: str, log: Path, bin_dir: Path = BIN, **settings: str) -> Server:
+    """Runs `command` (found on PATH with `bin_dir` first) and gives the Server once
+    `url`/readyz answers 200; fails the test after 30 s."""
     with log.open("wb") as out:
-        process = subprocess.Popen(list(command), cwd=log.parent, env=environment(**settings),
+        process = subprocess.Popen(list(command), cwd=log.parent, env=environment(bin_dir, **settings),
                                    stdout=out, stderr=subprocess.STDOUT)
     server = Server(url, process, log)
     deadline = time.monotonic() + 30

@@ -1,12 +1,14 @@
-"""The Dockerfile and docker-compose.yml, checked without a Docker engine: the image's start
-command and health check run from the installed venv; the compose file validated by
-docker-compose itself."""
+"""The Dockerfile and docker-compose.yml, checked without a Docker engine: what the server
+image copies is installed as its RUN does into a fresh venv, whose start command and health
+check then run outside Docker; the compose file is validated by docker-compose itself."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -77,19 +79,51 @@ def test_what_the_image_copies_exists_and_is_not_docker_ignored() -> None:
                     assert source not in ignored, source
 
 
-def test_the_images_start_command_serves_and_passes_its_health_check(tmp_path: Path) -> None:
-    """The CMD and HEALTHCHECK of the image, run from the venv with host, port and data dir
-    changed to a free port on 127.0.0.1 and a tmp folder."""
+@pytest.fixture(scope="module")
+def image_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gives the bin folder of a new venv holding what the server image installs: the stage's
+    COPY sources laid out under a tmp root as in the image, then its `pip install` run there."""
+    root = tmp_path_factory.mktemp("image")
+    stage = list(dockerfile_stages().values())[-1]
+    for keyword, arguments in stage:
+        if keyword != "COPY":
+            continue
+        *sources, destination = arguments.split()
+        target = root / destination.lstrip("/")
+        for source in map(REPO.joinpath, sources):
+            if source.is_dir():  # Docker copies a folder's contents into the destination
+                shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.mkdir(parents=True, exist_ok=True) if destination.endswith("/") else None
+                shutil.copy(source, target / source.name if destination.endswith("/") else target)
+    install = next(re.search(r"pip install (/\S+)", arguments) for keyword, arguments in stage
+                   if keyword == "RUN" and "pip install" in arguments)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(root / install.group(1).lstrip("/"))],
+                         capture_output=True, text=True, timeout=600, env=environment(venv / "bin"))
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return venv / "bin"
+
+
+def test_the_image_holds_runtime_dependencies_only(image_bin: Path) -> None:
+    for dev_tool in ("pytest", "hypothesis", "schemathesis"):
+        assert subprocess.run([str(image_bin / "python"), "-c", f"import {dev_tool}"], capture_output=True).returncode != 0
+
+
+def test_the_images_start_command_serves_and_passes_its_health_check(image_bin: Path, tmp_path: Path) -> None:
+    """The image's CMD and HEALTHCHECK, with host, port and data dir changed to 127.0.0.1, a
+    free port and a tmp folder."""
     server = image()
     port = str(free_port())
     command = with_option(with_option(with_option(exec_form(server["CMD"]), "--host", "127.0.0.1"),
                                       "--port", port), "--data-dir", str(tmp_path / "data"))
     url = f"http://127.0.0.1:{port}"
-    running = start(command, url, tmp_path / "server.log")
+    running = start(command, url, tmp_path / "server.log", bin_dir=image_bin)
     try:
         assert httpx.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
         health = [part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in exec_form(server["HEALTHCHECK"])]
-        check = subprocess.run(health, env=environment(), capture_output=True, text=True, timeout=30)
+        check = subprocess.run(health, env=environment(image_bin), capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
         model = httpx.post(f"{url}/v1/models", timeout=10, json={
             "id": "kept", "layers": [{"type": "linear", "in_features": 2, "out_features": 1}]})
