@@ -220,6 +220,7 @@ REQUEST_MODELS: list[type[BaseModel]] = [
 
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in [
     (400, "Malformed body"), (401, "Missing or wrong API key"), (404, "Unknown model or tape"),
+    (409, "State conflict: stale tape, nothing to step, non-finite gradient, id taken"),
     (413, "Body or tensor over the limit"), (422, "Invalid spec or tensor"),
 ]}
 

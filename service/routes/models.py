@@ -13,8 +13,7 @@ from service.schemas import ERRORS, ModelId, ModelInfo, ModelList, ModelSpec, re
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(authenticate)], responses=ERRORS)
 
 
-@router.post("", status_code=201, response_model=ModelInfo, openapi_extra=request_body(ModelSpec),
-             responses={409: {"description": "The id is taken"}})
+@router.post("", status_code=201, response_model=ModelInfo, openapi_extra=request_body(ModelSpec))
 async def create_model(store: StoreDep, owner: OwnerDep,
                        spec: Annotated[ModelSpec, body_of(ModelSpec)]) -> ModelInfo:
     """Creates a model from a spec; the whole spec is checked before anything is allocated."""

@@ -18,7 +18,7 @@ from service.schemas import (
 from service.tensors import number, reply
 
 router = APIRouter(prefix="/v1/models/{model_id}", tags=["training"], dependencies=[Depends(authenticate)],
-                   responses={**ERRORS, 409: {"description": "Stale tape, nothing to step or non-finite gradient"}})
+                   responses=ERRORS)
 
 
 @router.post("/forward", response_model=ForwardResponse, openapi_extra=request_body(ForwardRequest))
