@@ -7,10 +7,12 @@ from core import Model
 from wire import MLP, array, create, fresh_id, tensor
 
 
-def test_healthz_and_readyz(api):
+def test_healthz_readyz_and_metrics(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200 and "gradserve_requests_total" in metrics.text
 
 
 def test_create_gives_201_with_the_model_info(api):
