@@ -42,15 +42,19 @@ def _too_large(size: int, limit: int) -> ServiceError:
 async def parse_body(request: Request, model: type[M], limit: int) -> M:
     """Gives the request body as `model`: JSON, or binary form with its tensors attached."""
     body = await read_body(request, limit)
-    header = request.headers.get(HEADER)
-    if len(body) > OFFLOAD_BYTES:
-        return await to_thread.run_sync(parse_message, body, header, model)
-    return parse_message(body, header, model)
+    json_part, binary = split_message(body, request.headers.get(HEADER))
+    if len(json_part) > OFFLOAD_BYTES:  # list-form tensors: orjson needs a while
+        return await to_thread.run_sync(parse_parts, json_part, binary, model)
+    return parse_parts(json_part, binary, model)
 
 
 def parse_message(body: bytes, header: str | None, model: type[M]) -> M:
     """Gives `model` validated from a JSON or binary-form message (400 / 422 otherwise)."""
-    json_part, binary = split_message(body, header)
+    return parse_parts(*split_message(body, header), model)
+
+
+def parse_parts(json_part: memoryview, binary: memoryview, model: type[M]) -> M:
+    """Gives `model` validated from the JSON part, binary tensors taken from `binary`."""
     if not json_part:
         json_part = memoryview(b"{}")  # an empty body means every field takes its default
     try:

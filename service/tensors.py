@@ -142,7 +142,10 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
             raise invalid([*loc, "parameters", "binary_data_size"],
                           f"binary_data_size is {len(data)} bytes, shape {shape} of {DATATYPE_OF[dtype]} "
                           f"needs {expected}")
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        # The bytes start wherever the JSON part ends; BLAS wants aligned data, and a copy
+        # of an unaligned tensor costs less than what unaligned loads cost the engine.
+        return array if array.flags.aligned else array.copy()
     if not isinstance(data, list):
         raise invalid([*loc, "data"], "data must be a list of numbers (or use binary_data_size)")
     if labels and tensor.datatype is None:
