@@ -102,16 +102,16 @@ def main() -> int:
                 path = args.checkpoint or Path(tmp) / f"{model.id}.safetensors"
                 model.download_checkpoint(path, include_optimizer=False)
                 print(f"checkpoint saved to {path} ({path.stat().st_size} bytes)")
-                expected = torch_outputs(path, x_test)
+                in_torch = torch_outputs(path, x_test)
         finally:
             if not args.keep:
                 model.delete()
 
-    if expected is None:
+    if in_torch is None:
         print("torch is not installed: skipped loading the checkpoint into torch.nn.Sequential")
         return 0 if report.passed else 1
-    difference = float(np.abs(expected - outputs).max())
-    match = bool(np.allclose(expected, outputs, rtol=1e-4, atol=1e-5))
+    difference = float(np.abs(in_torch - outputs).max())
+    match = bool(np.allclose(in_torch, outputs, rtol=1e-4, atol=1e-5))
     print(f"torch.nn.Sequential outputs {'match' if match else 'DO NOT match'} the server's "
           f"(max abs difference {difference:.1e})")
     return 0 if report.passed and match else 1
