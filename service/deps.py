@@ -1,7 +1,9 @@
 """Typed dependencies shared by the routes.
 
 All are `async def`: FastAPI runs a plain `def` dependency on a worker thread, a hop that
-costs more than these functions do.
+costs more than these functions do. The ones every compute request needs read the app state
+from the request themselves rather than through further dependencies: each node of the
+dependency graph costs FastAPI more per request than the function it calls.
 """
 
 from typing import Annotated, Any, TypeVar
@@ -38,15 +40,15 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ModelIdPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["xor-mlp"])]
 
 
-async def get_entry(model_id: ModelIdPath, store: StoreDep, owner: OwnerDep) -> Entry:
-    return store.get(model_id, owner)
+async def get_entry(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> Entry:
+    return request.app.state.store.get(model_id, owner)
 
 
 EntryDep = Annotated[Entry, Depends(get_entry)]
 
 
-async def get_decoder(entry: EntryDep, settings: SettingsDep) -> Decoder:
-    return Decoder(entry.model.dtype, settings.max_tensor_elements)
+async def get_decoder(entry: EntryDep, request: Request) -> Decoder:
+    return Decoder(entry.model.dtype, request.app.state.settings.max_tensor_elements)
 
 
 DecoderDep = Annotated[Decoder, Depends(get_decoder)]
@@ -55,7 +57,7 @@ DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 def body_of(model: type[M]) -> Any:
     """Gives a dependency parsing the request body (JSON or binary form) into `model`."""
 
-    async def parse(request: Request, settings: SettingsDep) -> M:
-        return await parse_body(request, model, settings.max_body_bytes)
+    async def parse(request: Request) -> M:
+        return await parse_body(request, model, request.app.state.settings.max_body_bytes)
 
     return Depends(parse)
