@@ -18,7 +18,7 @@ from anyio import to_thread
 
 from core import InputError, Model
 from service.errors import ServiceError
-from service.persistence import ID_RE, Checkpoints, Loaded
+from service.persistence import ID_RE, Checkpoints
 from service.settings import Settings
 
 log = logging.getLogger("gradserve")

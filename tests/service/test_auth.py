@@ -3,7 +3,7 @@
 import pytest
 
 from service.settings import Settings
-from wire import MLP, create
+from wire import MLP
 
 ALICE, BOB = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
 
