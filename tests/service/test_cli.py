@@ -1,0 +1,32 @@
+"""`gradserve serve`: its options (the durability test runs it for real, and kills it)."""
+
+import socket
+
+import pytest
+
+from service.cli import listening_socket, main
+
+
+def test_serve_documents_its_options(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out
+    for option in ("--host", "--port", "--data-dir", "--durability"):
+        assert option in usage
+
+
+def test_an_unknown_durability_is_refused():
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--durability", "sometimes"])
+    assert exited.value.code == 2
+
+
+def test_the_listening_socket_turns_nagle_off_and_reports_its_port():
+    sock = listening_socket("127.0.0.1", 0)
+    try:
+        assert sock.getsockname()[1] > 0
+        assert sock.proto == socket.IPPROTO_TCP  # what asyncio checks before setting TCP_NODELAY
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
