@@ -9,11 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, environment, free_port, start, stop
+from live_server import REPO, Server, environment, free_port, start, stop
 
 
 def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
@@ -37,9 +38,17 @@ def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
+def lineage(stage_name: str) -> list[tuple[str, str]]:
+    """Gives the instructions that make a stage: its parent stage's (FROM <stage>), then its own."""
+    stages = dockerfile_stages()
+    own = stages[stage_name]
+    parent = own[0][1].split(" AS ")[0].strip()
+    return (lineage(parent) if parent in stages else []) + own
+
+
 def image() -> dict[str, str]:
     """Gives the instructions of the default image (the last stage), by keyword (last one wins)."""
-    return {keyword: arguments for keyword, arguments in list(dockerfile_stages().values())[-1]}
+    return {keyword: arguments for keyword, arguments in lineage(list(dockerfile_stages())[-1])}
 
 
 def exec_form(arguments: str) -> list[str]:
@@ -57,8 +66,10 @@ def test_the_image_is_slim_non_root_and_keeps_state_in_a_volume() -> None:
     stages = dockerfile_stages()
     bases = [stage[0][1].split(" AS ")[0] for stage in stages.values()]
     assert all(base == "python:3.11-slim" or base in stages for base in bases), bases
+    for name in stages:
+        made = dict(lineage(name))
+        assert "CMD" not in made or made.get("USER", "root") not in ("root", "0"), f"stage {name} runs as root"
     server = image()
-    assert server["USER"] not in ("root", "0")
     assert server["VOLUME"] == "/data"
     assert "/healthz" in server["HEALTHCHECK"]
     installs = [arguments for keyword, arguments in list(stages.values())[-1] if "pip install" in arguments]
@@ -79,53 +90,76 @@ def test_what_the_image_copies_exists_and_is_not_docker_ignored() -> None:
                     assert source not in ignored, source
 
 
-@pytest.fixture(scope="module")
-def image_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Gives the bin folder of a new venv holding what the server image installs: the stage's
-    COPY sources laid out under a tmp root as in the image, then its `pip install` run there."""
-    root = tmp_path_factory.mktemp("image")
-    stage = list(dockerfile_stages().values())[-1]
+@dataclass
+class Image:
+    """A stage of the Dockerfile laid out outside Docker: `root` stands for the image's /,
+    `bin` is the bin folder of the venv its `pip install` went into."""
+
+    root: Path
+    bin: Path
+    instructions: dict[str, str]
+
+    def path(self, image_path: str) -> Path:
+        return self.root / image_path.lstrip("/")
+
+
+def build(stage_name: str, root: Path) -> Image:
+    """Gives the stage laid out under `root`: its COPY sources where the image has them, then
+    its `pip install` of them run into a new venv (no Docker engine needed)."""
+    stage = lineage(stage_name)
+    image = Image(root, root / "venv" / "bin", {keyword: arguments for keyword, arguments in stage})
     for keyword, arguments in stage:
         if keyword != "COPY":
             continue
         *sources, destination = arguments.split()
-        target = root / destination.lstrip("/")
+        target = image.path(destination)
         for source in map(REPO.joinpath, sources):
             if source.is_dir():  # Docker copies a folder's contents into the destination
                 shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            elif destination.endswith("/"):
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target / source.name)
             else:
-                target.mkdir(parents=True, exist_ok=True) if destination.endswith("/") else None
-                shutil.copy(source, target / source.name if destination.endswith("/") else target)
-    install = next(re.search(r"pip install (/\S+)", arguments) for keyword, arguments in stage
-                   if keyword == "RUN" and "pip install" in arguments)
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(root / install.group(1).lstrip("/"))],
-                         capture_output=True, text=True, timeout=600, env=environment(venv / "bin"))
-    assert pip.returncode == 0, pip.stderr[-3000:]
-    return venv / "bin"
+                shutil.copy(source, target)
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
+    for keyword, arguments in stage:
+        for path, extras in re.findall(r"pip install '?(/[^'\s\[]+)(\[[^\]]*\])?'?", arguments) if keyword == "RUN" else ():
+            pip = subprocess.run([str(image.bin / "python"), "-m", "pip", "install", "-q", f"{image.path(path)}{extras}"],
+                                 capture_output=True, text=True, timeout=600, env=environment(image.bin))
+            assert pip.returncode == 0, pip.stderr[-3000:]
+    return image
 
 
-def test_the_image_holds_runtime_dependencies_only(image_bin: Path) -> None:
+@pytest.fixture(scope="module")
+def server_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The default image (the last stage), installed outside Docker."""
+    return build(list(dockerfile_stages())[-1], tmp_path_factory.mktemp("server-image"))
+
+
+def test_the_image_holds_runtime_dependencies_only(server_image: Image) -> None:
     for dev_tool in ("pytest", "hypothesis", "schemathesis"):
-        assert subprocess.run([str(image_bin / "python"), "-c", f"import {dev_tool}"], capture_output=True).returncode != 0
+        imported = subprocess.run([str(server_image.bin / "python"), "-c", f"import {dev_tool}"], capture_output=True)
+        assert imported.returncode != 0, f"{dev_tool} is in the server image"
 
 
-def test_the_images_start_command_serves_and_passes_its_health_check(image_bin: Path, tmp_path: Path) -> None:
-    """The image's CMD and HEALTHCHECK, with host, port and data dir changed to 127.0.0.1, a
-    free port and a tmp folder."""
-    server = image()
+def serve(image: Image, folder: Path, **settings: str) -> Server:
+    """Starts the image's CMD with --host 127.0.0.1, a free --port and --data-dir `folder`/data."""
+    command = exec_form(image.instructions["CMD"])
     port = str(free_port())
-    command = with_option(with_option(with_option(exec_form(server["CMD"]), "--host", "127.0.0.1"),
-                                      "--port", port), "--data-dir", str(tmp_path / "data"))
-    url = f"http://127.0.0.1:{port}"
-    running = start(command, url, tmp_path / "server.log", bin_dir=image_bin)
+    for option, value in (("--host", "127.0.0.1"), ("--port", port), ("--data-dir", str(folder / "data"))):
+        command = with_option(command, option, value)
+    return start(command, f"http://127.0.0.1:{port}", folder / "server.log", bin_dir=image.bin, **settings)
+
+
+def test_the_images_start_command_serves_and_passes_its_health_check(server_image: Image, tmp_path: Path) -> None:
+    running = serve(server_image, tmp_path)
     try:
-        assert httpx.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
-        health = [part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in exec_form(server["HEALTHCHECK"])]
-        check = subprocess.run(health, env=environment(image_bin), capture_output=True, text=True, timeout=30)
+        assert httpx.get(f"{running.url}/healthz", timeout=5).json() == {"status": "ok"}
+        health = [part.replace("http://127.0.0.1:8000", running.url)
+                  for part in exec_form(server_image.instructions["HEALTHCHECK"])]
+        check = subprocess.run(health, env=environment(server_image.bin), capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
-        model = httpx.post(f"{url}/v1/models", timeout=10, json={
+        model = httpx.post(f"{running.url}/v1/models", timeout=10, json={
             "id": "kept", "layers": [{"type": "linear", "in_features": 2, "out_features": 1}]})
         assert model.status_code == 201, model.text
     finally:
@@ -133,6 +167,21 @@ def test_the_images_start_command_serves_and_passes_its_health_check(image_bin: 
     # uvicorn shuts down cleanly on SIGTERM, then ends by that signal (Docker sees 143).
     assert code in (0, -15) and "Application shutdown complete" in running.log_tail(), running.log_tail()
     assert (tmp_path / "data" / "models" / "kept.safetensors").is_file()  # what the volume keeps
+
+
+def test_the_demo_trainer_image_trains_against_the_server_image(server_image: Image, tmp_path: Path) -> None:
+    """docker-compose's demo, outside Docker: the trainer stage's CMD, from its WORKDIR and with
+    only the client installed, against the server image's CMD with an API key."""
+    trainer = build("trainer", tmp_path / "trainer")
+    running = serve(server_image, tmp_path, GRADSERVE_API_KEYS="demo-key")
+    try:
+        run = subprocess.run(exec_form(trainer.instructions["CMD"]), cwd=trainer.path(trainer.instructions["WORKDIR"]),
+                             env=environment(trainer.bin, GRADSERVE_URL=running.url, GRADSERVE_API_KEY="demo-key"),
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        stop(running)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    assert "gradcheck passed" in run.stdout and "torch is not installed" in run.stdout
 
 
 def docker_compose(*args: str) -> subprocess.CompletedProcess:
