@@ -163,17 +163,16 @@ WORKERS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="gradserve-optim")
 
 
-def _parallel(fn, jobs: list) -> list:
-    """Return [fn(job) for job in jobs], the jobs spread over the thread pool."""
-    workers = WORKERS
-    if workers == 1 or len(jobs) < 2 * workers:
+def _run(fn, jobs: list, parallel: bool) -> list:
+    """Return [fn(job) for job in jobs], spread over the thread pool when `parallel`."""
+    if not parallel:
         return [fn(job) for job in jobs]
-    parts = [jobs[i::workers] for i in range(workers)]
+    parts = [jobs[i::WORKERS] for i in range(WORKERS)]
     futures = [_POOL.submit(lambda part=part: [fn(job) for job in part]) for part in parts[1:]]
     results = [[fn(job) for job in parts[0]]] + [f.result() for f in futures]
     ordered = [None] * len(jobs)
     for i, part in enumerate(results):
-        ordered[i::workers] = part
+        ordered[i::WORKERS] = part
     return ordered
 
 
@@ -190,8 +189,12 @@ class Optimizer:
         self.update = UPDATES[hp["type"]]
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in params}
         self._scratch = {name: (np.empty_like(p), np.empty_like(p)) for name, p in params.items()}
-        self._jobs = [(name, slice(start, min(start + CHUNK, p.size)))
-                      for name, p in params.items() for start in range(0, p.size, CHUNK)]
+        # Big models: cache-sized chunks spread over the cores. Small ones: whole tensors on
+        # one thread, where a thread hop would cost more than it saves.
+        self._parallel = WORKERS > 1 and sum(p.size for p in params.values()) > 4 * CHUNK
+        chunk = CHUNK if self._parallel else max((p.size for p in params.values()), default=1)
+        self._jobs = [(name, slice(start, min(start + chunk, p.size)))
+                      for name, p in params.items() for start in range(0, p.size, chunk)]
 
     @property
     def lr(self) -> float:
@@ -209,7 +212,8 @@ class Optimizer:
         Raises NonFiniteGradientError, parameters untouched, when any gradient is NaN or Inf.
         """
         flat = {name: g.reshape(-1) for name, g in self.grads.items()}
-        grad_sq = _sum_by_name(self._jobs, _parallel(lambda job: squared_norm(flat[job[0]][job[1]]), self._jobs))
+        grad_sq = _sum_by_name(
+            self._jobs, _run(lambda job: squared_norm(flat[job[0]][job[1]]), self._jobs, self._parallel))
         grad_norm = math.sqrt(sum(grad_sq.values()))
         if not math.isfinite(grad_norm):
             bad = [name for name, sq in grad_sq.items() if not math.isfinite(sq)]
@@ -240,7 +244,7 @@ class Optimizer:
             self.update(self.params[name].reshape(-1)[part], g, chunk_state, self.hp, steps[name], s1, s2)
             return squared_norm(s2)
 
-        update_sq = _sum_by_name(self._jobs, _parallel(update, self._jobs))
+        update_sq = _sum_by_name(self._jobs, _run(update, self._jobs, self._parallel))
         update_norm = math.sqrt(sum(update_sq.values()))
         grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
         update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
