@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sock = listening_socket(args.host, args.port)
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as e:
+        parser.exit(1, f"gradserve: cannot listen on {args.host}:{args.port}: {e.strerror} "
+                       f"(another server running? try --port)\n")
     host, port = sock.getsockname()[:2]
     log.info("gradserve listening on http://%s:%d (data dir %s)", host, port, settings.data_dir.resolve())
     config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower(), access_log=False)

@@ -30,3 +30,15 @@ def test_the_listening_socket_turns_nagle_off_and_reports_its_port():
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         sock.close()
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path, capsys):
+    taken = listening_socket("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--data-dir", str(tmp_path)])
+    finally:
+        taken.close()
+    assert exited.value.code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
