@@ -34,6 +34,7 @@ def test_the_listening_socket_turns_nagle_off_and_reports_its_port():
 
 def test_a_port_in_use_is_one_clear_line(tmp_path, capsys):
     taken = listening_socket("127.0.0.1", 0)
+    taken.listen()
     try:
         port = taken.getsockname()[1]
         with pytest.raises(SystemExit) as exited:
