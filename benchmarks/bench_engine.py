@@ -88,25 +88,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
+    ours = {}
+    for name, sizes, batch, loss in CONFIGS:
+        ours[name] = median_ms(gradserve_step(sizes, batch, loss), args.repeats)
+    # torch only after every gradserve measure: its OpenMP threads keep spinning after each
+    # op and would slow whatever numpy runs next.
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
+        theirs = {name: median_ms(torch_step(sizes, batch, loss), args.repeats) for name, sizes, batch, loss in CONFIGS}
     except ImportError:
-        torch = None
+        torch, theirs = None, {}
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
-          + (f", torch {torch.__version__}" if torch else ", torch not installed"))
+          + (f", torch {torch.__version__}" if torch else ", torch not installed")
+          + f"; median of {args.repeats} steps")
     print("| config | gradserve ms | GFLOP/s | torch ms | gradserve / torch |")
     print("|---|---|---|---|---|")
     for name, sizes, batch, loss in CONFIGS:
         flops = 6 * batch * sum(d * m for d, m in zip(sizes[:-1], sizes[1:]))
-        ours = median_ms(gradserve_step(sizes, batch, loss), args.repeats)
-        row = f"| {name} | {ours:.3f} | {flops / ours / 1e6:.1f} |"
-        if torch:
-            theirs = median_ms(torch_step(sizes, batch, loss), args.repeats)
-            row += f" {theirs:.3f} | {ours / theirs:.2f} |"
-        else:
-            row += " - | - |"
-        print(row, flush=True)
+        row = f"| {name} | {ours[name]:.3f} | {flops / ours[name] / 1e6:.1f} |"
+        row += f" {theirs[name]:.3f} | {ours[name] / theirs[name]:.2f} |" if theirs else " - | - |"
+        print(row)
 
 
 if __name__ == "__main__":
