@@ -2,70 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.live_server import Server, free_port, start, stop
+
 API_KEYS = ("key-alice", "key-bob")
 SMALL_BODY_LIMIT = 64 * 1024
 
 
-@dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen
-    log: Path
-    api_keys: tuple[str, ...] = ()
-    max_body_bytes: int | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(data_dir: Path, **env: str) -> Server:
-    port = _free_port()
-    log = data_dir.parent / f"{data_dir.name}.log"
+def _start(data_dir: Path, **settings: str) -> Server:
+    port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data_dir)]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRADSERVE_")}
-    environment["GRADSERVE_DURABILITY"] = "none"  # per-step fsync is not what these tests are about
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env={**environment, **env}, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gradserve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    _stop(server)
-    pytest.fail(f"gradserve not ready after 30 s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    # Per-step fsync is not what these tests are about.
+    return start(command, f"http://127.0.0.1:{port}", data_dir.parent / f"{data_dir.name}.log",
+                 **{"GRADSERVE_DURABILITY": "none", **settings})
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with default settings."""
     started = _start(tmp_path_factory.mktemp("gradserve") / "data")
     yield started
-    _stop(started)
+    stop(started)
 
 
 @pytest.fixture(scope="session")
@@ -82,16 +37,15 @@ def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     started = _start(tmp_path_factory.mktemp("gradserve-locked") / "data",
                      GRADSERVE_API_KEYS=",".join(API_KEYS),
                      GRADSERVE_MAX_BODY_BYTES=str(SMALL_BODY_LIMIT))
-    started.api_keys, started.max_body_bytes = API_KEYS, SMALL_BODY_LIMIT
     yield started
-    _stop(started)
+    stop(started)
 
 
 @pytest.fixture
 def client(server: Server) -> Iterator["gradserve_client.Client"]:
     import gradserve_client
 
-    with gradserve_client.Client(server.base_url) as c:
+    with gradserve_client.Client(server.url) as c:
         yield c
 
 

@@ -25,20 +25,20 @@ def run(command: list[str], tool: str, **env: str) -> str:
 
 
 def test_the_curl_script_trains_xor(server):
-    printed = losses(run(["bash", str(CLIENTS / "curl" / "train.sh"), server.base_url], "curl"))
+    printed = losses(run(["bash", str(CLIENTS / "curl" / "train.sh"), server.url], "curl"))
     assert len(printed) >= 5
     assert printed[-1] < printed[0] / 5
 
 
 def test_the_js_example_trains_a_sine(server):
-    printed = losses(run(["node", str(CLIENTS / "js" / "example.mjs"), server.base_url], "node"))
+    printed = losses(run(["node", str(CLIENTS / "js" / "example.mjs"), server.url], "node"))
     assert len(printed) >= 5
     assert printed[-1] < printed[0] / 5
 
 
 def test_both_send_the_api_key(locked_server):
     key = locked_server.api_keys[0]
-    curl = run(["bash", str(CLIENTS / "curl" / "train.sh"), locked_server.base_url, key], "curl", STEPS="2")
-    js = run(["node", str(CLIENTS / "js" / "example.mjs"), locked_server.base_url], "node",
+    curl = run(["bash", str(CLIENTS / "curl" / "train.sh"), locked_server.url, key], "curl", STEPS="2")
+    js = run(["node", str(CLIENTS / "js" / "example.mjs"), locked_server.url], "node",
              STEPS="2", GRADSERVE_API_KEY=key)
     assert len(losses(curl)) == len(losses(js)) == 2

@@ -18,7 +18,7 @@ def test_400_malformed_body(client):
 
 def test_401_missing_or_wrong_key(locked_server, classifier):
     for key in (None, "wrong-key"):
-        with gs.Client(locked_server.base_url, api_key=key) as anonymous:
+        with gs.Client(locked_server.url, api_key=key) as anonymous:
             anonymous.api_key = key  # no fallback to $GRADSERVE_API_KEY
             with pytest.raises(gs.AuthenticationError) as caught:
                 anonymous.create_model(classifier)
@@ -34,8 +34,8 @@ def test_404_unknown_model_tape_or_another_keys_model(client, locked_server, cla
     with pytest.raises(gs.NotFoundError):  # a tape is consumed once
         model.backward(tape, targets=Y)
 
-    with gs.Client(locked_server.base_url, api_key=locked_server.api_keys[0]) as alice, \
-            gs.Client(locked_server.base_url, api_key=locked_server.api_keys[1]) as bob:
+    with gs.Client(locked_server.url, api_key=locked_server.api_keys[0]) as alice, \
+            gs.Client(locked_server.url, api_key=locked_server.api_keys[1]) as bob:
         owned = alice.create_model(classifier)
         with pytest.raises(gs.NotFoundError):
             bob.model(owned.id)
@@ -67,7 +67,7 @@ def test_409_stale_tape_nothing_to_step_non_finite_gradient_id_taken(client, cla
 
 
 def test_413_body_over_the_limit(locked_server, classifier):
-    with gs.Client(locked_server.base_url, api_key=locked_server.api_keys[0]) as client:
+    with gs.Client(locked_server.url, api_key=locked_server.api_keys[0]) as client:
         model = client.create_model(classifier)
         too_big = np.zeros((locked_server.max_body_bytes // 8 + 1, 2), np.float32)
         with pytest.raises(gs.PayloadTooLargeError) as caught:

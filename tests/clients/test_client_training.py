@@ -34,7 +34,7 @@ def test_async_client_trains_four_models_concurrently(server, blobs, classifier)
     x, y = blobs(400, seed=4)
 
     async def main():
-        async with gs.AsyncClient(server.base_url) as client:
+        async with gs.AsyncClient(server.url) as client:
             models = await asyncio.gather(*(client.create_model(classifier, seed=s) for s in range(4)))
             histories = await asyncio.gather(
                 *(m.fit(x, y, epochs=3, batch_size=32, seed=i, verbose=0) for i, m in enumerate(models))

@@ -9,7 +9,7 @@ import gradserve_client as gs
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_binary_and_list_forms_give_identical_arrays(server, dtype, blobs, classifier):
     x, y = blobs(16, seed=7)
-    with gs.Client(server.base_url, binary=True) as binary, gs.Client(server.base_url, binary=False) as listed:
+    with gs.Client(server.url, binary=True) as binary, gs.Client(server.url, binary=False) as listed:
         model_b = binary.create_model(classifier, dtype=dtype)
         model_l = listed.model(model_b.id)
 

@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
-from live_server import API_KEY, BIN, Server, free_port, start, stop
+from tests.live_server import API_KEY, BIN, Server, free_port, start, stop
 
 
 def serve(folder, **settings: str) -> Server:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import REPO, Server, environment, free_port, start, stop
+from tests.live_server import REPO, Server, environment, free_port, start, stop
 
 
 def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from safetensors.numpy import load_file
 
-from live_server import API_KEY, REPO, Server, environment
+from tests.live_server import API_KEY, REPO, Server, environment
 
 EXAMPLE = REPO / "examples" / "train_remote.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None

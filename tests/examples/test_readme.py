@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import REPO, Server, environment
+from tests.live_server import REPO, Server, environment
 from safetensors.numpy import load_file
 
 from service.main import create_app

@@ -1,5 +1,5 @@
-"""Runs a command of the installed project that serves gradserve (on 127.0.0.1, a free port,
-state in a tmp folder) as a subprocess, and stops it: for the example and deployment tests."""
+"""Runs a command that serves gradserve (on 127.0.0.1, a free port, state in a tmp folder) as a
+subprocess, and stops it: the real server for the client, example and deployment tests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: gradserve, python
 API_KEY = "example-key"
 
@@ -25,6 +25,8 @@ class Server:
     url: str
     process: subprocess.Popen
     log: Path
+    api_keys: tuple[str, ...] = ()  # what GRADSERVE_API_KEYS it was started with
+    max_body_bytes: int | None = None  # and GRADSERVE_MAX_BODY_BYTES
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -50,7 +52,9 @@ def start(command: Sequence[str], url: str, log: Path, bin_dir: Path = BIN, **se
     with log.open("wb") as out:
         process = subprocess.Popen(list(command), cwd=log.parent, env=environment(bin_dir, **settings),
                                    stdout=out, stderr=subprocess.STDOUT)
-    server = Server(url, process, log)
+    keys = settings.get("GRADSERVE_API_KEYS", "")
+    limit = settings.get("GRADSERVE_MAX_BODY_BYTES")
+    server = Server(url, process, log, tuple(k for k in keys.split(",") if k), int(limit) if limit else None)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
