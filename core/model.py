@@ -24,6 +24,13 @@ from .layers.norm import BatchNorm
 from .optim import Optimizer, squared_norm
 
 
+# A diverging model overflows to Inf/NaN; that is an outcome the engine reports (step refuses
+# non-finite gradients), not a warning to print on every request.
+def quiet_overflow() -> np.errstate:
+    """Return a fresh context (an errstate holds its token, so one instance is not thread-safe)."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 @dataclass
 class Tape:
     """What backward needs from one forward: each layer's cache, and the model version it saw."""
@@ -242,9 +249,10 @@ class Model:
         x = self.validate_inputs(x, train)
         rng = self.rng if rng is None else rng
         h, caches = x, []
-        for i, layer in enumerate(self.layers):
-            h, cache = layer.forward(h, train, rng)
-            caches.append(cache)
+        with quiet_overflow():
+            for layer in self.layers:
+                h, cache = layer.forward(h, train, rng)
+                caches.append(cache)
         if train:
             self.history.activations = dict(_activation_stats(self.layers, caches))
         return h, Tape(caches, self.version, x.shape, h.shape, train)
@@ -252,7 +260,8 @@ class Model:
     def loss(self, outputs: np.ndarray, targets) -> tuple[float, np.ndarray]:
         """Return (mean loss, gradient w.r.t. the outputs)."""
         targets = self.validate_targets(targets, outputs.shape)
-        return self.loss_fn(outputs, targets)
+        with quiet_overflow():
+            return self.loss_fn(outputs, targets)
 
     def backward(self, tape: Tape, grad_output, need_input_grad: bool = True) -> np.ndarray | None:
         """Return the gradient w.r.t. the inputs (None if not needed); add parameter gradients into the buffers."""
@@ -290,17 +299,19 @@ class Model:
         loss = None
         if grad_output is None:
             # The loss's own gradient may be non-finite (diverged weights): that is for step to refuse.
-            loss, grad_output = self.loss_fn(outputs, targets)
+            with quiet_overflow():
+                loss, grad_output = self.loss_fn(outputs, targets)
         return Backprop(loss, self._backward(tape, grad_output, need_input_grad), outputs)
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
-        for layer, cache in zip(reversed(self.layers[1:]), reversed(tape.caches[1:])):
-            dh = layer.backward(dh, cache)
-        if need_input_grad:
-            dh = self.layers[0].backward(dh, tape.caches[0])
-        else:
-            self.layers[0].backward_params(dh, tape.caches[0])
-            dh = None
+        with quiet_overflow():
+            for layer, cache in zip(reversed(self.layers[1:]), reversed(tape.caches[1:])):
+                dh = layer.backward(dh, cache)
+            if need_input_grad:
+                dh = self.layers[0].backward(dh, tape.caches[0])
+            else:
+                self.layers[0].backward_params(dh, tape.caches[0])
+                dh = None
         self.accumulated += 1
         return dh
 
