@@ -192,10 +192,7 @@ class Model:
         self.output_shape(x.shape)
         if train and self._has_batchnorm and x.shape[0] < 2:
             raise InputError.at(["inputs"], "batchnorm needs more than one example per batch in training")
-        x = x.astype(self.dtype, copy=False)
-        if not np.isfinite(x).all():
-            raise InputError.at(["inputs"], "inputs hold non-finite values (NaN or Inf)")
-        return x
+        return _finite(x.astype(self.dtype, copy=False), "inputs")
 
     def validate_targets(self, targets, output_shape: tuple[int, ...]) -> np.ndarray:
         """Return targets ready for the loss, or raise InputError naming the problem."""
@@ -224,20 +221,14 @@ class Model:
             else:
                 raise InputError.at(["targets"], f"targets of shape {list(t.shape)} do not match the outputs' "
                                     f"shape {list(output_shape)}")
-        t = t.astype(self.dtype, copy=False)
-        if not np.isfinite(t).all():
-            raise InputError.at(["targets"], "targets hold non-finite values (NaN or Inf)")
-        return t
+        return _finite(t.astype(self.dtype, copy=False), "targets")
 
     def validate_grad_output(self, grad_output, output_shape: tuple[int, ...]) -> np.ndarray:
         g = np.asarray(grad_output)
         if g.dtype.kind not in "fiu" or g.shape != tuple(output_shape):
             raise InputError.at(["grad_output"], f"grad_output of shape {list(g.shape)} must match the outputs' "
                                 f"shape {list(output_shape)}")
-        g = g.astype(self.dtype, copy=False)
-        if not np.isfinite(g).all():
-            raise InputError.at(["grad_output"], "grad_output holds non-finite values (NaN or Inf)")
-        return g
+        return _finite(g.astype(self.dtype, copy=False), "grad_output")
 
     # ---- compute -------------------------------------------------------------------------
 
@@ -360,6 +351,13 @@ def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
             yield f"{prefix}{i}", layer.activation_stats(cache)
         if layer.sublayers():
             yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
+
+
+def _finite(a: np.ndarray, field: str) -> np.ndarray:
+    """Return `a`, or raise InputError at `field` if it holds NaN or Inf."""
+    if not np.isfinite(a).all():
+        raise InputError.at([field], f"{field} hold non-finite values (NaN or Inf)")
+    return a
 
 
 def _named(layers: list[Layer], attr: str) -> dict[str, np.ndarray]:
