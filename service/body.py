@@ -11,12 +11,14 @@ from anyio import to_thread
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from service import listform
 from service.errors import ServiceError, field_errors
 from service.tensors import HEADER, attach_binary, split_message
 
 M = TypeVar("M", bound=BaseModel)
 
-# Bodies bigger than this are parsed on a worker thread so the event loop stays free.
+# Bodies bigger than this are parsed on a worker thread so the event loop stays free, and
+# their big numeric arrays without a Python float per element (service/listform.py).
 OFFLOAD_BYTES = 256 * 1024
 
 
@@ -57,10 +59,12 @@ def parse_parts(json_part: memoryview, binary: memoryview, model: type[M]) -> M:
     """Gives `model` validated from the JSON part, binary tensors taken from `binary`."""
     if not json_part:
         json_part = memoryview(b"{}")  # an empty body means every field takes its default
-    try:
-        message = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise ServiceError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    message = listform.loads(json_part) if len(json_part) > OFFLOAD_BYTES else None
+    if message is None:
+        try:
+            message = orjson.loads(json_part)
+        except orjson.JSONDecodeError as exc:
+            raise ServiceError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ServiceError(422, "validation_error",
                            [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}])

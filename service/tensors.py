@@ -26,6 +26,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from service.errors import ServiceError, invalid
+from service.listform import NumericArray
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -65,7 +66,7 @@ class Tensor(BaseModel):
 
 TensorInput = Annotated[
     Tensor,
-    BeforeValidator(lambda value: {"data": value} if isinstance(value, list) else value),  # a bare nested list
+    BeforeValidator(lambda value: {"data": value} if isinstance(value, (list, NumericArray)) else value),  # bare
     WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/Tensor"},
                               {"type": "array", "description": "A bare nested list; shape inferred."}]}),
 ]
@@ -146,6 +147,15 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
         # The bytes start wherever the JSON part ends; BLAS wants aligned data, and a copy
         # of an unaligned tensor costs less than what unaligned loads cost the engine.
         return array if array.flags.aligned else array.copy()
+    if isinstance(data, NumericArray):  # a big float array, parsed by service/listform.py
+        if dtype.kind != "f":  # its first value is written as a float, so is not all integers
+            raise invalid([*loc, "data"], f"{DATATYPE_OF[dtype]} data must be integers", "int_type")
+        array = data.values.astype(dtype, copy=False)
+        _check_size(array.size, loc, max_elements)
+        shape = data.shape if shape is None else shape
+        if array.size != math.prod(shape):
+            raise invalid([*loc, "data"], f"data has {array.size} values, shape {shape} needs {math.prod(shape)}")
+        return array.reshape(shape)
     if not isinstance(data, list):
         raise invalid([*loc, "data"], "data must be a list of numbers (or use binary_data_size)")
     if labels and tensor.datatype is None:

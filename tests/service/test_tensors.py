@@ -1,13 +1,12 @@
 """The tensor codec on its own: list and binary forms, datatypes, validation, encoding."""
 
-import time
-
 import numpy as np
 import orjson
 import pytest
 
 from service.body import parse_message
 from service.errors import ServiceError
+from service.listform import NumericArray
 from service.schemas import ForwardBackwardRequest, ParametersBody
 from service.tensors import HEADER, Tensor, decode, respond
 
@@ -164,16 +163,11 @@ def test_binary_encoding_puts_bytes_after_the_json_part():
     assert response.media_type == "application/octet-stream"
 
 
-def test_list_form_256_by_784_decodes_in_orjson_time():
+def test_list_form_256_by_784_decodes_without_a_python_float_per_element():
     x = np.random.default_rng(0).standard_normal((256, 784)).astype(np.float32)
     body = orjson.dumps({"inputs": {"shape": [256, 784], "datatype": "FP32", "data": x}, "targets": [0] * 256},
                         option=orjson.OPT_SERIALIZE_NUMPY)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        request = parse_message(body, None, ForwardBackwardRequest)
-        array = decoded(request.inputs)
-        best = min(best, time.perf_counter() - start)
-    assert np.array_equal(array, x)
-    # orjson + np.asarray take ~30 ms here; stdlib json with a Python loop takes several hundred.
-    assert best < 0.15, f"decoding took {best * 1e3:.0f} ms"
+    request = parse_message(body, None, ForwardBackwardRequest)
+    # The speed comes from here (see service/listform.py; timed in benchmarks/bench_service.py).
+    assert isinstance(request.inputs.data, NumericArray)
+    assert np.array_equal(decoded(request.inputs), x)

@@ -1,0 +1,111 @@
+"""Big list-form tensors take the fast parse only when it gives what the general one would."""
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from service.body import parse_message
+from service.errors import ServiceError
+from service.listform import MIN_ELEMENTS, NumericArray, loads
+from service.schemas import ForwardRequest
+from service.tensors import decode
+
+RNG = np.random.default_rng(0)
+BIG = RNG.standard_normal((64, 96)).astype(np.float32)  # 6144 values: over MIN_ELEMENTS
+
+
+def decoded(body: bytes, dtype=np.dtype("float32")) -> np.ndarray:
+    request = parse_message(body, None, ForwardRequest)
+    return decode(request.inputs, ("inputs",), dtype=dtype, max_elements=10**7)
+
+
+def general(message: dict, dtype=np.dtype("float32")) -> np.ndarray:
+    """The same message decoded the general way (orjson's Python lists)."""
+    request = ForwardRequest.model_validate(orjson.loads(orjson.dumps(message)))
+    return decode(request.inputs, ("inputs",), dtype=dtype, max_elements=10**7)
+
+
+def body_of(message: dict) -> bytes:
+    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@pytest.mark.parametrize("message", [
+    {"inputs": {"shape": [64, 96], "datatype": "FP32", "data": BIG}},
+    {"inputs": {"shape": [64, 96], "datatype": "FP32", "data": BIG.ravel()}},
+    {"inputs": {"shape": [64, 96], "data": BIG.astype(np.float64)}},
+    {"inputs": BIG},
+    {"inputs": {"shape": [8, 8, 96], "datatype": "FP64", "data": BIG.reshape(8, 8, 96).astype(np.float64)}},
+], ids=["nested", "flat", "fp64-values", "bare", "rank-3"])
+def test_fast_and_general_parses_agree(message):
+    body = body_of(message)
+    inputs = loads(memoryview(body))["inputs"]
+    assert isinstance(inputs["data"] if isinstance(inputs, dict) else inputs, NumericArray)
+    fast, slow = decoded(body), general(orjson.loads(body))
+    assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
+
+
+def refusal(message_json: bytes) -> ServiceError:
+    with pytest.raises(ServiceError) as caught:
+        decoded(message_json)
+    return caught.value
+
+
+def test_a_jagged_array_is_refused_not_flattened():
+    rows = BIG.tolist()
+    rows[3] = rows[3][:-1]
+    rows[5] = rows[5] + [1.0]  # same count of numbers as a rectangle
+    assert loads(memoryview(orjson.dumps({"inputs": rows}))) is None
+    error = refusal(orjson.dumps({"inputs": rows}))
+    assert error.status == 422 and "rectangular" in str(error.detail)
+
+
+def test_a_number_inside_its_own_brackets_is_refused():
+    rows = BIG.tolist()
+    rows[3][5] = [rows[3][5]]  # flattens to the same numbers; only the brackets tell
+    assert loads(memoryview(orjson.dumps({"inputs": rows}))) is None
+    assert refusal(orjson.dumps({"inputs": rows})).status == 422
+
+
+def test_non_numbers_take_the_general_way():
+    rows = BIG.tolist()
+    rows[1][2] = "NaN"
+    assert loads(memoryview(orjson.dumps({"inputs": rows}))) is None
+    assert np.isnan(decoded(orjson.dumps({"inputs": rows}))[1, 2])  # the engine refuses it later
+
+
+def test_integers_first_take_the_general_way():
+    labels = RNG.integers(0, 10, MIN_ELEMENTS * 2).tolist()
+    message = loads(memoryview(orjson.dumps({"inputs": [labels[:96]] * 64})))
+    assert message is None or not isinstance(message["inputs"], NumericArray)
+
+
+def test_brackets_in_strings_fall_back_and_still_decode():
+    message = {"inputs": {"shape": [64, 96], "data": BIG}, "note[": "x]["}
+    body = body_of(message)
+    assert loads(memoryview(body)) is None
+    assert np.array_equal(decoded(body), BIG)
+
+
+def test_float_data_for_an_integer_datatype_is_refused():
+    error = refusal(body_of({"inputs": {"shape": [64, 96], "datatype": "INT64", "data": BIG}}))
+    assert error.status == 422 and "integers" in str(error.detail)
+
+
+def test_a_shape_that_does_not_match_is_refused():
+    error = refusal(body_of({"inputs": {"shape": [64, 95], "datatype": "FP32", "data": BIG}}))
+    assert error.status == 422 and "6144 values" in str(error.detail)
+
+
+def test_malformed_big_json_is_400():
+    body = body_of({"inputs": BIG})[:-3]
+    assert refusal(body).status == 400
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(lambda s: [*s[:-1], max(s[-1], 32)]),
+       scale=st.sampled_from([1e-30, 1.0, 1e30]))
+def test_any_rectangle_decodes_as_the_general_way_does(shape, scale):
+    x = (np.random.default_rng(len(shape)).standard_normal(shape) * scale).astype(np.float32)
+    body = body_of({"inputs": x})
+    assert np.array_equal(decoded(body), general({"inputs": x.tolist()}))
