@@ -15,6 +15,7 @@ class labels), goes the general way instead: orjson and np.asarray, which name t
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import simdjson
@@ -23,6 +24,7 @@ import simdjson
 MIN_ELEMENTS = 4096
 # Innermost rows shorter than this mean many rows to check one by one: the general way wins.
 MIN_ROW = 32
+KEEP_BYTES = 8 * 1024 * 1024
 
 
 class NumericArray:
@@ -34,10 +36,28 @@ class NumericArray:
         self.values, self.shape = values, shape
 
 
+_local = threading.local()
+
+
+def _parse(json_part):
+    """Parse with this thread's parser (parsers are not thread-safe); keeping it keeps its
+    buffers, which a fresh parser would allocate, and the kernel fault in, on every request.
+    Bodies over KEEP_BYTES get a parser of their own, so no thread keeps a huge one."""
+    if len(json_part) > KEEP_BYTES:
+        return simdjson.Parser().parse(json_part)
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = simdjson.Parser()
+    try:
+        return parser.parse(json_part)
+    except RuntimeError:  # a document of its last parse is still referenced somewhere
+        return simdjson.Parser().parse(json_part)
+
+
 def loads(json_part) -> dict | None:
     """Return the message with its big float arrays as NumericArray, or None for the general way."""
     try:
-        doc = simdjson.Parser().parse(json_part)  # a parser per call: they are not thread-safe
+        doc = _parse(json_part)
     except ValueError:
         return None  # malformed: orjson will say how
     if not isinstance(doc, simdjson.Object):

@@ -109,3 +109,20 @@ def test_any_rectangle_decodes_as_the_general_way_does(shape, scale):
     x = (np.random.default_rng(len(shape)).standard_normal(shape) * scale).astype(np.float32)
     body = body_of({"inputs": x})
     assert np.array_equal(decoded(body), general({"inputs": x.tolist()}))
+
+
+def test_a_document_still_held_does_not_break_the_next_parse():
+    from service.listform import _parse
+
+    held = _parse(memoryview(body_of({"inputs": BIG})))  # keeps this thread's parser busy
+    assert np.array_equal(decoded(body_of({"inputs": BIG * 2})), BIG * 2)
+    assert len(held["inputs"]) == 64
+
+
+def test_threads_parse_at_once_each_with_its_own_parser():
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [body_of({"inputs": BIG * k}) for k in range(1, 9)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(decoded, bodies * 3))
+    assert all(np.array_equal(r, BIG * (i % 8 + 1)) for i, r in enumerate(results))
