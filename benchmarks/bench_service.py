@@ -178,7 +178,7 @@ def run(args) -> list[tuple[str, str]]:
         t = interleaved(measures, args.n, args.settle)
 
     rows = [("784-256-10 train step, in-process (core)", f"{ms(t['in-process']):.2f} ms"),
-            ("list-form (256, 784) decode (orjson + np.asarray)", f"{ms(t['decode']):.1f} ms")]
+            ("list-form (256, 784) decode (body to array, service/listform.py)", f"{ms(t['decode']):.1f} ms")]
     for durability in ("none", "step"):
         rows.append((f"784-256-10 train step, HTTP list form, durability={durability}",
                      f"{ms(t[f'list {durability}']):.2f} ms"))
