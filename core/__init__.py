@@ -11,6 +11,7 @@ from .errors import (
     CoreError,
     InputError,
     NonFiniteGradientError,
+    NonFiniteUpdateError,
     NothingToStepError,
     SpecError,
     StaleTapeError,
@@ -21,5 +22,5 @@ from .model import Backprop, Model, StepResult, Tape
 __all__ = [
     "Model", "Tape", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
-    "NonFiniteGradientError", "CheckpointError",
+    "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError",
 ]

@@ -6,7 +6,8 @@
     ├── CheckpointError(ValueError)    a checkpoint cannot be read
     ├── StaleTapeError                 backward on a tape older than the parameters
     ├── NothingToStepError             step with no accumulated gradients
-    └── NonFiniteGradientError         step refused: NaN/Inf in the gradients
+    ├── NonFiniteGradientError         step refused: NaN/Inf in the gradients
+    └── NonFiniteUpdateError           step refused: the update would leave NaN/Inf parameters
 
 `.errors` is a list of ``{"loc": [...], "msg": str, "type": str}``, FastAPI's shape for 422s,
 so a service can pass it on unchanged.
@@ -52,3 +53,7 @@ class NothingToStepError(CoreError):
 
 class NonFiniteGradientError(CoreError):
     """The accumulated gradients hold NaN or Inf; the step was refused."""
+
+
+class NonFiniteUpdateError(CoreError):
+    """The update would leave a parameter NaN or Inf (an lr far too big); the step was refused."""

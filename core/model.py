@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint, diagnostics, losses, spec as specs
-from .errors import InputError, NonFiniteGradientError, NothingToStepError, StaleTapeError
+from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StaleTapeError
 from .layers import Layer, build, walk
 from .layers.norm import BatchNorm
 from .optim import Optimizer, squared_norm
@@ -148,19 +148,25 @@ class Model:
         errors = [{"loc": ["parameters"], "msg": f"missing parameters: {missing}", "type": "missing"}] if missing else []
         errors += [{"loc": ["parameters", n], "msg": f"unknown parameter {n!r}", "type": "extra_forbidden"}
                    for n in unknown]
+        cast = {}
         for name, value in values.items():
             if name in self._params:
                 value = np.asarray(value)
                 if value.shape != self._params[name].shape:
                     errors.append({"loc": ["parameters", name], "type": "value_error",
                                    "msg": f"shape {list(value.shape)} does not match {list(self._params[name].shape)}"})
-                elif value.dtype.kind not in "fiu" or not np.isfinite(value).all():
-                    errors.append({"loc": ["parameters", name], "msg": "values must be finite numbers",
-                                   "type": "value_error"})
+                    continue
+                if value.dtype.kind in "fiu":
+                    with quiet_overflow():  # checked right below: 1e300 is no float32
+                        cast[name] = value.astype(self.dtype, copy=False)
+                if name not in cast or not np.isfinite(cast[name]).all():
+                    errors.append({"loc": ["parameters", name], "type": "value_error",
+                                   "msg": f"values must be finite numbers within {self.dtype.name} range "
+                                          f"(|x| <= {np.finfo(self.dtype).max:.4g})"})
         if errors:
             raise InputError(errors)
-        for name, value in values.items():
-            np.copyto(self._params[name], value, casting="unsafe")
+        for name, value in cast.items():
+            np.copyto(self._params[name], value)
         self.version += 1
 
     # ---- validation ----------------------------------------------------------------------
@@ -321,8 +327,9 @@ class Model:
             except ValueError as e:
                 raise InputError.at(["lr"], str(e)) from None
         try:
-            grad_norm, update_norm, grad_norms, update_norms = self.optimizer.step()
-        except NonFiniteGradientError:
+            with quiet_overflow():  # an update that overflows is refused below, not printed
+                grad_norm, update_norm, grad_norms, update_norms = self.optimizer.step()
+        except (NonFiniteGradientError, NonFiniteUpdateError):
             self.optimizer.lr = previous_lr  # a refused step changes nothing but the gradients
             self.zero_grad()
             raise

@@ -1,10 +1,12 @@
 """Optimizers with torch.optim's semantics: SGD, Adam, AdamW, RMSprop.
 
-Each update rule is a small function of (param, grad, state, hyperparameters, step, scratch)
-that updates the parameter in place and leaves the applied update in `scratch`, so
-the update norm costs no extra pass over memory. State lives in one dict keyed by
-parameter name, so it checkpoints as it is. No parameter-sized array is allocated
-per step: the two scratch buffers per parameter are made once.
+Each update rule is a small function of (param, grad, old state, new state, hyperparameters,
+step, scratch) that writes the update into `scratch` and the moved state into `new`,
+touching neither the parameter nor the old state. A step is thus two phases: every update is
+computed and checked (a step that would leave a non-finite parameter is refused with nothing
+changed), then applied, and the new state swapped in. State lives in one dict keyed by
+parameter name, so it checkpoints as it is. No parameter-sized array is allocated per step:
+the scratch buffers and the spare state are made once and reused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .errors import NonFiniteGradientError
+from .errors import NonFiniteGradientError, NonFiniteUpdateError
 
 
 def check_hyperparameters(hp: dict) -> list[tuple[list, str]]:
@@ -63,15 +65,22 @@ def _with_weight_decay(p, g, wd, scratch):
     return scratch
 
 
-def sgd_update(p, g, state, hp, t, s1, s2):
+def _moving_average(old, new, decay, x, scratch):
+    """new = decay * old + (1 - decay) * x, as torch's mul_(decay).add_(x, alpha=1 - decay)."""
+    np.multiply(old, decay, out=new)
+    np.multiply(x, 1 - decay, out=scratch)
+    new += scratch
+
+
+def sgd_update(p, g, old, new, hp, t, s1, s2):
     g = _with_weight_decay(p, g, hp["weight_decay"], s1)
     momentum = hp["momentum"]
     if momentum:
-        buf = state["momentum_buffer"]
+        buf = new["momentum_buffer"]
         if t == 1:
             np.copyto(buf, g)  # torch starts the buffer at the first gradient
         else:
-            buf *= momentum
+            np.multiply(old["momentum_buffer"], momentum, out=buf)
             np.multiply(g, 1 - hp["dampening"], out=s2)
             buf += s2
         if hp["nesterov"]:
@@ -81,20 +90,15 @@ def sgd_update(p, g, state, hp, t, s1, s2):
         else:
             g = buf
     np.multiply(g, -hp["lr"], out=s2)
-    p += s2
 
 
-def adam_update(p, g, state, hp, t, s1, s2, decoupled=False):
-    lr, (beta1, beta2), eps, wd = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-    if decoupled:
-        p *= 1 - lr * wd
-    else:
-        g = _with_weight_decay(p, g, wd, s1)
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    m *= beta1
-    np.multiply(g, 1 - beta1, out=s2)
-    m += s2
-    v *= beta2
+def adam_update(p, g, old, new, hp, t, s1, s2):
+    lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
+    if hp["type"] == "adam":  # adamw decays the parameter itself instead (decay_factor)
+        g = _with_weight_decay(p, g, hp["weight_decay"], s1)
+    m, v = new["exp_avg"], new["exp_avg_sq"]
+    _moving_average(old["exp_avg"], m, beta1, g, s2)
+    np.multiply(old["exp_avg_sq"], beta2, out=v)
     np.multiply(g, g, out=s2)
     s2 *= 1 - beta2
     v += s2
@@ -106,26 +110,19 @@ def adam_update(p, g, state, hp, t, s1, s2, decoupled=False):
     s2 += eps * bias_correction2_sqrt
     np.divide(m, s2, out=s2)
     s2 *= -lr * bias_correction2_sqrt / bias_correction1
-    p += s2
 
 
-def adamw_update(p, g, state, hp, t, s1, s2):
-    adam_update(p, g, state, hp, t, s1, s2, decoupled=True)
-
-
-def rmsprop_update(p, g, state, hp, t, s1, s2):
+def rmsprop_update(p, g, old, new, hp, t, s1, s2):
     alpha, eps, lr, momentum = hp["alpha"], hp["eps"], hp["lr"], hp["momentum"]
     g = _with_weight_decay(p, g, hp["weight_decay"], s1)
-    sq = state["square_avg"]
-    sq *= alpha
+    sq = new["square_avg"]
+    np.multiply(old["square_avg"], alpha, out=sq)
     np.multiply(g, g, out=s2)
     s2 *= 1 - alpha
     sq += s2
     if hp["centered"]:
-        ga = state["grad_avg"]
-        ga *= alpha
-        np.multiply(g, 1 - alpha, out=s2)
-        ga += s2
+        ga = new["grad_avg"]
+        _moving_average(old["grad_avg"], ga, alpha, g, s2)
         np.multiply(ga, ga, out=s2)
         np.subtract(sq, s2, out=s2)
         np.sqrt(s2, out=s2)
@@ -134,13 +131,12 @@ def rmsprop_update(p, g, state, hp, t, s1, s2):
     s2 += eps
     np.divide(g, s2, out=s2)
     if momentum:
-        buf = state["momentum_buffer"]
-        buf *= momentum
+        buf = new["momentum_buffer"]
+        np.multiply(old["momentum_buffer"], momentum, out=buf)
         buf += s2
         np.multiply(buf, -lr, out=s2)
     else:
         s2 *= -lr
-    p += s2
 
 
 def state_slots(hp: dict) -> list[str]:
@@ -153,7 +149,7 @@ def state_slots(hp: dict) -> list[str]:
     return ["square_avg"] + (["momentum_buffer"] if hp["momentum"] else []) + (["grad_avg"] if hp["centered"] else [])
 
 
-UPDATES = {"sgd": sgd_update, "adam": adam_update, "adamw": adamw_update, "rmsprop": rmsprop_update}
+UPDATES = {"sgd": sgd_update, "adam": adam_update, "adamw": adam_update, "rmsprop": rmsprop_update}
 
 
 # Elementwise updates run on cache-sized chunks, spread over the cores: a 2M-parameter
@@ -189,6 +185,7 @@ class Optimizer:
         self.update = UPDATES[hp["type"]]
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in params}
         self._scratch = {name: (np.empty_like(p), np.empty_like(p)) for name, p in params.items()}
+        self._spare: dict[str, dict[str, np.ndarray | None]] = {}  # where the next step writes its state
         # Big models: cache-sized chunks spread over the cores. Small ones: whole tensors on
         # one thread, where a thread hop would cost more than it saves.
         self._parallel = WORKERS > 1 and sum(p.size for p in params.values()) > 4 * CHUNK
@@ -209,7 +206,8 @@ class Optimizer:
     def step(self) -> tuple[float, float, dict[str, float], dict[str, float]]:
         """Update the parameters in place; return (grad_norm, update_norm, per-parameter grad and update norms).
 
-        Raises NonFiniteGradientError, parameters untouched, when any gradient is NaN or Inf.
+        Raises NonFiniteGradientError when any gradient is NaN or Inf, and NonFiniteUpdateError
+        when the update would leave a parameter NaN or Inf; parameters and state stay untouched.
         """
         flat = {name: g.reshape(-1) for name, g in self.grads.items()}
         grad_sq = _sum_by_name(
@@ -221,16 +219,10 @@ class Optimizer:
         clip_norm, clip_value = self.hp["clip_grad_norm"], self.hp["clip_grad_value"]
         scale = clip_norm / (grad_norm + 1e-6) if clip_norm is not None and grad_norm > clip_norm else None
         slots = state_slots(self.hp)
-        steps = {}
-        for name, p in self.params.items():
-            state = self.state[name]
-            for slot in slots:
-                if slot not in state:
-                    state[slot] = np.zeros_like(p)
-            if "step" not in state:
-                state["step"] = np.zeros((), dtype=np.int64)
-            state["step"] += 1
-            steps[name] = int(state["step"])
+        steps = {name: int(self.state[name].get("step", 0)) + 1 for name in self.params}
+        old = {name: {slot: self._flat_state(name, slot) for slot in slots} for name in self.params}
+        new = {name: {slot: self._spare_state(name, slot).reshape(-1) for slot in slots} for name in self.params}
+        decay = decay_factor(self.hp)
 
         def update(job):
             name, part = job
@@ -240,15 +232,73 @@ class Optimizer:
             if clip_value is not None:
                 np.clip(g, -clip_value, clip_value, out=g)
             s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
-            chunk_state = {slot: self.state[name][slot].reshape(-1)[part] for slot in slots}
-            self.update(self.params[name].reshape(-1)[part], g, chunk_state, self.hp, steps[name], s1, s2)
-            return squared_norm(s2)
+            # errstate is per thread: an overflowing update is refused below, not printed
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
+                            {k: v[part] for k, v in new[name].items()}, self.hp, steps[name], s1, s2)
+            return squared_norm(s2), squared_norm(self.params[name].reshape(-1)[part])
 
-        update_sq = _sum_by_name(self._jobs, _run(update, self._jobs, self._parallel))
+        norms = _run(update, self._jobs, self._parallel)
+        update_sq = _sum_by_name(self._jobs, [u for u, _ in norms])
+        param_sq = _sum_by_name(self._jobs, [p for _, p in norms])
+        bad = self._non_finite_after(update_sq, param_sq, decay)
+        if bad:
+            raise NonFiniteUpdateError(f"the update (lr {self.lr:g}) would leave non-finite values in "
+                                       f"{', '.join(bad)}; step refused, parameters untouched")
+
+        def apply(job):
+            name, part = job
+            p = self.params[name].reshape(-1)[part]
+            if decay != 1.0:
+                p *= decay
+            p += self._scratch[name][1].reshape(-1)[part]
+
+        _run(apply, self._jobs, self._parallel)
+        for name, state in self.state.items():
+            for slot in slots:
+                self._spare[name][slot] = state.get(slot)
+                state[slot] = new[name][slot].reshape(self.params[name].shape)
+            state["step"] = np.array(steps[name], dtype=np.int64)
         update_norm = math.sqrt(sum(update_sq.values()))
         grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
         update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
         return grad_norm, update_norm, grad_norms, update_norms
+
+    def _flat_state(self, name: str, slot: str) -> np.ndarray:
+        """Return the state `slot` of parameter `name`, flat; zeros before its first step."""
+        value = self.state[name].get(slot)
+        return np.zeros(self.params[name].size, self.params[name].dtype) if value is None else value.reshape(-1)
+
+    def _spare_state(self, name: str, slot: str) -> np.ndarray:
+        """Return a buffer the step may write the new state into (the state before last step's)."""
+        spare = self._spare.setdefault(name, {}).get(slot)
+        if spare is None or spare.shape != self.params[name].shape:
+            spare = self._spare[name][slot] = np.empty_like(self.params[name])
+        return spare
+
+    def _non_finite_after(self, update_sq: dict[str, float], param_sq: dict[str, float], decay: float) -> list[str]:
+        """Return the parameters the computed updates would leave with a NaN or Inf somewhere.
+
+        |decay * p + u| <= |decay| * ||p|| + ||u|| bounds every entry, so the exact check (a
+        pass over the parameter) runs only for a parameter near its dtype's largest value.
+        """
+        bad = []
+        for name, p in self.params.items():
+            u_norm, p_norm, largest = math.sqrt(update_sq[name]), math.sqrt(param_sq[name]), float(np.finfo(p.dtype).max)
+            if not math.isfinite(u_norm) or abs(decay) > largest:
+                bad.append(name)
+            elif abs(decay) * p_norm + u_norm > largest:
+                s1, s2 = self._scratch[name]
+                np.multiply(p, decay, out=s1)
+                s1 += s2
+                if not np.isfinite(s1).all():
+                    bad.append(name)
+        return bad
+
+
+def decay_factor(hp: dict) -> float:
+    """Return what AdamW's decoupled weight decay multiplies each parameter by (1 otherwise)."""
+    return 1 - hp["lr"] * hp["weight_decay"] if hp["type"] == "adamw" else 1.0
 
 
 def squared_norm(x: np.ndarray) -> float:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from core import InputError, Model, NonFiniteGradientError, NothingToStepError, SpecError
+from core import InputError, Model, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, SpecError
 
 LAYERS = [
     {"type": "linear", "in_features": 3, "out_features": 4},
@@ -380,3 +380,67 @@ def test_a_refused_step_does_not_change_the_learning_rate():
     with pytest.raises(NonFiniteGradientError):
         model.step(lr=5.0)
     assert model.optimizer.lr == 0.1 and model.spec["optimizer"]["lr"] == 0.1
+
+
+def snapshot(model: Model) -> tuple:
+    """Everything a refused step must leave as it was: parameters, optimizer state, counters, lr."""
+    params = {n: p.tobytes() for n, p in model.parameters().items()}
+    state = {n: {k: v.tobytes() for k, v in s.items()} for n, s in model.optimizer.state.items()}
+    return params, state, model.step_count, model.version, model.optimizer.lr, model.spec["optimizer"]["lr"]
+
+
+OPTIMIZERS = [{"type": "sgd"}, {"type": "sgd", "momentum": 0.9, "nesterov": True}, {"type": "adam"},
+              {"type": "adamw"}, {"type": "rmsprop", "momentum": 0.5, "centered": True}]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: "-".join(map(str, o.values())))
+@pytest.mark.parametrize("layers, shapes", [(LAYERS, SHAPES), (BIG_LAYERS, BIG_SHAPES)], ids=["small", "chunked"])
+def test_an_update_that_would_overflow_is_refused_and_changes_nothing(optimizer, layers, shapes):
+    model = make_model(optimizer, dtype="float32", layers=layers)
+    give_gradients(model, gradient_sequence(shapes=shapes)[0])
+    model.step()  # some optimizer state exists now
+    before = snapshot(model)
+    give_gradients(model, gradient_sequence(seed=5, shapes=shapes)[0])
+    with pytest.raises(NonFiniteUpdateError, match="non-finite values in"):
+        model.step(lr=1e300)  # a finite Python float, but no float32 update survives it
+    assert snapshot(model) == before
+    assert model.accumulated == 0 and not any(g.any() for g in model.gradients().values())
+    give_gradients(model, gradient_sequence(seed=5, shapes=shapes)[0])
+    model.step()  # the model trains on at its old learning rate
+    assert model.step_count == before[2] + 1 and model.optimizer.lr == before[4]
+
+
+def test_a_refused_first_step_leaves_no_optimizer_state():
+    model = make_model({"type": "adam"}, dtype="float32")
+    give_gradients(model, gradient_sequence()[0])
+    with pytest.raises(NonFiniteUpdateError):
+        model.step(lr=1e300)
+    assert all(not state for state in model.optimizer.state.values())
+    Model.from_bytes(model.to_bytes())  # and its checkpoint still loads
+
+
+def test_a_parameter_near_the_float32_limit_is_checked_exactly():
+    model = make_model({"type": "sgd", "lr": 1.0}, dtype="float32")
+    big = np.finfo(np.float32).max
+    params = {n: np.zeros(s, np.float32) for n, s in SHAPES.items()}
+    params["0.weight"][0, 0] = big
+    model.set_parameters(params)
+    grads = {n: np.zeros(s) for n, s in SHAPES.items()}
+    grads["0.weight"][1, 1] = -big  # far from the big entry: p + u stays finite everywhere
+    give_gradients(model, grads)
+    model.step()
+    assert model.parameters()["0.weight"][1, 1] == big
+    grads["0.weight"][1, 1], grads["0.weight"][0, 0] = 0.0, -big  # now 3.4e38 + 3.4e38 overflows
+    give_gradients(model, grads)
+    with pytest.raises(NonFiniteUpdateError, match="0.weight"):
+        model.step()
+    assert model.parameters()["0.weight"][0, 0] == big
+
+
+def test_adamw_decay_that_overflows_is_refused():
+    model = make_model({"type": "adamw", "lr": 1e300, "weight_decay": 0.01}, dtype="float32")
+    give_gradients(model, {n: np.zeros(s) for n, s in SHAPES.items()})  # zero gradients: only the decay moves
+    before = snapshot(model)
+    with pytest.raises(NonFiniteUpdateError):
+        model.step()
+    assert snapshot(model) == before
