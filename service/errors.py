@@ -7,6 +7,7 @@
     core.StaleTapeError     409 stale_tape
     core.NothingToStepError 409 nothing_to_step
     core.NonFiniteGradientError 409 non_finite_gradient
+    core.NonFiniteUpdateError   409 non_finite_update
     RequestValidationError  422 validation_error      (FastAPI's, without echoing input)
     HTTPException           its status (404 unknown route, 405, ...)
     anything else           500 internal_error, logged with its traceback, bare message
@@ -27,6 +28,7 @@ from core import (
     CheckpointError,
     InputError,
     NonFiniteGradientError,
+    NonFiniteUpdateError,
     NothingToStepError,
     SpecError,
     StaleTapeError,
@@ -41,6 +43,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     StaleTapeError: (409, "stale_tape"),
     NothingToStepError: (409, "nothing_to_step"),
     NonFiniteGradientError: (409, "non_finite_gradient"),
+    NonFiniteUpdateError: (409, "non_finite_update"),
 }
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",

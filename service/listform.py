@@ -55,16 +55,21 @@ def _parse(json_part):
 
 
 def loads(json_part) -> dict | None:
-    """Return the message with its big float arrays as NumericArray, or None for the general way."""
+    """Return the message with its big float arrays as NumericArray, or None for the general way.
+
+    This is only a faster way to the message orjson would give: whatever simdjson refuses or
+    reads differently (too deep, integers beyond 64 bits, numbers out of range) goes the
+    general way, so that orjson's answer is the answer whatever the body's size.
+    """
     try:
         doc = _parse(json_part)
-    except ValueError:
-        return None  # malformed: orjson will say how
-    if not isinstance(doc, simdjson.Object):
+        if not isinstance(doc, simdjson.Object):
+            return None
+        arrays = [0]
+        message = _convert(doc, arrays)
+    except (ValueError, RuntimeError, TypeError, OverflowError):
         return None
-    arrays = [0]
-    message = _convert(doc, arrays)
-    if message is None or arrays[0] != bytes(json_part).count(b"["):
+    if arrays[0] != bytes(json_part).count(b"["):
         return None
     return message
 
@@ -72,7 +77,10 @@ def loads(json_part) -> dict | None:
 def _convert(node, arrays: list[int]):
     """Return `node` as Python values, big float arrays as NumericArray; count arrays in arrays[0]."""
     if isinstance(node, simdjson.Object):
-        return {key: _convert(node[key], arrays) for key in node.keys()}
+        keys = list(node.keys())
+        if len(set(keys)) != len(keys):  # node[key] would give the first; orjson keeps the last
+            raise ValueError("duplicate keys")
+        return {key: _convert(node[key], arrays) for key in keys}
     if isinstance(node, simdjson.Array):
         numeric = _numeric(node, arrays)
         if numeric is not None:

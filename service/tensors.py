@@ -16,14 +16,14 @@ strings "NaN", "Infinity" and "-Infinity".
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 from anyio import to_thread
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 
 from service.errors import ServiceError, invalid
 from service.listform import NumericArray
@@ -47,13 +47,14 @@ _DATA_SCHEMA = {
 class TensorParameters(BaseModel):
     """Per-tensor parameters of the binary tensor data extension."""
 
+    model_config = ConfigDict(strict=True)
     binary_data_size: int | None = Field(None, ge=0, description="Bytes of this tensor in the binary part.")
 
 
 class Tensor(BaseModel):
     """A KServe V2 (Open Inference Protocol) tensor object."""
 
-    model_config = ConfigDict(json_schema_extra={
+    model_config = ConfigDict(strict=True, json_schema_extra={
         "examples": [{"shape": [2, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}],
     })
 
@@ -80,10 +81,9 @@ def split_message(body: bytes, header: str | None) -> tuple[memoryview, memoryvi
     whole = memoryview(body)
     if header is None:
         return whole, whole[:0]
-    try:
-        length = int(header)
-    except ValueError:
-        raise invalid(["header", HEADER], f"{HEADER} must be an integer, got {header[:40]!r}") from None
+    if not (header.isascii() and header.isdigit()):  # int() would also take "2_5_1", " 25", "+25"
+        raise invalid(["header", HEADER], f"{HEADER} must be a decimal integer, got {header[:40]!r}")
+    length = int(header)
     if not 0 <= length <= len(body):
         raise invalid(["header", HEADER], f"{HEADER} is {length}, but the body has {len(body)} bytes")
     return whole[:length], whole[length:]
@@ -186,8 +186,43 @@ class Decoder:
         return decode(value, loc, dtype=self.dtype, max_elements=self.max_elements, labels=labels)
 
 
+# JSON numbers only, never a string or a boolean that numpy would quietly turn into one
+# (pydantic-core checks each element in Rust: ~7 ns each). The strings the API writes for
+# non-finite outputs name what they stand for, and are refused later as non-finite inputs.
+_STRICT = ConfigDict(strict=True)
+_NAMED_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
+@lru_cache(maxsize=None)
+def _numbers(depth: int, integers: bool) -> TypeAdapter:
+    kind: Any = int if integers else float
+    for _ in range(depth):
+        kind = list[kind]
+    return TypeAdapter(kind, config=_STRICT)
+
+
+def _check_numbers(data: list, dtype: np.dtype | None, loc: list) -> None:
+    """Raises 422 at the first element of `data` that is not a JSON number (integer if asked)."""
+    integers = dtype is not None and dtype.kind in "iu"
+    wanted = f"{DATATYPE_OF[dtype]} data must be integers" if integers else "tensor data holds JSON numbers only"
+    depth, first = 0, data
+    while isinstance(first, list):
+        depth += 1
+        first = first[0] if first else None
+    try:
+        _numbers(depth, integers).validate_python(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            named = isinstance(error["input"], str) and error["input"] in _NAMED_NON_FINITE
+            if integers or error["type"] != "float_type" or not named:
+                where = "".join(f"[{i}]" for i in error["loc"])
+                raise invalid(loc, f"{wanted}: data{where} is {type(error['input']).__name__} "
+                              f"{str(error['input'])[:20]!r}", error["type"]) from None
+
+
 def _from_list(data: list, dtype: np.dtype | None, loc: list) -> np.ndarray:
     """Gives `data` as an array of `dtype`; with no dtype, integers become INT64."""
+    _check_numbers(data, dtype, loc)
     try:
         if dtype is not None and dtype.kind == "f":
             return np.asarray(data, dtype=dtype)
@@ -200,6 +235,8 @@ def _from_list(data: list, dtype: np.dtype | None, loc: list) -> np.ndarray:
         if array.dtype.kind not in "iu":
             raise invalid(loc, "not a list of numbers")
         dtype = DTYPES["INT64"]
+    if array.size and array.dtype.kind == "O":  # Python ints numpy could not hold
+        raise invalid(loc, f"values out of the {DATATYPE_OF[dtype]} range")
     if array.size and array.dtype.kind not in "iu":
         raise invalid(loc, f"{DATATYPE_OF[dtype]} data must be integers", "int_type")
     info = np.iinfo(dtype)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from core import Backprop, NonFiniteGradientError, NothingToStepError
+from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError
 from service.auth import authenticate
 from service.deps import DecoderDep, EntryDep, MetricsDep, StoreDep, body_of
 from service.errors import CORE_ERRORS
@@ -82,7 +82,7 @@ async def _counting_steps(metrics: Metrics, step):
     """Gives `await step`, counting applied and refused steps."""
     try:
         result = await step
-    except (NothingToStepError, NonFiniteGradientError) as exc:
+    except (NothingToStepError, NonFiniteGradientError, NonFiniteUpdateError) as exc:
         metrics.refused_steps.labels(CORE_ERRORS[type(exc)][1]).inc()
         raise
     metrics.steps.inc()

@@ -10,11 +10,13 @@
     │   ├── ConflictError             409  state conflict (e.g. model id taken)
     │   │   ├── StaleTapeError             code "stale_tape": backward after a step or PUT parameters
     │   │   ├── NothingToStepError         code "nothing_to_step": step with no accumulated gradients
-    │   │   └── NonFiniteGradientError     code "non_finite_gradient": step refused, gradients cleared
+    │   │   ├── NonFiniteGradientError     code "non_finite_gradient": step refused, gradients cleared
+    │   │   └── NonFiniteUpdateError       code "non_finite_update": the update would overflow (lr too big)
     │   ├── PayloadTooLargeError      413  body or tensor over a server limit
     │   ├── ValidationError           422  invalid spec or tensor; .errors is the server's
     │   │                                  list of {"loc", "msg", "type"}
     │   └── ServerError               5xx  a server bug (or a proxy in front of it)
+    │       └── DeadlineExceededError      code "deadline_exceeded": over GRADSERVE_REQUEST_TIMEOUT_SECONDS
     └── APIConnectionError            no answer: connection refused, reset, ...
         └── APITimeoutError           no answer in time
 
@@ -35,9 +37,11 @@ __all__ = [
     "StaleTapeError",
     "NothingToStepError",
     "NonFiniteGradientError",
+    "NonFiniteUpdateError",
     "PayloadTooLargeError",
     "ValidationError",
     "ServerError",
+    "DeadlineExceededError",
     "APIConnectionError",
     "APITimeoutError",
     "error_from_response",
@@ -86,6 +90,11 @@ class NonFiniteGradientError(ConflictError):
     """409 non_finite_gradient: the step was refused, parameters untouched, gradients cleared."""
 
 
+class NonFiniteUpdateError(ConflictError):
+    """409 non_finite_update: the update would leave a parameter NaN or Inf (a learning rate far
+    too big); the step was refused, parameters and learning rate untouched, gradients cleared."""
+
+
 class PayloadTooLargeError(APIError):
     """413: a body or tensor over the server's limits."""
 
@@ -102,6 +111,12 @@ class ValidationError(APIError):
 
 class ServerError(APIError):
     """5xx: the server failed; the request may or may not have taken effect."""
+
+
+class DeadlineExceededError(ServerError):
+    """503 deadline_exceeded: the work did not finish within the server's time budget
+    (GRADSERVE_REQUEST_TIMEOUT_SECONDS) and was stopped with the model unchanged; ask for less
+    (a smaller max_entries, mode="directional", fewer batches). Not retried."""
 
 
 class APIConnectionError(GradserveError):
@@ -125,6 +140,7 @@ _CONFLICTS_BY_CODE: dict[str, type[ConflictError]] = {
     "stale_tape": StaleTapeError,
     "nothing_to_step": NothingToStepError,
     "non_finite_gradient": NonFiniteGradientError,
+    "non_finite_update": NonFiniteUpdateError,
 }
 
 
@@ -137,7 +153,7 @@ def error_from_response(status: int, body: Any) -> APIError:
     if status == 409 and code in _CONFLICTS_BY_CODE:
         cls: type[APIError] = _CONFLICTS_BY_CODE[code]
     elif status >= 500:
-        cls = ServerError
+        cls = DeadlineExceededError if code == "deadline_exceeded" else ServerError
     else:
         cls = _BY_STATUS.get(status, APIError)
     return cls(status, code, detail)
