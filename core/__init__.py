@@ -15,6 +15,7 @@ from .errors import (
     NothingToStepError,
     SpecError,
     StaleTapeError,
+    StoppedError,
 )
 from .gradcheck import GradcheckReport, gradcheck
 from .model import Backprop, Model, StepResult, Tape
@@ -22,5 +23,5 @@ from .model import Backprop, Model, StepResult, Tape
 __all__ = [
     "Model", "Tape", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
-    "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError",
+    "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError",
 ]

@@ -7,7 +7,8 @@
     ├── StaleTapeError                 backward on a tape older than the parameters
     ├── NothingToStepError             step with no accumulated gradients
     ├── NonFiniteGradientError         step refused: NaN/Inf in the gradients
-    └── NonFiniteUpdateError           step refused: the update would leave NaN/Inf parameters
+    ├── NonFiniteUpdateError           step refused: the update would leave NaN/Inf parameters
+    └── StoppedError                   long work stopped early because its caller asked
 
 `.errors` is a list of ``{"loc": [...], "msg": str, "type": str}``, FastAPI's shape for 422s,
 so a service can pass it on unchanged.
@@ -57,3 +58,7 @@ class NonFiniteGradientError(CoreError):
 
 class NonFiniteUpdateError(CoreError):
     """The update would leave a parameter NaN or Inf (an lr far too big); the step was refused."""
+
+
+class StoppedError(CoreError):
+    """Long work (a gradient check) was stopped before it finished because `should_stop` said so."""

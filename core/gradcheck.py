@@ -8,12 +8,13 @@ masks on every evaluation. Criterion as torch.autograd.gradcheck:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, StoppedError
 
 if TYPE_CHECKING:
     from .model import Model
@@ -45,8 +46,12 @@ class GradcheckReport:
 
 def gradcheck(model: "Model", x, targets=None, *, grad_output=None, mode: str = "entries", eps: float = 1e-6,
               atol: float = 1e-5, rtol: float = 1e-3, max_entries: int | None = 10, seed: int = 0,
-              train: bool = True) -> GradcheckReport:
-    """Return a report comparing the model's gradients with central differences."""
+              train: bool = True, should_stop: Callable[[], bool] | None = None) -> GradcheckReport:
+    """Return a report comparing the model's gradients with central differences.
+
+    `should_stop` is asked before every evaluation; when it answers True the check ends with
+    StoppedError (the model is untouched either way: the check runs on a copy).
+    """
     if mode not in MODES:
         raise InputError.at(["mode"], f"mode must be one of {list(MODES)}, got {mode!r}")
     for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol)):
@@ -81,7 +86,13 @@ def gradcheck(model: "Model", x, targets=None, *, grad_output=None, mode: str = 
     _, tape, g = run(x)
     grad_x = m.backward(tape, g)
 
+    evaluations = 0
+
     def loss_at(inputs=x):
+        nonlocal evaluations
+        if should_stop is not None and should_stop():
+            raise StoppedError(f"the gradient check was stopped after {evaluations} evaluations of the loss")
+        evaluations += 1
         return run(inputs)[0]
 
     rng = np.random.default_rng(seed)

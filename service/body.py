@@ -9,6 +9,7 @@ from typing import TypeVar
 import orjson
 from anyio import to_thread
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ValidationError
 
 from service import listform
@@ -28,11 +29,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody will read the answer; a client may always go away
+        raise ServiceError(499, "client_disconnected",
+                           f"the client closed the connection after {size} bytes of its body") from None
     return b"".join(chunks)
 
 

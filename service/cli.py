@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from service.main import create_app
+from service.protocol import with_header_timeout
 from service.settings import Settings
 
 log = logging.getLogger("gradserve")
@@ -53,8 +54,13 @@ def main(argv: list[str] | None = None) -> None:
                        f"(another server running? try --port)\n")
     host, port = sock.getsockname()[:2]
     log.info("gradserve listening on http://%s:%d (data dir %s)", host, port, settings.data_dir.resolve())
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower(), access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=[sock])
+
+
+def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
+    """Gives how gradserve runs under uvicorn: uvloop, httptools with a deadline on request heads."""
+    return uvicorn.Config(app, loop="uvloop", http=with_header_timeout(settings.header_timeout_seconds),
+                          log_level=settings.log_level.lower(), access_log=False)
 
 
 if __name__ == "__main__":

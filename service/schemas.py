@@ -248,3 +248,21 @@ def add_request_schemas(openapi: dict) -> dict:
     for name, schema in top.get("$defs", {}).items():
         schemas.setdefault(name, schema)
     return openapi
+
+
+def add_links(openapi: dict) -> dict:
+    """Adds OpenAPI links: a created or imported model's id to every route on a model, and a
+    forward's tape_id to backward, so that link-following clients (and stateful fuzzers) can
+    chain calls as a user would."""
+    paths = openapi["paths"]
+    on_a_model = [(path, method, op["operationId"]) for path, item in paths.items() for method, op in item.items()
+                  if "{model_id}" in path]
+    for path in ("/v1/models", "/v1/models/import"):
+        created = paths[path]["post"]["responses"]["201"]
+        created["links"] = {f"{method}:{target}": {"operationId": op_id, "parameters": {"model_id": "$response.body#/id"}}
+                            for target, method, op_id in on_a_model}
+    forward = paths["/v1/models/{model_id}/forward"]["post"]["responses"]["200"]
+    forward["links"] = {"backward": {
+        "operationId": paths["/v1/models/{model_id}/backward"]["post"]["operationId"],
+        "parameters": {"model_id": "$request.path.model_id"}, "requestBody": {"tape_id": "$response.body#/tape_id"}}}
+    return openapi

@@ -33,9 +33,17 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(16_000_000, ge=1)
     max_parameters: int = Field(50_000_000, ge=1)
     max_models: int = Field(100, ge=1)
+    max_models_per_key: int | None = Field(
+        None, ge=1, description="Models one API key may hold; unset: only max_models bounds a key.")
     max_layers: int = Field(256, ge=1)
     max_tapes: int = Field(16, ge=1)
     tape_ttl_seconds: float = Field(300.0, gt=0)
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time budget of long work (a gradient check): past it, or once its "
+        "client has gone, the work stops and the model's lock is free again (503 deadline_exceeded).")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection whose request head (request line and headers) is not "
+        "complete this long after it opened, or after the last response, is closed.")
     log_level: str = "info"
 
     @field_validator("api_keys", mode="before")

@@ -16,7 +16,8 @@ from typing import Any, Literal, TypeVar
 
 from anyio import to_thread
 
-from core import InputError, Model
+from core import InputError, Model, StoppedError
+from service.budget import Budget
 from service.errors import ServiceError
 from service.persistence import ID_RE, Checkpoints
 from service.settings import Settings
@@ -105,7 +106,7 @@ class ModelStore:
         """Builds, saves and registers a model from `spec` (201), or raises 409/422."""
         s = self.settings
         async with self._registry:
-            model_id = self._free_id(spec.get("id"))
+            model_id = self._free_id(spec.get("id"), owner)
             model = await to_thread.run_sync(
                 lambda: Model.from_spec({**spec, "id": model_id}, max_parameters=s.max_parameters,
                                         max_layers=s.max_layers))
@@ -116,7 +117,7 @@ class ModelStore:
         async with self._registry:
             model = await to_thread.run_sync(lambda: Model.from_bytes(
                 checkpoint, max_parameters=self.settings.max_parameters, max_layers=self.settings.max_layers))
-            model_id = self._free_id(model_id or model.spec.get("id"))
+            model_id = self._free_id(model_id or model.spec.get("id"), owner)
             model.spec["id"] = model_id
             return await self._register(model_id, model, owner)
 
@@ -128,12 +129,19 @@ class ModelStore:
                 del self.models[model_id]
                 await to_thread.run_sync(self._checkpoints.delete, model_id)
 
-    def _free_id(self, model_id: Any) -> str:
-        """Gives `model_id` (or a new id) if a model may be registered under it, else 409/422."""
+    def _free_id(self, model_id: Any, owner: str | None) -> str:
+        """Gives `model_id` (or a new id) if `owner` may register a model under it, else 409/422."""
         if len(self.models) >= self.settings.max_models:
             raise ServiceError(422, "too_many_models", [
                 {"loc": ["body"], "msg": f"the server holds {len(self.models)} models, the limit "
                                          f"(GRADSERVE_MAX_MODELS) is {self.settings.max_models}", "type": "limit"}])
+        per_key = self.settings.max_models_per_key
+        if per_key is not None and owner is not None:
+            held = sum(entry.owner == owner for entry in self.models.values())
+            if held >= per_key:
+                raise ServiceError(422, "too_many_models", [
+                    {"loc": ["body"], "msg": f"this API key holds {held} models, the limit per key "
+                                             f"(GRADSERVE_MAX_MODELS_PER_KEY) is {per_key}", "type": "limit"}])
         if model_id is None:
             return f"m-{secrets.token_hex(6)}"
         if not isinstance(model_id, str) or not ID_RE.fullmatch(model_id):
@@ -159,15 +167,24 @@ class ModelStore:
 
     # -- running the engine ------------------------------------------------------------
 
-    async def run(self, entry: Entry, work: Callable[[], T], save: Save = "no") -> T:
+    async def run(self, entry: Entry, work: Callable[[], T], save: Save = "no", budget: Budget | None = None) -> T:
         """Gives `work()` run on a worker thread while holding the model's lock.
 
         save="step" writes the checkpoint before returning when durability is "step" (else
-        marks the model dirty); save="always" writes it whatever the durability.
+        marks the model dirty); save="always" writes it whatever the durability. With a
+        `budget`, work that waited past it never starts, and work that core stops for it
+        (StoppedError) answers 503, or 499 when the client has gone.
         """
         async with entry.lock:
             self._check_alive(entry)
-            return await to_thread.run_sync(self._work_then_save, entry, work, save)
+            if budget is None:
+                return await to_thread.run_sync(self._work_then_save, entry, work, save)
+            if budget.expired():
+                raise budget.refusal("the request waited for the model and was not started")
+            try:
+                return await to_thread.run_sync(self._work_then_save, entry, work, save)
+            except StoppedError as exc:
+                raise budget.refusal(str(exc)) from None
 
     async def run_with_tape(self, entry: Entry, tape_id: str, work: Callable[[Any], T]) -> T:
         """Gives `work(tape)` for a pending tape, consuming the tape unless the input was bad."""

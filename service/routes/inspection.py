@@ -2,12 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from core import gradcheck as check_gradients
 from service.auth import authenticate
-from service.deps import DecoderDep, EntryDep, StoreDep, body_of
+from service.budget import watched
+from service.deps import DecoderDep, EntryDep, SettingsDep, StoreDep, body_of
 from service.schemas import (
     ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody, request_body,
 )
@@ -55,16 +56,20 @@ async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
 
 
 @router.post("/gradcheck", response_model=GradcheckResponse, openapi_extra=request_body(GradcheckRequest))
-async def gradcheck(entry: EntryDep, store: StoreDep, decode: DecoderDep,
+async def gradcheck(request: Request, entry: EntryDep, store: StoreDep, settings: SettingsDep, decode: DecoderDep,
                     body: Annotated[GradcheckRequest, body_of(GradcheckRequest)]) -> dict:
-    """Compares analytic gradients with central differences in float64, on a copy of the model."""
+    """Compares analytic gradients with central differences in float64, on a copy of the model.
+
+    Stops (503 deadline_exceeded) past GRADSERVE_REQUEST_TIMEOUT_SECONDS, or once the client has gone.
+    """
     model = entry.model
+    async with watched(request, settings.request_timeout_seconds) as budget:
+        def work():
+            report = check_gradients(
+                model, decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True),
+                grad_output=decode(body.grad_output, "grad_output"), mode=body.mode, eps=body.eps,
+                atol=body.atol, rtol=body.rtol, max_entries=body.max_entries, seed=body.seed,
+                should_stop=budget.expired)
+            return report.to_dict()
 
-    def work():
-        report = check_gradients(
-            model, decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True),
-            grad_output=decode(body.grad_output, "grad_output"), mode=body.mode, eps=body.eps,
-            atol=body.atol, rtol=body.rtol, max_entries=body.max_entries, seed=body.seed)
-        return report.to_dict()
-
-    return await store.run(entry, work)
+        return await store.run(entry, work, budget=budget)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service.cli import listening_socket
+from service.cli import listening_socket, uvicorn_config
 from service.main import create_app
 from service.settings import Settings
 
@@ -87,7 +87,7 @@ def client(make_client) -> PortalClient:
 def uvicorn_in_thread(app) -> Iterator[str]:
     """Serves `app` with a real uvicorn on 127.0.0.1 (a free port) and gives its base URL."""
     sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, app.state.settings))  # as `gradserve serve` runs it
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -107,6 +107,16 @@ def live_url(tmp_path_factory) -> Iterator[str]:
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("live-data")))
     with uvicorn_in_thread(app) as url:
         yield url
+
+
+@pytest.fixture
+def make_live(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Gives a factory of real uvicorn servers on 127.0.0.1 for settings; gives each one's URL."""
+    with ExitStack() as stack:
+        def make(**settings) -> str:
+            settings.setdefault("data_dir", tmp_path / f"live-{len(stack._exit_callbacks)}")
+            return stack.enter_context(uvicorn_in_thread(create_app(Settings(**settings))))
+        yield make
 
 
 @pytest.fixture(params=["asgi", "live"])

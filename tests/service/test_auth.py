@@ -1,5 +1,6 @@
 """API keys: 401 without a good one, other keys' models are 404, health stays open."""
 
+import httpx
 import pytest
 
 from service.settings import Settings
@@ -63,3 +64,20 @@ def test_documented_defaults():
     s = Settings(_env_file=None)
     assert (s.max_body_bytes, s.max_tensor_elements, s.max_parameters, s.max_models, s.max_layers, s.max_tapes,
             s.tape_ttl_seconds, s.durability) == (64 * 2**20, 16_000_000, 50_000_000, 100, 256, 16, 300, "step")
+
+
+def test_one_key_cannot_take_every_slot_of_a_shared_server(make_live):
+    url = make_live(api_keys=["alice-key", "bob-key"], max_models_per_key=2, max_models=10)
+    with httpx.Client(base_url=url) as live:
+        for _ in range(2):
+            assert live.post("/v1/models", json=MLP, headers=ALICE).status_code == 201
+        refused = live.post("/v1/models", json=MLP, headers=ALICE)
+        assert refused.status_code == 422 and refused.json()["code"] == "too_many_models"
+        assert "GRADSERVE_MAX_MODELS_PER_KEY" in refused.json()["detail"][0]["msg"]
+        checkpoint = live.get(f"/v1/models/{live.get('/v1/models', headers=ALICE).json()['models'][0]['id']}/checkpoint",
+                              headers=ALICE).content
+        assert live.post("/v1/models/import", content=checkpoint, headers=ALICE).status_code == 422  # import counts too
+        assert live.post("/v1/models", json=MLP, headers=BOB).status_code == 201  # other keys keep their slots
+        model_id = live.get("/v1/models", headers=ALICE).json()["models"][0]["id"]
+        assert live.delete(f"/v1/models/{model_id}", headers=ALICE).status_code == 204
+        assert live.post("/v1/models", json=MLP, headers=ALICE).status_code == 201  # a freed slot is usable again

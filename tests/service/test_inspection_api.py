@@ -76,3 +76,22 @@ def test_gradcheck_refuses_bad_options(api):
         "inputs": tensor(X), "targets": tensor(Y), "mode": "sideways", "eps": -1})
     assert response.status_code == 422
     assert {tuple(e["loc"]) for e in response.json()["detail"]} >= {("body", "mode"), ("body", "eps")}
+
+
+def test_put_parameters_that_overflow_float32_are_422_and_change_nothing(api):
+    info = create(api)
+    before = api.get(f"/v1/models/{info['id']}/parameters").json()
+    values = {name: np.zeros(shape) for name, shape in info["parameter_shapes"].items()}  # FP64
+    values["2.weight"][0, 0] = 1e300  # finite in float64, Infinity in the float32 model
+    response = api.put(f"/v1/models/{info['id']}/parameters",
+                       json={"parameters": {name: tensor(value) for name, value in values.items()}})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "parameters", "2.weight"]
+    assert "float32 range" in response.json()["detail"][0]["msg"]
+    message = {"parameters": {name: {"shape": list(v.shape), "datatype": "FP64",
+                                     "parameters": {"binary_data_size": v.nbytes}} for name, v in values.items()}}
+    body, headers = binary_body(message, {})
+    body += b"".join(v.tobytes() for v in values.values())
+    binary = api.put(f"/v1/models/{info['id']}/parameters", content=body, headers=headers)
+    assert binary.status_code == 422 and binary.json()["detail"][0]["loc"] == ["body", "parameters", "2.weight"]
+    assert api.get(f"/v1/models/{info['id']}/parameters").json() == before

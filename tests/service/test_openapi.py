@@ -1,11 +1,15 @@
 """The OpenAPI description: every route documented with a pasteable example, and fuzzed."""
 
+import collections
+import zlib
+
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
+from service.schemas import EXAMPLE_INPUTS, EXAMPLE_SPEC, EXAMPLE_TARGETS
 from wire import MLP
 
 ROUTES = [
@@ -70,3 +74,61 @@ def test_fuzzing_the_schema_finds_no_server_error(live_url):
             case.call_and_validate(checks=[not_a_server_error])
 
         no_server_error()
+
+
+def test_stateful_fuzzing_follows_the_links_past_the_404s(make_live):
+    """Chains calls through the schema's links (a created model's id, a forward's tape_id), as
+    Schemathesis's stateful testing does, and finds no server error on the way."""
+    url = make_live(max_models=100_000, durability="none")
+    # Only the schema's own links (no inferred ones), so that scenarios follow what it documents.
+    config = schemathesis.config.SchemathesisConfig.from_dict({"phases": {"stateful": {"inference": {"algorithms": []}}}})
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
+    reached: collections.Counter = collections.Counter()
+
+    class Machine(schema.as_state_machine()):
+        def setup(self):
+            # Every scenario starts on an empty server, so that a replay of it meets the same state.
+            for model in httpx.get(f"{url}/v1/models").json()["models"]:
+                httpx.delete(f"{url}/v1/models/{model['id']}")
+
+        def before_call(self, case):
+            # Random specs and tensors rarely fit a model. Models are made as a user would make
+            # them (the stateless test above fuzzes creation); half of the forwards, backwards and
+            # train steps get tensors that fit (chosen by the case itself, so a replay chooses alike).
+            fit = zlib.crc32(repr(case.body).encode()) % 2
+            if case.method == "POST" and case.path == "/v1/models":
+                case.body = {**EXAMPLE_SPEC, "id": f"stateful-{zlib.crc32(repr(case.body).encode())}"}
+            elif fit and case.path.endswith("/forward"):
+                case.body = {"inputs": EXAMPLE_INPUTS, "keep_tape": True}
+            elif fit and case.path.endswith(("/backward", "/train_step")) and isinstance(case.body, dict):
+                kept = {key: value for key, value in case.body.items() if key in ("tape_id", "lr")}
+                case.body = {**kept, "targets": EXAMPLE_TARGETS, **({} if "tape_id" in kept else {"inputs": EXAMPLE_INPUTS})}
+
+        def after_call(self, response, case):
+            reached[case.method, case.path, response.status_code] += 1
+
+        def validate_response(self, response, case, **kwargs):
+            case.validate_response(response, checks=[not_a_server_error])
+
+    Machine.run(settings=settings(max_examples=60, stateful_step_count=6, deadline=None, derandomize=True,
+                                  database=None, suppress_health_check=list(HealthCheck)))
+    ok = {(method, path) for (method, path, status), _ in reached.items() if 200 <= status < 300}
+    assert len({path for _, path in ok if "{model_id}" in path}) >= 8, sorted(reached.items())
+    assert ("POST", "/v1/models/{model_id}/forward") in ok, sorted(reached.items())
+
+
+def test_the_documented_links_lead_where_they_say(client, openapi):
+    """Follows each link by hand: create's id into a model route, forward's tape_id into backward."""
+    created = openapi["paths"]["/v1/models"]["post"]["responses"]["201"]["links"]
+    by_id = {op["operationId"]: (path, method) for path, item in openapi["paths"].items() for method, op in item.items()}
+    assert {by_id[link["operationId"]][0] for link in created.values()} == {
+        path for path in openapi["paths"] if "{model_id}" in path}
+    info = client.post("/v1/models", json={**EXAMPLE_SPEC, "id": "linked"}).json()
+    assert created["get:/v1/models/{model_id}"]["parameters"] == {"model_id": "$response.body#/id"}
+    assert client.get(f"/v1/models/{info['id']}").status_code == 200
+    link = openapi["paths"]["/v1/models/{model_id}/forward"]["post"]["responses"]["200"]["links"]["backward"]
+    assert by_id[link["operationId"]] == ("/v1/models/{model_id}/backward", "post")
+    assert link["requestBody"] == {"tape_id": "$response.body#/tape_id"}
+    forward = client.post("/v1/models/linked/forward", json={"inputs": EXAMPLE_INPUTS, "keep_tape": True}).json()
+    backward = client.post("/v1/models/linked/backward", json={"tape_id": forward["tape_id"], "targets": EXAMPLE_TARGETS})
+    assert backward.status_code == 200

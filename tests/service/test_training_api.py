@@ -193,3 +193,33 @@ def test_bad_inputs_are_422_naming_inputs(api, inputs, words):
     response = api.post(url(info, "forward"), json={"inputs": payload})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "inputs"] and words in response.json()["detail"][0]["msg"]
+
+
+def model_state(api, info) -> tuple:
+    """What a refused step must leave unchanged: parameters (bytes), step, version, lr."""
+    params = {name: value.tobytes() for name, value in parameters(api, info).items()}
+    described = api.get(f"/v1/models/{info['id']}").json()
+    return params, described["step"], described["version"], described["spec"]["optimizer"]["lr"]
+
+
+@pytest.mark.parametrize("form", ["list", "binary"])
+def test_an_update_that_would_overflow_is_409_and_changes_nothing(api, form):
+    info = create(api)
+    assert api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
+    before = model_state(api, info)
+    if form == "list":
+        response = api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y), "lr": 1e300})
+    else:
+        body, headers = binary_body({"lr": 1e300}, {"inputs": X, "targets": Y})
+        response = api.post(url(info, "train_step"), content=body, headers=headers)
+    assert response.status_code == 409 and response.json()["code"] == "non_finite_update"
+    assert "1e+300" in response.json()["detail"]
+    assert model_state(api, info) == before
+    assert api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
+    refused = api.post(url(info, "step"), json={"lr": 1e300})
+    assert refused.status_code == 409 and refused.json()["code"] == "non_finite_update"
+    assert model_state(api, info) == before
+    assert api.get(f"/v1/models/{info['id']}").json()["accumulated"] == 0  # the gradients were cleared
+    later = api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y)}).json()
+    assert later["step"] == before[1] + 1 and later["lr"] == before[3]  # the old lr, not 1e300
+    assert 'gradserve_refused_steps_total{reason="non_finite_update"}' in api.get("/metrics").text
