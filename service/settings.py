@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="A connection whose request head (request line and headers) is not "
         "complete this long after it opened, or after the last response, is closed.")
+    blas_threads: int | None = Field(
+        None, ge=1, description="BLAS threads per matrix product; unset: every core while one request "
+        "computes, one each while several do (service/blas.py).")
     log_level: str = "info"
 
     @field_validator("api_keys", mode="before")

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from anyio import to_thread
 
 from core import InputError, Model, StoppedError
+from service.blas import POLICY
 from service.budget import Budget
 from service.errors import ServiceError
 from service.persistence import ID_RE, Checkpoints
@@ -57,6 +58,7 @@ class ModelStore:
 
     async def open(self) -> None:
         """Loads every checkpoint of the data directory and starts the interval flusher."""
+        POLICY.fix(self.settings.blas_threads)
         self._checkpoints = await to_thread.run_sync(Checkpoints, self.settings.data_dir)
         loaded, self.skipped = await to_thread.run_sync(self._checkpoints.load_all)
         for item in loaded:
@@ -195,7 +197,7 @@ class ModelStore:
                 raise ServiceError(404, "tape_not_found", f"no pending tape {tape_id!r} (unknown, used, "
                                                           f"evicted or expired)")
             try:
-                result = await to_thread.run_sync(work, tape[0])
+                result = await to_thread.run_sync(_compute, work, tape[0])
             except (InputError, ServiceError):
                 raise  # a bad request: the tape is still good for a corrected one
             except BaseException:
@@ -228,7 +230,7 @@ class ModelStore:
             raise ServiceError(404, "model_not_found", f"no model {entry.id!r}")
 
     def _work_then_save(self, entry: Entry, work: Callable[[], T], save: Save) -> T:
-        result = work()
+        result = _compute(work)
         if save == "always" or (save == "step" and self.settings.durability == "step"):
             self._save(entry)
         elif save == "step":
@@ -238,6 +240,12 @@ class ModelStore:
     def _save(self, entry: Entry) -> None:
         self._checkpoints.save(entry.id, entry.model.to_bytes())
         entry.dirty = False
+
+
+def _compute(work: Callable[..., T], *args: Any) -> T:
+    """Gives `work(*args)`, counted as a computing request by the BLAS thread policy."""
+    with POLICY.computing():
+        return work(*args)
 
 
 def _visible(entry: Entry, owner: str | None) -> bool:

@@ -109,6 +109,14 @@ def live_url(tmp_path_factory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def module_live(request, tmp_path_factory) -> Iterator[str]:
+    """A real uvicorn for one test module, with the settings of its LIVE_SETTINGS (a dict)."""
+    settings = {"data_dir": tmp_path_factory.mktemp("module-live"), **getattr(request.module, "LIVE_SETTINGS", {})}
+    with uvicorn_in_thread(create_app(Settings(**settings))) as url:
+        yield url
+
+
 @pytest.fixture
 def make_live(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Gives a factory of real uvicorn servers on 127.0.0.1 for settings; gives each one's URL."""

@@ -14,10 +14,7 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import uvicorn_in_thread
 from service import listform, schemas
-from service.main import create_app
-from service.settings import Settings
 from wire import HEADER, MLP, binary_body, create, fresh_id, tensor
 
 X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
@@ -79,11 +76,12 @@ def test_every_request_model_has_a_body_here():
     assert {model.__name__ for model in schemas.REQUEST_MODELS} == set(valid_bodies({"id": "x", "parameter_shapes": {}}, ""))
 
 
+LIVE_SETTINGS = {"max_models": 10_000, "durability": "none"}  # these tests make a few hundred models
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """A real uvicorn of its own: these tests make a few hundred models."""
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("strict"), max_models=10_000, durability="none"))
-    with uvicorn_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+def live(module_live):
+    with httpx.Client(base_url=module_live, timeout=30) as client:
         yield client
 
 

@@ -1,0 +1,59 @@
+"""The BLAS thread policy: every core for a request that computes alone, one thread each when
+several compute at once.
+
+OpenBLAS splits each matrix product over one thread per core. Two requests computing at once
+are then four threads on two cores, and OpenBLAS's threads spin while they wait for each other:
+a gradient check ran 8x slower beside a train step than alone. One thread per request while
+others compute keeps the cores busy with useful work; a request alone keeps the speed of all
+cores. benchmarks/bench_blas_threads.py measures the three policies side by side.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from threadpoolctl import ThreadpoolController
+
+
+class BlasPolicy:
+    """Counts the requests computing now and sets OpenBLAS's threads to match (see the module).
+
+    BLAS threads are per process, so the service keeps one policy, `POLICY`, for all its apps.
+    `fix(n)` pins the count instead (GRADSERVE_BLAS_THREADS), e.g. 1 on a machine whose cores
+    other work shares: spinning BLAS threads that lose their core to another process stall.
+    """
+
+    def __init__(self) -> None:
+        self._controller = ThreadpoolController()
+        self._full = max((lib.num_threads for lib in self._controller.select(user_api="blas").lib_controllers),
+                         default=1)
+        self._lock = threading.Lock()
+        self._computing = 0
+        self._fixed = False
+
+    def fix(self, threads: int | None) -> None:
+        """Pins BLAS to `threads` threads for the whole process, or (None) goes back to adapting."""
+        with self._lock:
+            self._fixed = threads is not None
+            self._controller.select(user_api="blas").limit(limits=threads or self._full)
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """Runs the block as one computing request."""
+        self._change(+1)
+        try:
+            yield
+        finally:
+            self._change(-1)
+
+    def _change(self, delta: int) -> None:
+        with self._lock:
+            before = self._computing
+            self._computing += delta
+            # Set only on the transitions between one request and several.
+            if (before <= 1) != (self._computing <= 1) and self._full > 1 and not self._fixed:
+                threads = self._full if self._computing <= 1 else 1
+                self._controller.select(user_api="blas").limit(limits=threads)
+
+
+POLICY = BlasPolicy()
