@@ -13,10 +13,12 @@ CASES = [
     (409, "stale_tape", gs.StaleTapeError),
     (409, "nothing_to_step", gs.NothingToStepError),
     (409, "non_finite_gradient", gs.NonFiniteGradientError),
+    (409, "non_finite_update", gs.NonFiniteUpdateError),
     (413, "payload_too_large", gs.PayloadTooLargeError),
     (422, "invalid_input", gs.ValidationError),
     (500, "internal_error", gs.ServerError),
     (503, None, gs.ServerError),
+    (503, "deadline_exceeded", gs.DeadlineExceededError),
     (418, "teapot", gs.APIError),
 ]
 

@@ -81,6 +81,17 @@ def test_a_state_changing_call_is_not_replayed_on_503():
     assert len(transport.paths) == 1
 
 
+def test_work_the_server_stopped_at_its_time_budget_is_not_retried():
+    def over_budget(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(503, json={"detail": "gradient check: over the budget", "code": "deadline_exceeded"})
+
+    paths: list[str] = []
+    with pytest.raises(gs.DeadlineExceededError) as caught:
+        remote_model(over_budget).gradcheck(X, X)
+    assert paths == ["/v1/models/m/gradcheck"] and isinstance(caught.value, gs.ServerError)
+
+
 @pytest.mark.parametrize("failure", [httpx.ConnectError, httpx.ConnectTimeout])
 def test_step_is_retried_when_the_connection_failed_before_sending(failure):
     transport = Flaky(failure, failures=2)

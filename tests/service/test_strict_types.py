@@ -186,3 +186,28 @@ def test_a_big_and_a_small_body_get_the_same_answer(live, name):
 
 def test_the_big_plain_body_does_take_the_simdjson_path():
     assert listform.loads(memoryview(sized(TEXTS["plain"], big=True))) is not None
+
+
+@pytest.mark.parametrize("form", ["list", "big list", "binary"])
+@pytest.mark.parametrize("route, field, value", [
+    ("train_step", "lr", "0.5"), ("train_step", "lr", True), ("forward", "train", 1),
+    ("forward", "keep_tape", "yes"), ("forward_backward", "return_outputs", "true"),
+    ("gradcheck", "max_entries", 1.5), ("gradcheck", "eps", "1e-6"),
+])
+def test_strict_scalars_hold_in_every_form_and_size(live, form, route, field, value):
+    info = create(live, WIDE)
+    x = WIDE_X if form == "big list" else WIDE_X[:8]
+    y = np.arange(len(x)) % 3
+    tensors = {"inputs": x} if route == "forward" else {"inputs": x, "targets": y}
+    path = f"/v1/models/{info['id']}/{route}"
+    if form == "binary":
+        body, headers = binary_body({field: value}, tensors)
+    else:
+        message = {name: {"shape": list(t.shape), "data": t} for name, t in tensors.items()}
+        body = orjson.dumps({**message, field: value}, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = {"Content-Type": "application/json"}
+        assert (len(body) > 256 * 1024) == (form == "big list")
+    before = live.get(f"/v1/models/{info['id']}").json()
+    response = live.post(path, content=body, headers=headers)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field], response.text
+    assert live.get(f"/v1/models/{info['id']}").json() == before

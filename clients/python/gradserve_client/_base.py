@@ -116,7 +116,9 @@ class BaseClient:
             return False
         if error is not None:
             return isinstance(error, _NOT_SENT) or call.idempotent
-        return call.idempotent and response is not None and response.status_code in _RETRY_STATUSES
+        if response is None or not call.idempotent or response.status_code not in _RETRY_STATUSES:
+            return False
+        return _error_code(response) != "deadline_exceeded"  # the same work would run out of time again
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None = None) -> float:
         """Returns the seconds to wait before retry ``attempt + 1``: exponential, with jitter."""
@@ -132,6 +134,11 @@ def connection_error(error: httpx.TransportError) -> APIConnectionError:
     if isinstance(error, httpx.TimeoutException):
         return APITimeoutError(f"request timed out: {error!r}")
     return APIConnectionError(f"connection failed: {error!r}")
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    body = _error_body(response)
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def _error_body(response: httpx.Response) -> Any:
