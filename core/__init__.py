@@ -18,10 +18,11 @@ from .errors import (
     StoppedError,
 )
 from .gradcheck import GradcheckReport, gradcheck
+from .ids import ID_PATTERN, ID_RE, ID_RULE
 from .model import Backprop, Model, StepResult, Tape
 
 __all__ = [
-    "Model", "Tape", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
+    "Model", "Tape", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
     "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError",
 ]

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import SpecError
+from .ids import ID_RE
 
 # Per layer type: its options and their defaults (REQUIRED: must be given, or inferred
 # from the previous layer where the option is a size).
@@ -52,7 +53,6 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, object]] = {
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.01}
 DTYPES = ("float32", "float64")
 TOP_LEVEL = {"id", "layers", "loss", "optimizer", "dtype", "seed"}
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NESTING = 8
 
 
@@ -78,7 +78,7 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
             err([key], f"unknown field {key!r}; expected one of {sorted(TOP_LEVEL)}", "extra_forbidden")
     out: dict = {}
     if "id" in spec:
-        if not isinstance(spec["id"], str) or not ID_PATTERN.fullmatch(spec["id"]):
+        if not isinstance(spec["id"], str) or not ID_RE.fullmatch(spec["id"]):
             err(["id"], "id must match [A-Za-z0-9_-]{1,64}")
         else:
             out["id"] = spec["id"]

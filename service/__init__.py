@@ -12,6 +12,6 @@
     persistence.py   checkpoints on disk: atomic writes, reload at start
     store.py         live models, per-model locks, tapes, when a step reaches the disk
     metrics.py       Prometheus registry and the request-recording middleware
-    deps.py          typed dependencies (StoreDep, EntryDep, DecoderDep, ...)
+    deps.py          typed dependencies: Call[X] (a model, its decoded body X), Body[X], StoreDep, ...
     routes/          one APIRouter per file: ops, models, training, inspection
 """

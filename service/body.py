@@ -7,14 +7,14 @@ parameter, because a body may be binary (the JSON part followed by raw tensor by
 from typing import TypeVar
 
 import orjson
-from anyio import to_thread
 from fastapi import Request
-from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from service import listform
 from service.errors import ServiceError, field_errors
-from service.tensors import HEADER, attach_binary, split_message
+from service.tensors import HEADER, Decoder, Tensor, attach_binary, split_message
+from service.threads import off_loop
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,13 +46,17 @@ def _too_large(size: int, limit: int) -> ServiceError:
                         f"the body has at least {size} bytes, over the limit of {limit} (GRADSERVE_MAX_BODY_BYTES)")
 
 
-async def parse_body(request: Request, model: type[M], limit: int) -> M:
-    """Gives the request body as `model`: JSON, or binary form with its tensors attached."""
+async def parse_body(request: Request, model: type[M], limit: int, decoder: Decoder | None = None) -> M:
+    """Gives the request body as `model`: JSON, or binary form with its tensors attached.
+
+    With a `decoder`, its tensor fields are decoded into arrays too: on a worker thread with
+    the parsing when the body is big, and before the route waits for its model's lock.
+    """
     body = await read_body(request, limit)
     json_part, binary = split_message(body, request.headers.get(HEADER))
-    if len(json_part) > OFFLOAD_BYTES:  # list-form tensors: orjson needs a while
-        return await to_thread.run_sync(parse_parts, json_part, binary, model)
-    return parse_parts(json_part, binary, model)
+    if len(json_part) > OFFLOAD_BYTES:  # list-form tensors: parsing them takes a while
+        return await off_loop(parse_parts, json_part, binary, model, decoder)
+    return parse_parts(json_part, binary, model, decoder)
 
 
 def parse_message(body: bytes, header: str | None, model: type[M]) -> M:
@@ -60,8 +64,9 @@ def parse_message(body: bytes, header: str | None, model: type[M]) -> M:
     return parse_parts(*split_message(body, header), model)
 
 
-def parse_parts(json_part: memoryview, binary: memoryview, model: type[M]) -> M:
-    """Gives `model` validated from the JSON part, binary tensors taken from `binary`."""
+def parse_parts(json_part: memoryview, binary: memoryview, model: type[M], decoder: Decoder | None = None) -> M:
+    """Gives `model` validated from the JSON part, binary tensors taken from `binary` (and, with a
+    `decoder`, every tensor field decoded into an array)."""
     if not json_part:
         json_part = memoryview(b"{}")  # an empty body means every field takes its default
     message = listform.loads(json_part) if len(json_part) > OFFLOAD_BYTES else None
@@ -75,6 +80,22 @@ def parse_parts(json_part: memoryview, binary: memoryview, model: type[M]) -> M:
                            [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}])
     attach_binary(message, binary)
     try:
-        return model.model_validate(message)
+        parsed = model.model_validate(message)
     except ValidationError as exc:
         raise ServiceError(422, "validation_error", field_errors(exc.errors(), prefix=("body",))) from None
+    if decoder is not None:
+        decode_fields(parsed, decoder)
+    return parsed
+
+
+def decode_fields(body: BaseModel, decoder: Decoder) -> None:
+    """Replaces each tensor field of `body` (and each tensor of a dict field) by its array.
+
+    `targets` are labels: integer data without a datatype becomes INT64 class indices.
+    """
+    for name in type(body).model_fields:
+        value = getattr(body, name)
+        if isinstance(value, Tensor):
+            setattr(body, name, decoder(value, name, labels=name == "targets"))
+        elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Tensor):
+            setattr(body, name, {key: decoder(tensor, (name, key)) for key, tensor in value.items()})

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from service import errors
 from service.metrics import Metrics, RecordRequests
 from service.routes import inspection, models, ops, training
-from service.schemas import add_links, add_request_schemas
+from service.deps import body_models
+from service.schemas import add_links, add_request_bodies
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -51,5 +52,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
 
     generate = app.openapi
-    app.openapi = lambda: add_links(add_request_schemas(generate()))
+    app.openapi = lambda: add_links(add_request_bodies(generate(), body_models(app)))
     return app

@@ -13,18 +13,14 @@ overwrites it.
 
 import logging
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import Model
+from core import ID_RE, Model  # ID_RE: nothing else ever becomes part of a file name
 
 log = logging.getLogger("gradserve")
 
-# The one definition of a model id; nothing else ever becomes part of a file name.
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-ID_RE = re.compile(ID_PATTERN)
 SUFFIX = ".safetensors"
 
 

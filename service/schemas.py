@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
-from service.persistence import ID_PATTERN
+from core import ID_PATTERN
 from service.tensors import Tensor, TensorInput
 
-ModelId = Annotated[str, Field(pattern=ID_PATTERN, examples=["xor-mlp"])]
+ModelId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
 
 EXAMPLE_SPEC = {
     "id": "xor-mlp",
@@ -220,11 +220,6 @@ class ErrorBody(BaseModel):
 
 # -- OpenAPI -----------------------------------------------------------------------------
 
-REQUEST_MODELS: list[type[BaseModel]] = [
-    ModelSpec, ForwardRequest, BackwardRequest, ForwardBackwardRequest, StepRequest,
-    TrainStepRequest, GradcheckRequest, ParametersBody,
-]
-
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in [
     (400, "Malformed body"), (401, "Missing or wrong API key"), (404, "Unknown model or tape"),
     (409, "State conflict: stale tape, nothing to step, non-finite gradient, id taken"),
@@ -232,17 +227,14 @@ ERRORS = {status: {"model": ErrorBody, "description": description} for status, d
 ]}
 
 
-def request_body(model: type[BaseModel]) -> dict:
-    """Gives `openapi_extra` documenting a body the route parses itself (JSON, or binary form)."""
-    example = model.model_config["json_schema_extra"]["examples"][0]
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}, "example": example,
-    }}}}
-
-
-def add_request_schemas(openapi: dict) -> dict:
-    """Adds the request models (and their parts) to `openapi`'s components."""
-    _, top = models_json_schema([(model, "validation") for model in REQUEST_MODELS],
+def add_request_bodies(openapi: dict, bodies: dict[tuple[str, str], type[BaseModel]]) -> dict:
+    """Documents the bodies routes parse themselves (JSON, or binary form): each operation's
+    requestBody with its model's example, and the models (and their parts) as components."""
+    for (path, method), model in bodies.items():
+        example = model.model_config["json_schema_extra"]["examples"][0]
+        openapi["paths"][path][method]["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}, "example": example}}}
+    _, top = models_json_schema([(model, "validation") for model in set(bodies.values())],
                                 ref_template="#/components/schemas/{model}")
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in top.get("$defs", {}).items():

@@ -14,18 +14,21 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from anyio import to_thread
-
-from core import InputError, Model, StoppedError
+from core import ID_RE, ID_RULE, InputError, Model, StoppedError
 from service.blas import POLICY
 from service.budget import Budget
 from service.errors import ServiceError
-from service.persistence import ID_RE, Checkpoints
+from service.persistence import Checkpoints
 from service.settings import Settings
+from service.threads import off_loop
 
 log = logging.getLogger("gradserve")
 
 T = TypeVar("T")
+
+# Multiply-adds (examples x parameters) below which a request's compute (tens of microseconds)
+# costs less than the hop to a worker thread and back: it runs on the event loop.
+INLINE_WORK = 1 << 17
 Save = Literal["no", "step", "always"]
 
 
@@ -59,8 +62,8 @@ class ModelStore:
     async def open(self) -> None:
         """Loads every checkpoint of the data directory and starts the interval flusher."""
         POLICY.fix(self.settings.blas_threads)
-        self._checkpoints = await to_thread.run_sync(Checkpoints, self.settings.data_dir)
-        loaded, self.skipped = await to_thread.run_sync(self._checkpoints.load_all)
+        self._checkpoints = await off_loop(Checkpoints, self.settings.data_dir)
+        loaded, self.skipped = await off_loop(self._checkpoints.load_all)
         for item in loaded:
             self.models[item.id] = Entry(item.id, item.model, item.owner)
         if self.settings.durability == "interval":
@@ -82,7 +85,7 @@ class ModelStore:
             if entry.dirty:
                 async with entry.lock:
                     if entry.dirty and not entry.deleted:
-                        await to_thread.run_sync(self._save, entry)
+                        await off_loop(self._save, entry)
 
     async def _flush_every(self, seconds: float) -> None:
         while True:
@@ -109,7 +112,7 @@ class ModelStore:
         s = self.settings
         async with self._registry:
             model_id = self._free_id(spec.get("id"), owner)
-            model = await to_thread.run_sync(
+            model = await off_loop(
                 lambda: Model.from_spec({**spec, "id": model_id}, max_parameters=s.max_parameters,
                                         max_layers=s.max_layers))
             return await self._register(model_id, model, owner)
@@ -117,7 +120,7 @@ class ModelStore:
     async def import_checkpoint(self, checkpoint: bytes, model_id: str | None, owner: str | None) -> Entry:
         """Registers a model read from a safetensors checkpoint, under `model_id` if given."""
         async with self._registry:
-            model = await to_thread.run_sync(lambda: Model.from_bytes(
+            model = await off_loop(lambda: Model.from_bytes(
                 checkpoint, max_parameters=self.settings.max_parameters, max_layers=self.settings.max_layers))
             model_id = self._free_id(model_id or model.spec.get("id"), owner)
             model.spec["id"] = model_id
@@ -129,7 +132,7 @@ class ModelStore:
             async with entry.lock:
                 entry.deleted = True
                 del self.models[model_id]
-                await to_thread.run_sync(self._checkpoints.delete, model_id)
+                await off_loop(self._checkpoints.delete, model_id)
 
     def _free_id(self, model_id: Any, owner: str | None) -> str:
         """Gives `model_id` (or a new id) if `owner` may register a model under it, else 409/422."""
@@ -148,7 +151,7 @@ class ModelStore:
             return f"m-{secrets.token_hex(6)}"
         if not isinstance(model_id, str) or not ID_RE.fullmatch(model_id):
             raise ServiceError(422, "validation_error", [
-                {"loc": ["body", "id"], "msg": "a model id is 1 to 64 of A-Z a-z 0-9 _ -", "type": "string_pattern_mismatch"}])
+                {"loc": ["body", "id"], "msg": ID_RULE, "type": "string_pattern_mismatch"}])
         if model_id in self.models:
             raise ServiceError(409, "id_taken", f"a model {model_id!r} already exists")
         if model_id in self.skipped:
@@ -163,28 +166,32 @@ class ModelStore:
             self._checkpoints.save_owner(model_id, owner)  # first, so a checkpoint never lacks its owner
             self._save(entry)
 
-        await to_thread.run_sync(save_new)
+        await off_loop(save_new)
         self.models[model_id] = entry
         return entry
 
     # -- running the engine ------------------------------------------------------------
 
-    async def run(self, entry: Entry, work: Callable[[], T], save: Save = "no", budget: Budget | None = None) -> T:
+    async def run(self, entry: Entry, work: Callable[[], T], save: Save = "no", budget: Budget | None = None,
+                  rows: int | None = None) -> T:
         """Gives `work()` run on a worker thread while holding the model's lock.
 
         save="step" writes the checkpoint before returning when durability is "step" (else
         marks the model dirty); save="always" writes it whatever the durability. With a
         `budget`, work that waited past it never starts, and work that core stops for it
-        (StoppedError) answers 503, or 499 when the client has gone.
+        (StoppedError) answers 503, or 499 when the client has gone. Work on `rows` examples
+        that costs less than a thread hop (INLINE_WORK) runs on the event loop itself.
         """
         async with entry.lock:
             self._check_alive(entry)
+            if budget is None and rows is not None and self._inline(entry, rows, save):
+                return self._work_then_save(entry, work, save)
             if budget is None:
-                return await to_thread.run_sync(self._work_then_save, entry, work, save)
+                return await off_loop(self._work_then_save, entry, work, save)
             if budget.expired():
                 raise budget.refusal("the request waited for the model and was not started")
             try:
-                return await to_thread.run_sync(self._work_then_save, entry, work, save)
+                return await off_loop(self._work_then_save, entry, work, save)
             except StoppedError as exc:
                 raise budget.refusal(str(exc)) from None
 
@@ -197,7 +204,7 @@ class ModelStore:
                 raise ServiceError(404, "tape_not_found", f"no pending tape {tape_id!r} (unknown, used, "
                                                           f"evicted or expired)")
             try:
-                result = await to_thread.run_sync(_compute, work, tape[0])
+                result = await off_loop(_compute, work, tape[0])
             except (InputError, ServiceError):
                 raise  # a bad request: the tape is still good for a corrected one
             except BaseException:
@@ -228,6 +235,10 @@ class ModelStore:
     def _check_alive(self, entry: Entry) -> None:
         if entry.deleted:
             raise ServiceError(404, "model_not_found", f"no model {entry.id!r}")
+
+    def _inline(self, entry: Entry, rows: int, save: Save) -> bool:
+        writes = save == "always" or (save == "step" and self.settings.durability == "step")
+        return not writes and rows * entry.model.num_parameters <= INLINE_WORK
 
     def _work_then_save(self, entry: Entry, work: Callable[[], T], save: Save) -> T:
         result = _compute(work)

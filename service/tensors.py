@@ -21,12 +21,20 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from anyio import to_thread
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from service.errors import ServiceError, invalid
 from service.listform import NumericArray
+from service.threads import off_loop
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -275,7 +283,7 @@ async def reply(payload: dict, *, binary: bool = False, status_code: int = 200) 
     """Gives `respond(...)`, encoded on a worker thread when the payload is big."""
     encode = partial(respond, payload, binary=binary, status_code=status_code)
     if _elements(payload) > OFFLOAD_ELEMENTS:
-        return await to_thread.run_sync(encode)
+        return await off_loop(encode)
     return encode()
 
 

@@ -2,16 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from core import gradcheck as check_gradients
 from service.auth import authenticate
 from service.budget import watched
-from service.deps import DecoderDep, EntryDep, SettingsDep, StoreDep, body_of
-from service.schemas import (
-    ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody, request_body,
-)
+from service.deps import Call, EntryDep, StoreDep
+from service.schemas import ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody
 from service.tensors import reply
 
 router = APIRouter(prefix="/v1/models/{model_id}", tags=["inspection"], dependencies=[Depends(authenticate)],
@@ -27,18 +25,11 @@ async def get_parameters(entry: EntryDep, store: StoreDep, binary_data_output: B
     return await reply({"parameters": snapshot}, binary=binary_data_output)
 
 
-@router.put("/parameters", response_model=ModelInfo, openapi_extra=request_body(ParametersBody))
-async def put_parameters(entry: EntryDep, store: StoreDep, decode: DecoderDep,
-                         body: Annotated[ParametersBody, body_of(ParametersBody)]) -> ModelInfo:
+@router.put("/parameters", response_model=ModelInfo)
+async def put_parameters(call: Call[ParametersBody]) -> ModelInfo:
     """Replaces parameters (all names must exist, shapes must match); pending tapes go stale."""
-    model = entry.model
-
-    def work():
-        values = {name: decode(value, ("parameters", name)) for name, value in body.parameters.items()}
-        model.set_parameters(values)
-
-    await store.run(entry, work, save="always")
-    return ModelInfo.of(entry)
+    await call.store.run(call.entry, lambda: call.model.set_parameters(call.body.parameters), save="always")
+    return ModelInfo.of(call.entry)
 
 
 @router.get("/gradients", response_model=Gradients)
@@ -55,21 +46,19 @@ async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
     return await store.run(entry, entry.model.diagnostics)
 
 
-@router.post("/gradcheck", response_model=GradcheckResponse, openapi_extra=request_body(GradcheckRequest))
-async def gradcheck(request: Request, entry: EntryDep, store: StoreDep, settings: SettingsDep, decode: DecoderDep,
-                    body: Annotated[GradcheckRequest, body_of(GradcheckRequest)]) -> dict:
+@router.post("/gradcheck", response_model=GradcheckResponse)
+async def gradcheck(call: Call[GradcheckRequest]) -> dict:
     """Compares analytic gradients with central differences in float64, on a copy of the model.
 
     Stops (503 deadline_exceeded) past GRADSERVE_REQUEST_TIMEOUT_SECONDS, or once the client has gone.
     """
-    model = entry.model
-    async with watched(request, settings.request_timeout_seconds) as budget:
+    body, model = call.body, call.model
+    async with watched(call.request, call.request.app.state.settings.request_timeout_seconds) as budget:
         def work():
             report = check_gradients(
-                model, decode(body.inputs, "inputs"), decode(body.targets, "targets", labels=True),
-                grad_output=decode(body.grad_output, "grad_output"), mode=body.mode, eps=body.eps,
+                model, body.inputs, body.targets, grad_output=body.grad_output, mode=body.mode, eps=body.eps,
                 atol=body.atol, rtol=body.rtol, max_entries=body.max_entries, seed=body.seed,
                 should_stop=budget.expired)
             return report.to_dict()
 
-        return await store.run(entry, work, budget=budget)
+        return await call.store.run(call.entry, work, budget=budget)

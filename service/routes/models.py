@@ -7,15 +7,14 @@ from fastapi.responses import Response
 
 from service.auth import OwnerDep, authenticate
 from service.body import read_body
-from service.deps import EntryDep, SettingsDep, StoreDep, body_of
-from service.schemas import ERRORS, ModelId, ModelInfo, ModelList, ModelSpec, request_body
+from service.deps import Body, EntryDep, SettingsDep, StoreDep
+from service.schemas import ERRORS, ModelId, ModelInfo, ModelList, ModelSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(authenticate)], responses=ERRORS)
 
 
-@router.post("", status_code=201, response_model=ModelInfo, openapi_extra=request_body(ModelSpec))
-async def create_model(store: StoreDep, owner: OwnerDep,
-                       spec: Annotated[ModelSpec, body_of(ModelSpec)]) -> ModelInfo:
+@router.post("", status_code=201, response_model=ModelInfo)
+async def create_model(store: StoreDep, owner: OwnerDep, spec: Body[ModelSpec]) -> ModelInfo:
     """Creates a model from a spec; the whole spec is checked before anything is allocated."""
     entry = await store.create(spec.model_dump(exclude_unset=True), owner)
     return ModelInfo.of(entry)
