@@ -17,12 +17,13 @@ from .errors import (
     StaleTapeError,
     StoppedError,
 )
+from .evaluate import Evaluation, evaluate
 from .gradcheck import GradcheckReport, gradcheck
 from .ids import ID_PATTERN, ID_RE, ID_RULE
 from .model import Backprop, Model, StepResult, Tape
 
 __all__ = [
-    "Model", "Tape", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "gradcheck", "GradcheckReport",
+    "Model", "Tape", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "gradcheck", "GradcheckReport", "evaluate", "Evaluation",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
     "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError",
 ]

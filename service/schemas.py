@@ -112,6 +112,12 @@ class TrainStepRequest(BaseModel):
     lr: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
+class EvaluateRequest(BaseModel):
+    model_config = _example({"inputs": EXAMPLE_INPUTS, "targets": EXAMPLE_TARGETS})
+    inputs: TensorInput
+    targets: TensorInput = Field(description="Targets for the model's loss (labels default to INT64).")
+
+
 class GradcheckRequest(TargetsOrGradOutput):
     model_config = _example({"inputs": EXAMPLE_INPUTS, "targets": EXAMPLE_TARGETS, "mode": "entries"})
     inputs: TensorInput
@@ -191,6 +197,12 @@ class StepResponse(BaseModel):
 
 class TrainStepResponse(StepResponse):
     loss: Number
+
+
+class EvaluateResponse(BaseModel):
+    loss: Number
+    accuracy: float | None = Field(None, description="softmax_cross_entropy and bce_with_logits models only.")
+    count: int = Field(description="Terms the loss averages: positions for cross-entropy, elements otherwise.")
 
 
 class Parameters(BaseModel):

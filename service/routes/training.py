@@ -6,12 +6,14 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError
+from core import evaluate as evaluate_model
 from service.auth import authenticate
 from service.deps import Call, EntryDep, StoreDep
 from service.errors import CORE_ERRORS
 from service.metrics import Metrics
 from service.schemas import (
-    ERRORS, BackwardRequest, BackwardResponse, ForwardBackwardRequest, ForwardBackwardResponse,
+    ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, EvaluateResponse, ForwardBackwardRequest,
+    ForwardBackwardResponse,
     ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StepResponse, TrainStepRequest,
     TrainStepResponse,
 )
@@ -87,6 +89,14 @@ async def step(call: Call[StepRequest]) -> Response:
     result = await _counting_steps(metrics, call.store.run(call.entry, lambda: call.model.step(call.body.lr),
                                                            save="step", rows=1))
     return respond(asdict(result))
+
+
+@router.post("/evaluate", response_model=EvaluateResponse)
+async def evaluate(call: Call[EvaluateRequest]) -> Response:
+    """Gives the loss (and a classifier's accuracy) of an eval-mode forward; no gradients, no state change."""
+    result = await call.store.run(call.entry, lambda: evaluate_model(call.model, call.body.inputs, call.body.targets),
+                                  rows=call.rows)
+    return respond({"loss": number(result.loss), "accuracy": result.accuracy, "count": result.count})
 
 
 @router.post("/zero_grad", response_model=ModelInfo)

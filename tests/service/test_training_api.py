@@ -223,3 +223,57 @@ def test_an_update_that_would_overflow_is_409_and_changes_nothing(api, form):
     later = api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y)}).json()
     assert later["step"] == before[1] + 1 and later["lr"] == before[3]  # the old lr, not 1e300
     assert 'gradserve_refused_steps_total{reason="non_finite_update"}' in api.get("/metrics").text
+
+
+def old_client_validation_loss(loss_spec: dict, outputs: np.ndarray, targets: np.ndarray) -> float:
+    """The loss formulas the Python client computed itself before /evaluate (DESIGN section 4), kept as an oracle."""
+    o, t = outputs.astype(np.float64), np.asarray(targets)
+    kind = loss_spec["type"]
+    if kind == "softmax_cross_entropy":
+        shifted = o - o.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(t)), t].mean()) if t.ndim == 1 else float(-(t * log_probs).sum(axis=1).mean())
+    t = t.astype(np.float64).reshape(o.shape)
+    if kind == "mse":
+        return float(((o - t) ** 2).mean())
+    if kind == "bce_with_logits":
+        return float((np.maximum(o, 0) - o * t + np.log1p(np.exp(-np.abs(o)))).mean())
+    d = np.abs(o - t)
+    return float(np.where(d < loss_spec["delta"], 0.5 * d**2, loss_spec["delta"] * (d - 0.5 * loss_spec["delta"])).mean())
+
+
+@pytest.mark.parametrize("loss, targets", [
+    ({"type": "softmax_cross_entropy"}, Y), ({"type": "softmax_cross_entropy"}, np.eye(3, dtype=np.float32)[Y]),
+    ({"type": "mse"}, RNG.standard_normal((6, 3)).astype(np.float32)),
+    ({"type": "bce_with_logits"}, (RNG.random((6, 3)) > 0.5).astype(np.float32)),
+    ({"type": "huber", "delta": 0.5}, RNG.standard_normal((6, 3)).astype(np.float32)),
+], ids=["labels", "probabilities", "mse", "bce", "huber"])
+def test_evaluate_gives_the_training_loss_and_the_clients_old_numbers(api, loss, targets):
+    info = create(api, {**MLP, "loss": loss})
+    before = api.get(f"/v1/models/{info['id']}").json(), parameters(api, info)
+    evaluated = api.post(url(info, "evaluate"), json={"inputs": tensor(X), "targets": tensor(targets)}).json()
+    assert api.get(f"/v1/models/{info['id']}").json() == before[0]  # no gradients, no step, no version
+    assert {k: v.tobytes() for k, v in parameters(api, info).items()} == {k: v.tobytes() for k, v in before[1].items()}
+    outputs = array(api.post(url(info, "forward"), json={"inputs": tensor(X)}).json()["outputs"])
+    assert evaluated["loss"] == pytest.approx(old_client_validation_loss(loss, outputs, targets), rel=1e-5)
+    trained = api.post(url(info, "forward_backward"), json={"inputs": tensor(X), "targets": tensor(targets)}).json()
+    assert evaluated["loss"] == trained["loss"]  # no dropout or batchnorm: eval and train forwards agree
+    if loss["type"] == "softmax_cross_entropy":
+        labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
+        assert evaluated["accuracy"] == float((outputs.argmax(axis=1) == labels).mean()) and evaluated["count"] == 6
+    elif loss["type"] == "bce_with_logits":
+        assert evaluated["accuracy"] == float(((outputs > 0) == (targets > 0.5)).mean()) and evaluated["count"] == 18
+    else:
+        assert evaluated["accuracy"] is None and evaluated["count"] == 18
+
+
+def test_evaluate_runs_batchnorm_and_dropout_in_eval_mode(api):
+    spec = {**MLP, "layers": [{"type": "linear", "in_features": 4, "out_features": 8}, {"type": "batchnorm"},
+                              {"type": "dropout", "p": 0.5}, {"type": "linear", "out_features": 3}]}
+    info = create(api, spec)
+    assert api.post(url(info, "train_step"), json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
+    first = api.post(url(info, "evaluate"), json={"inputs": tensor(X), "targets": tensor(Y)}).json()
+    again = api.post(url(info, "evaluate"), json={"inputs": tensor(X), "targets": tensor(Y)}).json()
+    assert first == again  # no dropout mask drawn, no running statistics moved
+    bad = api.post(url(info, "evaluate"), json={"inputs": tensor(X), "targets": tensor(Y[:2])})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "targets"]
