@@ -4,6 +4,7 @@ Routes that take tensors read their body here rather than through FastAPI's own 
 parameter, because a body may be binary (the JSON part followed by raw tensor bytes).
 """
 
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import orjson
@@ -12,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from service import listform
-from service.errors import ServiceError, field_errors
-from service.tensors import HEADER, Decoder, Tensor, attach_binary, split_message
+from service.errors import ServiceError, field_errors, invalid
+from service.tensors import HEADER, Decoder, Tensor, attach_binary, binary_size, split_message
 from service.threads import off_loop
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,6 +22,53 @@ M = TypeVar("M", bound=BaseModel)
 # Bodies bigger than this are parsed on a worker thread so the event loop stays free, and
 # their big numeric arrays without a Python float per element (service/listform.py).
 OFFLOAD_BYTES = 256 * 1024
+
+
+async def frames(request: Request, limit: int) -> AsyncIterator[tuple[dict, memoryview]]:
+    """Yields (JSON object, binary part) for each frame of a stream of messages.
+
+    A frame is one message on one line, JSON text then a newline (NDJSON), followed by the raw
+    bytes of its binary tensors when it has any (their binary_data_size, in order). Each frame
+    is held to `limit` bytes; the stream as a whole is not. Stopped early (a bad frame, or the
+    caller done with it), it still reads the rest of the body, so that a client still sending
+    gets its answer.
+    """
+    stream = request.stream()
+    buffer, scanned, head = bytearray(), 0, None  # head: (message, where its bytes start, how many)
+    try:
+        async for chunk in stream:
+            buffer += chunk
+            while True:
+                if head is None:
+                    end = buffer.find(b"\n", scanned)
+                    if end < 0:
+                        scanned = len(buffer)
+                        if scanned > limit:
+                            raise _too_large(scanned, limit)
+                        break
+                    line = bytes(buffer[:end])
+                    message = await off_loop(load_json, line) if end > OFFLOAD_BYTES else load_json(line)
+                    head = (message, end + 1, binary_size(message))
+                    if end + 1 + head[2] > limit:
+                        raise _too_large(end + 1 + head[2], limit)
+                message, start, size = head
+                if len(buffer) < start + size:
+                    break
+                binary = memoryview(bytes(buffer[start:start + size]))
+                del buffer[:start + size]
+                head, scanned = None, 0
+                yield message, binary
+        if head is not None or buffer.strip():
+            raise invalid(["body"], "the stream ends inside a frame: each frame is one JSON line (then its "
+                          "binary tensors' bytes), the last one ending with a newline too")
+    except ClientDisconnect:
+        raise ServiceError(499, "client_disconnected", "the client closed the connection mid-stream") from None
+    finally:
+        try:
+            async for _ in stream:  # whatever the client still sends
+                pass
+        except ClientDisconnect:
+            pass
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -67,6 +115,11 @@ def parse_message(body: bytes, header: str | None, model: type[M]) -> M:
 def parse_parts(json_part: memoryview, binary: memoryview, model: type[M], decoder: Decoder | None = None) -> M:
     """Gives `model` validated from the JSON part, binary tensors taken from `binary` (and, with a
     `decoder`, every tensor field decoded into an array)."""
+    return validated(load_json(json_part), binary, model, decoder)
+
+
+def load_json(json_part: memoryview) -> dict:
+    """Gives the JSON object of a message (400 if it is no JSON, 422 if no object)."""
     if not json_part:
         json_part = memoryview(b"{}")  # an empty body means every field takes its default
     message = listform.loads(json_part) if len(json_part) > OFFLOAD_BYTES else None
@@ -78,6 +131,11 @@ def parse_parts(json_part: memoryview, binary: memoryview, model: type[M], decod
     if not isinstance(message, dict):
         raise ServiceError(422, "validation_error",
                            [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "dict_type"}])
+    return message
+
+
+def validated(message: dict, binary: memoryview, model: type[M], decoder: Decoder | None = None) -> M:
+    """Gives `model` validated from a message's JSON object and its binary part (see parse_parts)."""
     attach_binary(message, binary)
     try:
         parsed = model.model_validate(message)

@@ -87,16 +87,26 @@ def _core_detail(exc: Exception, status: int) -> Any:
     return str(exc)
 
 
+def answer_for(exc: Exception) -> tuple[int, str, Any] | None:
+    """Gives (status, code, detail) for a failure this mapping knows, None for a bug."""
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code, exc.detail
+    for cls in type(exc).__mro__:
+        if cls in CORE_ERRORS:
+            status, code = CORE_ERRORS[cls]
+            return status, code, _core_detail(exc, status)
+    return None
+
+
 async def _service_error(request: Request, exc: ServiceError) -> Response:
     return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
 
 async def _core_error(request: Request, exc: Exception) -> Response:
-    for cls in type(exc).__mro__:
-        if cls in CORE_ERRORS:
-            status, code = CORE_ERRORS[cls]
-            return error_response(status, code, _core_detail(exc, status))
-    raise exc
+    answer = answer_for(exc)
+    if answer is None:
+        raise exc
+    return error_response(*answer)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

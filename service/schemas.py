@@ -205,6 +205,10 @@ class EvaluateResponse(BaseModel):
     count: int = Field(description="Terms the loss averages: positions for cross-entropy, elements otherwise.")
 
 
+class TrainStepsResponse(BaseModel):
+    steps: list[TrainStepResponse] = Field(description="One per batch, in the order sent.")
+
+
 class Parameters(BaseModel):
     parameters: dict[str, Tensor]
 
@@ -228,6 +232,11 @@ class Status(BaseModel):
 class ErrorBody(BaseModel):
     detail: Any = Field(description="A message, or FastAPI's list of {loc, msg, type}.")
     code: str = Field(description="snake_case, e.g. stale_tape, nothing_to_step, validation_error.")
+
+
+class StreamErrorBody(ErrorBody):
+    batch: int = Field(description="Index of the batch that failed (0-based); later ones were not applied.")
+    completed: list[TrainStepResponse] = Field(description="The steps applied before it.")
 
 
 # -- OpenAPI -----------------------------------------------------------------------------

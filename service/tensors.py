@@ -115,6 +115,12 @@ def attach_binary(message: dict, binary: memoryview) -> None:
         raise invalid(["body"], f"the binary part has {len(binary)} bytes, but its tensors declare {offset}")
 
 
+def binary_size(message: dict) -> int:
+    """Gives how many bytes the binary tensors of a message's JSON object declare (0 in list form)."""
+    sizes = [tensor["parameters"]["binary_data_size"] for _, tensor in _binary_tensors(message)]
+    return sum(size for size in sizes if isinstance(size, int) and not isinstance(size, bool) and size > 0)
+
+
 def _binary_tensors(message: dict) -> Iterator[tuple[list, dict]]:
     """Yields (loc, tensor object) of binary tensors in the order they appear in the JSON text."""
     stack: list[tuple[list, dict]] = [([], message)]

@@ -1,23 +1,26 @@
 """Forward, backward, accumulation, optimizer steps and evaluation on one model."""
 
+import asyncio
 from dataclasses import asdict
+from functools import partial
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError
 from core import evaluate as evaluate_model
 from service.auth import authenticate
 from service.deps import Call, EntryDep, StoreDep
-from service.errors import CORE_ERRORS
+from service.body import frames, validated
+from service.errors import CORE_ERRORS, answer_for
 from service.metrics import Metrics
 from service.schemas import (
     ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, EvaluateResponse, ForwardBackwardRequest,
     ForwardBackwardResponse,
-    ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StepResponse, TrainStepRequest,
-    TrainStepResponse,
+    ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StepResponse, StreamErrorBody, TrainStepRequest,
+    TrainStepResponse, TrainStepsResponse,
 )
-from service.tensors import number, reply, respond
+from service.tensors import Decoder, number, reply, respond
 
 router = APIRouter(prefix="/v1/models/{model_id}", tags=["training"], dependencies=[Depends(authenticate)],
                    responses=ERRORS)
@@ -118,3 +121,71 @@ async def train_step(call: Call[TrainStepRequest]) -> Response:
     metrics = call.request.app.state.metrics
     loss, result = await _counting_steps(metrics, call.store.run(call.entry, work, save="step", rows=call.rows))
     return respond({"loss": number(loss), **asdict(result)})
+
+
+STREAM = {"requestBody": {"required": True, "description": (
+    "One train_step body per line (NDJSON). A line whose tensors are in binary form "
+    "(parameters.binary_data_size) is followed by their raw bytes, as in a binary request."),
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}, "example": (
+        '{"inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [[0], [1], [1], [0]]}\n'
+        '{"inputs": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [[0], [1], [1], [0]], "lr": 0.005}\n')},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/train_steps", response_model=TrainStepsResponse, openapi_extra=STREAM,
+             responses={422: {"model": StreamErrorBody, "description": "A batch was refused; those before it "
+                              "were applied (completed)"}, 409: {"model": StreamErrorBody}})
+async def train_steps(entry: EntryDep, request: Request) -> Response:
+    """Applies a stream of train steps in order, each batch computed while the next one arrives.
+
+    The same steps as one train_step per batch, bit for bit, in one request. The first batch
+    that fails stops the stream: the answer is its error, with `batch` (its index) and
+    `completed` (the steps applied before it, which stay applied).
+    """
+    state = request.app.state
+    store, metrics = state.store, state.metrics
+    decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements)
+    batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # read and decoded ahead of the compute
+    stopped = asyncio.Event()
+
+    async def read() -> None:
+        try:
+            async for message, binary in frames(request, state.settings.max_body_bytes):
+                await batches.put(validated(message, binary, TrainStepRequest, decoder))
+                if stopped.is_set():
+                    break
+        except Exception as exc:  # this frame is the one that failed
+            await batches.put(exc)
+        await batches.put(None)
+
+    def step(body: TrainStepRequest):
+        loss = entry.model.forward_backward(body.inputs, body.targets)
+        return {"loss": number(loss), **asdict(entry.model.step(body.lr))}
+
+    reader = asyncio.create_task(read())
+    completed: list[dict] = []
+    failure: Exception | None = None
+    try:
+        while (body := await batches.get()) is not None:
+            if failure is not None:
+                continue
+            try:
+                if isinstance(body, Exception):
+                    raise body
+                rows = body.inputs.shape[0] if body.inputs.ndim else 1
+                completed.append(await _counting_steps(metrics, store.run(entry, partial(step, body), rows=rows)))
+            except Exception as exc:
+                if answer_for(exc) is None:
+                    raise
+                failure = exc
+                stopped.set()
+        await reader
+    finally:
+        reader.cancel()
+    if completed:  # every applied step reaches the disk under the durability, before the answer
+        await store.run(entry, lambda: None, save="step")
+    if failure is None:
+        return respond({"steps": completed})
+    status, code, detail = answer_for(failure)
+    return respond({"detail": detail, "code": code, "batch": len(completed), "completed": completed},
+                   status_code=status)

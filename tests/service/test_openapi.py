@@ -19,7 +19,7 @@ ROUTES = [
     ("post", "/v1/models/{model_id}/forward"), ("post", "/v1/models/{model_id}/backward"),
     ("post", "/v1/models/{model_id}/forward_backward"), ("post", "/v1/models/{model_id}/step"),
     ("post", "/v1/models/{model_id}/zero_grad"), ("post", "/v1/models/{model_id}/train_step"),
-    ("post", "/v1/models/{model_id}/evaluate"),
+    ("post", "/v1/models/{model_id}/evaluate"), ("post", "/v1/models/{model_id}/train_steps"),
     ("post", "/v1/models/{model_id}/gradcheck"), ("get", "/v1/models/{model_id}/parameters"),
     ("put", "/v1/models/{model_id}/parameters"), ("get", "/v1/models/{model_id}/gradients"),
     ("get", "/v1/models/{model_id}/diagnostics"),

@@ -61,6 +61,7 @@ def valid_bodies(info: dict, tape_id: str) -> dict[str, tuple[str, str, type, di
         "StepRequest": ("POST", f"{model}/step", schemas.StepRequest, {}),
         "TrainStepRequest": ("POST", f"{model}/train_step", schemas.TrainStepRequest, xy),
         "GradcheckRequest": ("POST", f"{model}/gradcheck", schemas.GradcheckRequest, xy),
+        "EvaluateRequest": ("POST", f"{model}/evaluate", schemas.EvaluateRequest, xy),
         "ParametersBody": ("PUT", f"{model}/parameters", schemas.ParametersBody,
                            {"parameters": {name: tensor(np.zeros(shape, np.float32))
                                            for name, shape in info["parameter_shapes"].items()}}),
