@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers.activations import sigmoid
+from .numerics import sigmoid
 
 
 def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:

@@ -19,16 +19,10 @@ import numpy as np
 
 from . import checkpoint, diagnostics, losses, spec as specs
 from .errors import InputError, NonFiniteGradientError, NothingToStepError, StaleTapeError
-from .layers import Layer, build, walk
+from .layers import Layer, ShapeError, build, output_shape, walk
 from .layers.norm import BatchNorm
-from .optim import Optimizer, squared_norm
-
-
-# A diverging model overflows to Inf/NaN; that is an outcome the engine reports (step refuses
-# non-finite gradients), not a warning to print on every request.
-def quiet_overflow() -> np.errstate:
-    """Return a fresh context (an errstate holds its token, so one instance is not thread-safe)."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+from .numerics import quiet_overflow, squared_norm
+from .optim import Optimizer
 
 
 @dataclass
@@ -167,26 +161,18 @@ class Model:
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Return the shape forward gives for inputs of `input_shape`."""
-        return _output_shape(self.spec["layers"], tuple(input_shape))
+        try:
+            return output_shape(self.spec["layers"], tuple(input_shape))
+        except ShapeError as e:
+            # Only reachable for sizes known at run time only (a flattened sequence, an image).
+            raise InputError.at(["inputs"], e.at_run_time(tuple(input_shape))) from None
 
     def validate_inputs(self, x, train: bool = False) -> np.ndarray:
         """Return x as a model-dtype array, or raise InputError naming the problem."""
         x = np.asarray(x)
-        rule = self.input_rule
         if x.dtype.kind not in "fiu":
             raise InputError.at(["inputs"], f"inputs must be numbers, got dtype {x.dtype}")
-        if rule.rank is None:
-            if x.ndim < 2 or math.prod(x.shape[1:]) != rule.features:
-                raise InputError.at(["inputs"], f"inputs of shape {list(x.shape)} do not flatten to "
-                                    f"(N, {rule.features})")
-        else:
-            expected = "(N, D)" if rule.rank == 2 else "(N, T, D)"
-            if x.ndim != rule.rank:
-                raise InputError.at(["inputs"], f"inputs must have rank {rule.rank} {expected}, "
-                                    f"got shape {list(x.shape)}")
-            if x.shape[-1] != rule.features:
-                raise InputError.at(["inputs"], f"inputs have {x.shape[-1]} features, the model expects "
-                                    f"D={rule.features} (shape {list(x.shape)})")
+        self.input_rule.check(x.shape)
         if 0 in x.shape:
             raise InputError.at(["inputs"], f"inputs must not be empty, got shape {list(x.shape)}")
         self.output_shape(x.shape)
@@ -362,23 +348,3 @@ def _finite(a: np.ndarray, field: str) -> np.ndarray:
 
 def _named(layers: list[Layer], attr: str) -> dict[str, np.ndarray]:
     return {f"{i}.{name}": value for i, layer in enumerate(layers) for name, value in getattr(layer, attr).items()}
-
-
-def _output_shape(layers: list[dict], shape: tuple[int, ...], loc: str = "layers") -> tuple[int, ...]:
-    for i, spec in enumerate(layers):
-        kind = spec["type"]
-        size_key = specs.INPUT_SIZE.get(kind)
-        if size_key and shape[-1] != spec[size_key]:
-            # Only reachable through a flatten of a sequence, whose length is known at run time.
-            raise InputError.at(["inputs"], f"inputs of shape {list(shape)} reach {loc}.{i} ({kind}) with "
-                                f"{shape[-1]} features, it expects {spec[size_key]}")
-        if kind == "linear":
-            shape = (*shape[:-1], spec["out_features"])
-        elif kind == "rnn":
-            n, t = shape[0], shape[1]
-            shape = (n, t, spec["hidden_size"]) if spec["return_sequences"] else (n, spec["hidden_size"])
-        elif kind == "flatten":
-            shape = (shape[0], math.prod(shape[1:]))
-        elif kind == "residual":
-            _output_shape(spec["layers"], shape, f"{loc}.{i}.layers")
-    return shape

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import NonFiniteGradientError
+from .numerics import squared_norm
 
 
 def check_hyperparameters(hp: dict) -> list[tuple[list, str]]:
@@ -249,14 +250,6 @@ class Optimizer:
         grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
         update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
         return grad_norm, update_norm, grad_norms, update_norms
-
-
-def squared_norm(x: np.ndarray) -> float:
-    """Return sum(x**2), exact enough even where float32 squares would overflow."""
-    sq = float(np.vdot(x, x))
-    if not math.isfinite(sq) and x.dtype != np.float64:
-        sq = float(np.vdot(x.astype(np.float64), x.astype(np.float64)))
-    return sq
 
 
 def _sum_by_name(jobs: list, values: list) -> dict[str, float]:

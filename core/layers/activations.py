@@ -6,22 +6,17 @@ import math
 
 import numpy as np
 
+from ..numerics import sigmoid
 from .base import Layer
+from .options import choice, number
 
 # A unit counts as saturated when its output is this close to the activation's bounds.
 SATURATION_MARGIN = 0.01
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Return 1 / (1 + exp(-x)) without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    out = np.reciprocal(1 + e)
-    # For x < 0: sigmoid(x) = e / (1 + e) = 1 - 1 / (1 + e).
-    np.subtract(1, out, out=out, where=x < 0)
-    return out
-
-
 class ReLU(Layer):
+    relu_family = True
+
     def forward(self, x, train, rng):
         y = np.maximum(x, 0)
         return y, y
@@ -30,12 +25,17 @@ class ReLU(Layer):
         return np.multiply(dy, y > 0)
 
     def activation_stats(self, y):
-        # A unit is dead when it is zero for every example of the batch.
-        alive = (y.reshape(-1, y.shape[-1]) > 0).any(axis=0)
+        # A unit is dead when it is zero for every example of the batch (a feature map's
+        # channel, (N, C, H, W), when it is zero at every position too).
+        units = 1 if y.ndim == 4 else y.ndim - 1
+        alive = (y > 0).any(axis=tuple(a for a in range(y.ndim) if a != units))
         return {"dead_fraction": float(1.0 - alive.mean())}
 
 
 class LeakyReLU(Layer):
+    options = {"negative_slope": number(0.01)}
+    relu_family = True
+
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = negative_slope
@@ -49,6 +49,9 @@ class LeakyReLU(Layer):
 
 
 class ELU(Layer):
+    options = {"alpha": number(1.0, lambda v: v > 0, "positive")}
+    relu_family = True
+
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
@@ -68,8 +71,13 @@ class ELU(Layer):
 class GELU(Layer):
     """The tanh approximation, as torch.nn.GELU(approximate="tanh")."""
 
+    options = {"approximate": choice("tanh", ("tanh",))}
+    relu_family = True
     K = math.sqrt(2.0 / math.pi)
     C = 0.044715
+
+    def __init__(self, approximate: str = "tanh") -> None:
+        super().__init__()
 
     def forward(self, x, train, rng):
         t = np.tanh(self.K * (x + self.C * x**3))

@@ -5,10 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
+from .init import he_or_xavier
+from .options import size, take_size
 
 
 class Linear(Layer):
     """x: (N, D) -> (N, M); W: (M, D), b: (M,). Leading batch axes may be more than one."""
+
+    options = {"in_features": size(inferred=True), "out_features": size()}
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        take_size(spec, "in_features", shape[-1])
+        return (*shape[:-1], spec["out_features"])
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, spec["in_features"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        return (spec["in_features"] + 1) * spec["out_features"]
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        m = spec["out_features"]
+        return cls(he_or_xavier((m, spec["in_features"]), following, rng).astype(dtype), np.zeros(m, dtype))
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()
@@ -30,4 +52,3 @@ class Linear(Layer):
         x2, dy2 = x.reshape(-1, d), dy.reshape(-1, m)
         self._add_matmul("weight", dy2.T, x2)
         self._add_sum("bias", dy2, axis=0)
-        self.grads_zero = False
