@@ -172,12 +172,14 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
             raise InputError.at(["inputs"], f"inputs must be numbers, got dtype {x.dtype}")
-        self.input_rule.check(x.shape)
+        self.input_rule.check(x)
         if 0 in x.shape:
             raise InputError.at(["inputs"], f"inputs must not be empty, got shape {list(x.shape)}")
         self.output_shape(x.shape)
         if train and self._has_batchnorm and x.shape[0] < 2:
             raise InputError.at(["inputs"], "batchnorm needs more than one example per batch in training")
+        if self.input_rule.classes is not None:
+            return x.astype(np.int64, copy=False)
         return _finite(x.astype(self.dtype, copy=False), "inputs")
 
     def validate_targets(self, targets, output_shape: tuple[int, ...]) -> np.ndarray:

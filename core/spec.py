@@ -10,6 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import InputError, SpecError
 from .layers import LAYERS, Layer
 from .layers.options import REQUIRED, ShapeError
@@ -42,17 +44,24 @@ class InputRule:
 
     `shape`: one example's shape, None where any size goes (a sequence's length), its axes
     named by `layout`; or None when the model starts with a flatten: then inputs of any shape
-    holding `features` values each. `integer`: class indices (INT64), for a model that starts
-    with an embedding.
+    holding `features` values each. `classes`: V when the inputs are class indices in [0, V)
+    (INT64, for a model that starts with an embedding).
     """
 
     shape: tuple | None
     features: int | None = None
     layout: str = "N, D"
-    integer: bool = False
+    classes: int | None = None
 
-    def check(self, shape: tuple[int, ...]) -> None:
-        """Raise InputError unless inputs of `shape` fit the rule."""
+    def check(self, x: np.ndarray) -> None:
+        """Raise InputError unless inputs `x` fit the rule."""
+        shape = x.shape
+        if self.classes is not None:
+            if x.dtype.kind not in "iu":
+                raise InputError.at(["inputs"], f"inputs must be integer class indices (INT64), got dtype {x.dtype}")
+            if x.size and (x.min() < 0 or x.max() >= self.classes):
+                raise InputError.at(["inputs"], f"inputs must be indices in [0, {self.classes}), got values in "
+                                    f"[{x.min()}, {x.max()}]")
         if self.shape is None:
             if len(shape) < 2 or math.prod(shape[1:]) != self.features:
                 raise InputError.at(["inputs"], f"inputs of shape {list(shape)} do not flatten to (N, {self.features})")
@@ -211,7 +220,7 @@ def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, dep
         shape = (None, implied[-1]) if walk.flattened else implied
         walk.start = shape
         walk.rule = (InputRule(None, features=implied[-1]) if walk.flattened else
-                     InputRule(implied[1:], layout=cls.input_layout, integer=cls.integer_input))
+                     InputRule(implied[1:], layout=cls.input_layout, classes=cls.input_classes(full)))
     else:
         shape = walk.shape
     try:

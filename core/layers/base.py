@@ -7,8 +7,9 @@ needs goes into the cache that forward returns, so several forwards can be pendi
 A layer class is also its type's record, read by the spec checker, the shape inference and
 the builder (`core.layers.LAYERS` maps each spec type to its class):
 `options` (defaults and checks), `output_shape` (the shape rule, run at creation on sizes
-that may be unknown and at run time on the real ones), `input_shape` (what inputs a model
-starting with this layer takes), `num_parameters` and `build` (construction with init).
+that may be unknown and at run time on the real ones), `input_shape` and `input_classes`
+(what inputs a model starting with this layer takes), `num_parameters` and `build`
+(construction with init).
 
 Shapes use the same letters everywhere: N batch, D in, M out, T time, H hidden,
 C channels, H and W image height and width.
@@ -32,8 +33,6 @@ class Layer:
     transparent = False
     # A ReLU-family activation: the layer before it gets He initialization, else Xavier.
     relu_family = False
-    # The model's inputs are integer indices (INT64) when it starts with this layer.
-    integer_input = False
     # The model takes inputs of any rank, flattened, when it starts with this layer.
     flattens = False
     # The input's axes in words, for messages about a model's inputs (with `input_shape`).
@@ -51,6 +50,12 @@ class Layer:
     def input_shape(cls, spec: dict) -> tuple | None:
         """Return the input shape this layer fixes when it is the model's first sized layer
         (batch axis first, None where any size goes), or None when it takes any shape."""
+        return None
+
+    @classmethod
+    def input_classes(cls, spec: dict) -> int | None:
+        """Return V when a model starting with this layer takes class indices in [0, V) (INT64
+        inputs, an embedding), None when it takes numbers in the model's dtype."""
         return None
 
     @classmethod
