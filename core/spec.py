@@ -33,7 +33,7 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, object]] = {
 }
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.01}
 DTYPES = ("float32", "float64")
-TOP_LEVEL = {"id", "layers", "loss", "optimizer", "dtype", "seed"}
+TOP_LEVEL = {"id", "layers", "input_shape", "loss", "optimizer", "dtype", "seed"}
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_NESTING = 8
 
@@ -52,6 +52,7 @@ class InputRule:
     features: int | None = None
     layout: str = "N, D"
     classes: int | None = None
+    exact: bool = False  # the spec's input_shape: exactly this shape
 
     def check(self, x: np.ndarray) -> None:
         """Raise InputError unless inputs `x` fit the rule."""
@@ -65,6 +66,11 @@ class InputRule:
         if self.shape is None:
             if len(shape) < 2 or math.prod(shape[1:]) != self.features:
                 raise InputError.at(["inputs"], f"inputs of shape {list(shape)} do not flatten to (N, {self.features})")
+            return
+        if self.exact:
+            if shape[1:] != self.shape:
+                raise InputError.at(["inputs"], f"inputs of shape {list(shape)} do not match the model's input_shape "
+                                    f"{list(self.shape)}: they must be (N, {', '.join(map(str, self.shape))})")
             return
         rank = len(self.shape) + 1
         if len(shape) != rank:
@@ -113,11 +119,21 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
         err(["layers"], f"the spec has more layers than the limit max_layers={max_layers}", "limit")
     else:
         walk = _Walk()
+        if "input_shape" in spec:
+            example = spec["input_shape"]
+            if not isinstance(example, list) or not example or not all(_is_int(d) and d > 0 for d in example):
+                err(["input_shape"], "input_shape must be one example's shape, a non-empty list of positive "
+                    f"integers such as [1, 28, 28], got {example!r}")
+                walk.broken = True
+            else:
+                out["input_shape"] = example
+                walk.shape = walk.start = (None, *example)
+                walk.rule = InputRule(tuple(example), exact=True)
         out["layers"], count = _check_layers(layers, ["layers"], walk, err, depth=0)
         rule = walk.rule
         if not errors and rule is None:
-            err(["layers"], "no layer gives the input size: the first sized layer must give it "
-                "(linear in_features, rnn input_size, layernorm/batchnorm num_features)")
+            err(["layers"], "no layer gives the input size: give input_shape, or the first sized layer must "
+                "give it (linear in_features, conv2d in_channels, rnn input_size, layernorm/batchnorm num_features)")
         if max_parameters is not None and count > max_parameters:
             err(["layers"], f"the model has {count} parameters, over the limit max_parameters={max_parameters}", "limit")
 
@@ -223,6 +239,8 @@ def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, dep
                      InputRule(implied[1:], layout=cls.input_layout, classes=cls.input_classes(full)))
     else:
         shape = walk.shape
+        if walk.rule.exact and walk.rule.classes is None and walk.start == shape:
+            walk.rule.classes = cls.input_classes(full)  # an embedding first, after input_shape
     try:
         walk.shape = cls.output_shape(full, shape)
     except ShapeError as e:

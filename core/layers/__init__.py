@@ -10,9 +10,11 @@ import numpy as np
 
 from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .base import Layer
+from .conv import Conv2d
 from .linear import Linear
 from .norm import BatchNorm, LayerNorm
 from .options import ShapeError
+from .pool import AvgPool2d, MaxPool2d
 from .residual import Residual
 from .rnn import RNN
 from .shape import Dropout, Flatten
@@ -32,6 +34,9 @@ LAYERS: dict[str, type[Layer]] = {
     "residual": Residual,
     "rnn": RNN,
     "flatten": Flatten,
+    "conv2d": Conv2d,
+    "maxpool2d": MaxPool2d,
+    "avgpool2d": AvgPool2d,
 }
 
 
@@ -64,4 +69,5 @@ def walk(layers: list[Layer]):
 
 
 __all__ = ["LAYERS", "Layer", "ShapeError", "build", "output_shape", "walk", "Linear", "ReLU", "LeakyReLU", "ELU", "GELU",
-           "Sigmoid", "Tanh", "Softplus", "Dropout", "Flatten", "LayerNorm", "BatchNorm", "Residual", "RNN"]
+           "Sigmoid", "Tanh", "Softplus", "Dropout", "Flatten", "LayerNorm", "BatchNorm", "Residual", "RNN",
+           "Conv2d", "MaxPool2d", "AvgPool2d"]

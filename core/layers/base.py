@@ -113,12 +113,13 @@ class Layer:
         self._zero_grads.add(name)
 
     def _add_matmul(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
-        """grads[name] += a @ b."""
+        """grads[name] += a @ b, the product reshaped to the gradient's shape (a conv's (C', C, kH, kW))."""
+        grad = self.grads[name].reshape(a.shape[0], b.shape[1])  # a view: the buffers are contiguous
         if name in self._zero_grads:
-            np.matmul(a, b, out=self.grads[name])
+            np.matmul(a, b, out=grad)
             self._zero_grads.discard(name)
         else:
-            self.grads[name] += a @ b
+            grad += a @ b
 
     def _add_sum(self, name: str, x: np.ndarray, axis) -> None:
         """grads[name] += x.sum(axis)."""

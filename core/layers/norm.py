@@ -72,15 +72,17 @@ class LayerNorm(_Norm):
 
 
 class BatchNorm(_Norm):
-    """x: (N, C) -> (N, C), as torch.nn.BatchNorm1d: batch statistics in training, running ones in eval."""
+    """x: (N, C) or (N, C, H, W) -> same, as torch.nn.BatchNorm1d / BatchNorm2d: statistics per
+    channel C, over the batch (and every position H, W); batch statistics in training, running
+    ones in eval (the running variance unbiased)."""
 
     options = {"num_features": size(inferred=True), "eps": EPS,
                "momentum": number(0.1, lambda v: 0 <= v <= 1, "in [0, 1]")}
 
     @classmethod
     def output_shape(cls, spec, shape):
-        need_rank(shape, (2,), "batchnorm", "(N, C)")
-        take_size(spec, "num_features", shape[1])
+        need_rank(shape, (2, 4), "batchnorm", "(N, C) or (N, C, H, W)")
+        take_size(spec, "num_features", shape[1], "channels" if len(shape) == 4 else "features")
         return shape
 
     @classmethod
@@ -102,11 +104,13 @@ class BatchNorm(_Norm):
         self.momentum = momentum
 
     def forward(self, x, train, rng):
+        # Per-channel vectors broadcast as (C,) against (N, C), as (C, 1, 1) against (N, C, H, W).
+        axes, shape = ((0,), (-1,)) if x.ndim == 2 else ((0, 2, 3), (-1, 1, 1))
         if train:
-            mean = x.mean(axis=0)
-            xc = x - mean
-            var = np.mean(xc * xc, axis=0)
-            n = x.shape[0]
+            mean = x.mean(axis=axes)
+            xc = x - mean.reshape(shape)
+            var = np.mean(xc * xc, axis=axes)
+            n = x.size // x.shape[1]
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mean
@@ -114,20 +118,21 @@ class BatchNorm(_Norm):
             self.buffers["running_var"] += (m * n / (n - 1)) * var
             self.buffers["num_batches_tracked"] += 1
         else:
-            xc = x - self.buffers["running_mean"]
+            xc = x - self.buffers["running_mean"].reshape(shape)
             var = self.buffers["running_var"]
-        rstd = 1 / np.sqrt(var + self.eps)
+        rstd = (1 / np.sqrt(var + self.eps)).reshape(shape)
         xhat = xc
         xhat *= rstd
-        y = xhat * self.params["weight"]
-        y += self.params["bias"]
+        y = xhat * self.params["weight"].reshape(shape)
+        y += self.params["bias"].reshape(shape)
         return y, (xhat, rstd, train)
 
     def backward(self, dy, cache):
         xhat, rstd, train = cache
-        self._add_sum("weight", dy * xhat, axis=0)
-        self._add_sum("bias", dy, axis=0)
-        dxhat = dy * self.params["weight"]
+        axes = (0,) if dy.ndim == 2 else (0, 2, 3)
+        self._add_sum("weight", dy * xhat, axis=axes)
+        self._add_sum("bias", dy, axis=axes)
+        dxhat = dy * self.params["weight"].reshape(rstd.shape)
         if not train:
             return dxhat * rstd
-        return _normalize_backward(dxhat, xhat, rstd, axis=0)
+        return _normalize_backward(dxhat, xhat, rstd, axis=axes)

@@ -50,9 +50,12 @@ def choice(default: str, allowed: tuple[str, ...]) -> Option:
     return Option(default, lambda v: None if v in allowed else f"must be one of {list(allowed)}, got {v!r}")
 
 
-def pair(default, low: int = 1) -> Option:
-    """An int or [h, w] of ints >= low (kernel_size, stride, padding, dilation)."""
+def pair(default=REQUIRED, low: int = 1) -> Option:
+    """An int or [h, w] of ints >= low (kernel_size, stride, padding, dilation); a None
+    default may stay None (a pool's stride: the kernel size)."""
     def problem(v):
+        if v is None and default is None:
+            return None
         values = v if isinstance(v, list) and len(v) == 2 else [v]
         if all(_is_int(x) and x >= low for x in values):
             return None
