@@ -9,10 +9,15 @@ from core import Model, gradcheck
 
 
 def check_gradients(layers: list[dict], input_shape: tuple[int, ...], loss: str | dict = "mse", *,
-                    labels: bool = False, train: bool = True, seed: int = 0, **options) -> None:
-    """Assert that a float64 model of `layers` passes an exhaustive gradient check."""
+                    labels: bool = False, train: bool = True, seed: int = 0, fixed_shape: bool = False,
+                    **options) -> None:
+    """Assert that a float64 model of `layers` passes an exhaustive gradient check
+    (`fixed_shape`: the spec gives input_shape, one example's shape, so every size is inferred)."""
     loss_spec = {"type": loss} if isinstance(loss, str) else loss
-    model = Model.from_spec({"layers": layers, "loss": loss_spec, "dtype": "float64", "seed": seed})
+    spec = {"layers": layers, "loss": loss_spec, "dtype": "float64", "seed": seed}
+    if fixed_shape:
+        spec["input_shape"] = list(input_shape[1:])
+    model = Model.from_spec(spec)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(input_shape)
     out_shape = model.output_shape(x.shape)
