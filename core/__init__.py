@@ -6,6 +6,7 @@
     model.step()
 """
 
+from . import memory
 from .errors import (
     CheckpointError,
     CoreError,
@@ -17,6 +18,8 @@ from .errors import (
 )
 from .gradcheck import GradcheckReport, gradcheck
 from .model import Backprop, Model, StepResult, Tape
+
+memory.keep_heap_pad()
 
 __all__ = [
     "Model", "Tape", "Backprop", "StepResult", "gradcheck", "GradcheckReport",

@@ -7,7 +7,7 @@ import numpy as np
 from .base import Layer
 from .init import he_or_xavier
 from .options import as_pair, need_rank, pair, size, take_size
-from .windows import add_windows, output_size, pad, unpad, windows
+from .windows import Planes, output_size
 
 
 class Conv2d(Layer):
@@ -52,34 +52,37 @@ class Conv2d(Layer):
 
     def forward(self, x, train, rng):
         w = self.params["weight"]
-        c_out, c, kh, kw = w.shape
-        n = x.shape[0]
-        oh, ow = output_size(x.shape, (kh, kw), self.stride, self.padding, self.dilation)
-        win = windows(pad(x, self.padding), (kh, kw), self.stride, self.dilation, (oh, ow))
-        # im2col: (C kH kW, N H' W'), the one copy; then one matmul for the whole batch.
-        cols = win.transpose(1, 2, 3, 0, 4, 5).reshape(c * kh * kw, n * oh * ow)
+        c_out = w.shape[0]
+        planes = Planes(x.shape, w.shape[2:], self.stride, self.padding, self.dilation)
+        # im2col: (C kH kW, N H' Wq), the one big copy; then one matmul for the whole batch.
+        cols = planes.windows(planes.fill(x)).reshape(w[0].size, -1)
         y = w.reshape(c_out, -1) @ cols
         y += self.params["bias"][:, None]
-        # (C', N, H', W') in memory, seen as (N, C', H', W'): no copy back.
-        return y.reshape(c_out, n, oh, ow).transpose(1, 0, 2, 3), (cols, x.shape)
+        # (C', N, H', Wq) in memory, seen as (N, C', H', W') without the junk columns: no copy back.
+        y = y.reshape(c_out, x.shape[0], planes.oh, planes.wq)[..., :planes.ow]
+        return y.transpose(1, 0, 2, 3), (cols, planes)
 
     def backward(self, dy, cache):
-        cols, x_shape = cache
-        dy2 = self._backward_params(dy, cols)
+        cols, planes = cache
+        dy_wide = self._backward_params(dy, cols, planes)
         w = self.params["weight"]
         c_out, c, kh, kw = w.shape
-        n, _, oh, ow = dy.shape
-        dcols = w.reshape(c_out, -1).T @ dy2  # (C kH kW, N H' W')
-        dxp = np.zeros((n, c, x_shape[2] + 2 * self.padding[0], x_shape[3] + 2 * self.padding[1]), dy.dtype)
-        add_windows(dxp, dcols.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 1, 2, 4, 5), self.stride, self.dilation)
-        return unpad(dxp, self.padding)
+        dcols = (w.reshape(c_out, -1).T @ dy_wide.reshape(c_out, -1)).reshape(c, kh, kw, *dy_wide.shape[1:])
+        dflat = planes.zeros(dy.dtype)
+        dwindows = planes.windows(dflat, writeable=True)
+        for i in range(kh):  # col2im: one add per kernel position, rows at a time
+            for j in range(kw):
+                dwindows[:, i, j] += dcols[:, i, j]
+        return planes.inside(dflat)
 
     def backward_params(self, dy, cache):
-        self._backward_params(dy, cache[0])
+        self._backward_params(dy, *cache)
 
-    def _backward_params(self, dy, cols):
-        """Add the weight and bias gradients; return dy as (C', N H' W')."""
-        dy2 = dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
+    def _backward_params(self, dy, cols, planes):
+        """Add the weight and bias gradients; return dy as (C', N, H', Wq), zero in the junk columns."""
+        dy_wide = np.zeros((dy.shape[1], dy.shape[0], planes.oh, planes.wq), dy.dtype)
+        dy_wide[..., :planes.ow] = dy.transpose(1, 0, 2, 3)
+        dy2 = dy_wide.reshape(dy.shape[1], -1)
         self._add_matmul("weight", dy2, cols.T)
         self._add_sum("bias", dy2, axis=1)
-        return dy2
+        return dy_wide

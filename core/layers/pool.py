@@ -6,7 +6,7 @@ import numpy as np
 
 from .base import Layer
 from .options import ShapeError, as_pair, need_rank, pair
-from .windows import add_windows, output_size, pad, unpad, windows
+from .windows import output_size, pad, padded_zeros, unpad
 
 
 class _Pool2d(Layer):
@@ -45,47 +45,82 @@ class _Pool2d(Layer):
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
-    def _windows(self, x, fill):
-        """Return the (N, C, kH, kW, H', W') windows of x padded with `fill`."""
-        out = output_size(x.shape, self.kernel, self.stride, self.padding)
-        return windows(pad(x, self.padding, fill), self.kernel, self.stride, (1, 1), out)
+    def _reduce(self, x, fill, step):
+        """Reduce x: (N, C, H, W), padded with `fill`, over each window: first along W (each input
+        row, every output column), then along H. `step(axis, a, kernel, size, stride)` reduces
+        `a` over one axis; return the two (result, what backward needs) pairs."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh, ow = output_size(x.shape, self.kernel, self.stride, self.padding)
+        rows, along_w = step(3, pad(x, self.padding, fill), kw, ow, sw)  # (N, C, H + 2 pH, W')
+        y, along_h = step(2, rows, kh, oh, sh)  # (N, C, H', W')
+        return y, (along_h, along_w)
 
-    def _scatter(self, dwin, x_shape):
-        """Return dx: (N, C, H, W) from window gradients (N, C, kH, kW, H', W')."""
-        n, c, h, w = x_shape
-        dxp = np.zeros((n, c, h + 2 * self.padding[0], w + 2 * self.padding[1]), dwin.dtype)
-        add_windows(dxp, dwin, self.stride, (1, 1))
+    def _scatter(self, dy, x_shape, spread):
+        """Return dx: (N, C, H, W), sending dy back along H, then along W; `spread(axis, k, g)`
+        gives the part of g that kernel offset k receives."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        dxp = padded_zeros(x_shape, self.padding, dy.dtype)
+        drows = padded_zeros((*dxp.shape[:3], dy.shape[3]), (0, 0), dy.dtype)  # (N, C, H + 2 pH, W')
+        for i in range(kh):
+            _offset(drows, 2, i, dy.shape[2], sh)[...] += spread(2, i, dy)
+        for j in range(kw):
+            _offset(dxp, 3, j, dy.shape[3], sw)[...] += spread(3, j, drows)
         return unpad(dxp, self.padding)
+
+
+def _offset(a: np.ndarray, axis: int, k: int, size: int, stride: int) -> np.ndarray:
+    """Return the view of a: (N, C, ., .) that kernel offset k sees along `axis` at each of `size` outputs."""
+    index = [slice(None)] * 4
+    index[axis] = slice(k, k + stride * (size - 1) + 1, stride)
+    return a[tuple(index)]
+
+
+def _running_max(axis, a, kernel, size, stride):
+    """Return (max over the kernel offsets along `axis`, the first offset reaching it)."""
+    first = _offset(a, axis, 0, size, stride)
+    best = np.empty_like(first)  # in a's memory order
+    np.copyto(best, first)
+    argmax = np.zeros_like(best, np.min_scalar_type(kernel))
+    for k in range(1, kernel):
+        candidate = _offset(a, axis, k, size, stride)
+        better = candidate > best
+        np.maximum(best, candidate, out=best)
+        # k exceeds every earlier offset, so "k where better" is a max (and far faster than a masked copy).
+        np.maximum(argmax, better.view(np.uint8) * argmax.dtype.type(k), out=argmax)
+    return best, argmax
+
+
+def _sum(axis, a, kernel, size, stride):
+    """Return (the sum over the kernel offsets along `axis`, nothing)."""
+    total = np.empty_like(_offset(a, axis, 0, size, stride))
+    np.copyto(total, _offset(a, axis, 0, size, stride))
+    for k in range(1, kernel):
+        total += _offset(a, axis, k, size, stride)
+    return total, None
 
 
 class MaxPool2d(_Pool2d):
     """y = the max of each window; padding is -inf, so it never wins. The gradient goes to the
-    first maximum of each window, as torch."""
+    first maximum of each window in row-major order, as torch: the first along W in each row,
+    then the first row."""
 
     def forward(self, x, train, rng):
-        win = self._windows(x, -np.inf)
-        n, c, kh, kw, oh, ow = win.shape
-        flat = win.reshape(n, c, kh * kw, oh, ow)
-        argmax = flat.argmax(axis=2)[:, :, None]
-        return np.take_along_axis(flat, argmax, axis=2)[:, :, 0], (argmax, x.shape)
+        y, argmax = self._reduce(x, -np.inf, _running_max)
+        return y, (argmax, x.shape)
 
     def backward(self, dy, cache):
-        argmax, x_shape = cache
-        n, c, oh, ow = dy.shape
-        dwin = np.zeros((n, c, self.kernel[0] * self.kernel[1], oh, ow), dy.dtype)
-        np.put_along_axis(dwin, argmax, dy[:, :, None], axis=2)
-        return self._scatter(dwin.reshape(n, c, *self.kernel, oh, ow), x_shape)
+        (along_h, along_w), x_shape = cache
+        return self._scatter(dy, x_shape, lambda axis, k, g: g * ((along_h if axis == 2 else along_w) == k))
 
 
 class AvgPool2d(_Pool2d):
     """y = the mean of each window, padding zeros counted (torch's count_include_pad=True)."""
 
     def forward(self, x, train, rng):
-        y = self._windows(x, 0.0).sum(axis=(2, 3))
+        y, _ = self._reduce(x, 0.0, _sum)
         y *= 1 / (self.kernel[0] * self.kernel[1])
         return y, x.shape
 
     def backward(self, dy, x_shape):
         dy = dy * (1 / (self.kernel[0] * self.kernel[1]))
-        n, c, oh, ow = dy.shape
-        return self._scatter(np.broadcast_to(dy[:, :, None, None], (n, c, *self.kernel, oh, ow)), x_shape)
+        return self._scatter(dy, x_shape, lambda axis, k, g: g)
