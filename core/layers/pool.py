@@ -1,4 +1,8 @@
-"""2-D max and average pooling over strided windows, as torch.nn.MaxPool2d and nn.AvgPool2d."""
+"""2-D max and average pooling, as torch.nn.MaxPool2d and nn.AvgPool2d.
+
+A window is reduced along W, then along H, each step a loop over the kernel's offsets along one
+axis of elementwise operations on strided views (whole rows at a time, never pixel by pixel).
+"""
 
 from __future__ import annotations
 
