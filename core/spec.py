@@ -157,6 +157,7 @@ class _Walk:
         self.rule: InputRule | None = None
         self.start: tuple | None = None  # the shape the model's first sized layer takes
         self.flattened = False  # a flatten came before the first sized layer
+        self.sized = False  # the first sized layer (one that fixes an input shape) has been seen
         self.broken = False  # a layer had an error: the shapes after it are unknown
 
 
@@ -234,13 +235,14 @@ def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, dep
             walk.flattened |= cls.flattens
             return count
         shape = (None, implied[-1]) if walk.flattened else implied
-        walk.start = shape
+        walk.start, walk.sized = shape, True
         walk.rule = (InputRule(None, features=implied[-1]) if walk.flattened else
                      InputRule(implied[1:], layout=cls.input_layout, classes=cls.input_classes(full)))
     else:
         shape = walk.shape
-        if walk.rule.exact and walk.rule.classes is None and walk.start == shape:
-            walk.rule.classes = cls.input_classes(full)  # an embedding first, after input_shape
+        if not walk.sized and cls.input_shape(full) is not None:  # the first sized layer, after input_shape
+            walk.sized = True
+            walk.rule.classes = cls.input_classes(full)
     try:
         walk.shape = cls.output_shape(full, shape)
     except ShapeError as e:
