@@ -51,6 +51,8 @@ def compare(layers: list[dict], module, x_shape, *, train: bool = True, input_sh
     {"kernel_size": 3, "dilation": 2},
     {"kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2]},
     {"kernel_size": 1},
+    {"kernel_size": 1, "stride": 2},
+    {"kernel_size": [2, 3], "stride": [3, 2], "padding": [2, 0], "dilation": [2, 1]},
 ])
 def test_conv2d(options):
     torch_options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
