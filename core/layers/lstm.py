@@ -1,0 +1,80 @@
+"""Long short-term memory over batch-first sequences, with backpropagation through time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .recurrent import Recurrent, saturated_fraction, sigmoid_
+
+
+class LSTM(Recurrent):
+    """x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
+
+    As torch.nn.LSTM(D, H, batch_first=True) from a zero state. The gates i, f, g, o are the
+    four H-row blocks of weight_ih_l0 (4H, D), weight_hh_l0 (4H, H), bias_ih_l0, bias_hh_l0:
+
+        [i, f, g, o] = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh, then sigmoid, sigmoid, tanh, sigmoid
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)
+    """
+
+    def forward(self, x, train, rng):
+        hidden = self.hidden_size
+        w_hh_t = self.params["weight_hh_l0"].T
+        xt, gates = self._input_projections(x)
+        gates += self.params["bias_hh_l0"]
+        t, n, _ = gates.shape
+        cs = np.empty((t, n, hidden), x.dtype)
+        tanh_cs, hs = np.empty_like(cs), np.empty_like(cs)
+        for step in range(t):
+            a = gates[step]
+            if step > 0:
+                a += hs[step - 1] @ w_hh_t
+            i, f, g, o = (a[:, k * hidden:(k + 1) * hidden] for k in range(4))
+            sigmoid_(a[:, :2 * hidden])
+            np.tanh(g, out=g)
+            sigmoid_(o)
+            c = np.multiply(i, g, out=cs[step])
+            if step > 0:
+                c += f * cs[step - 1]
+            np.multiply(o, np.tanh(c, out=tanh_cs[step]), out=hs[step])
+        return self._output(hs), (xt, gates, cs, tanh_cs, hs)
+
+    def _backward_through_time(self, dy, cache):
+        xt, gates, cs, tanh_cs, hs = cache
+        hidden = self.hidden_size
+        w_hh = self.params["weight_hh_l0"]
+        t, n, _ = gates.shape
+        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once.
+        da = gates * (1 - gates)
+        np.subtract(1, g * g, out=da[..., 2 * hidden:3 * hidden])
+        dc_from_h = o * (1 - tanh_cs * tanh_cs)  # dh_t adds dh_t * dc_from_h[t] to dc_t
+        dys = self._step_grads(dy, hs)
+        local = np.empty((n, 4 * hidden), gates.dtype)
+        di, df, dg, do = (local[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        dh = np.zeros((n, hidden), gates.dtype)
+        dc = np.zeros_like(dh)
+        for step in range(t - 1, -1, -1):
+            dh += dys[step]
+            dc += dh * dc_from_h[step]
+            np.multiply(dc, g[step], out=di)
+            if step > 0:
+                np.multiply(dc, cs[step - 1], out=df)
+            else:
+                df.fill(0)
+            np.multiply(dc, i[step], out=dg)
+            np.multiply(dh, tanh_cs[step], out=do)
+            da[step] *= local
+            dc *= f[step]
+            dh = da[step] @ w_hh
+        self._add_weight_grads(da, da, xt, hs)
+        return da
+
+    def activation_stats(self, cache):
+        """Return the saturated fraction of all gates together and of each gate (i, f, g, o)."""
+        gates, hidden = cache[1], self.hidden_size
+        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        return {"saturated_fraction": saturated_fraction([i, f, o], [g]),
+                "gates": {"i": saturated_fraction([i], []), "f": saturated_fraction([f], []),
+                          "g": saturated_fraction([], [g]), "o": saturated_fraction([o], [])}}

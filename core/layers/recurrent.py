@@ -1,0 +1,95 @@
+"""What the gated recurrent layers (LSTM, GRU) share: parameters, time-major steps, BPTT's weight gradients.
+
+Inside, sequences are kept time-major, (T, N, ...), so each step's slice is contiguous; the
+layers take and give batch-first (N, T, ...) arrays, as torch with batch_first=True.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer
+
+# A gate counts as saturated when it is this close to its bounds (0/1 for sigmoid, +-1 for tanh).
+SATURATION_MARGIN = 0.01
+
+
+def sigmoid_(a: np.ndarray) -> np.ndarray:
+    """Return sigmoid(a), written into `a`: 0.5 * tanh(a / 2) + 0.5, which cannot overflow."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+    return a
+
+
+def saturated_fraction(sigmoid_gates: list[np.ndarray], tanh_gates: list[np.ndarray]) -> float:
+    """Return the fraction of gate values within SATURATION_MARGIN of their bounds."""
+    near = sum(int(np.count_nonzero((g < SATURATION_MARGIN) | (g > 1 - SATURATION_MARGIN))) for g in sigmoid_gates)
+    near += sum(int(np.count_nonzero(np.abs(g) > 1 - SATURATION_MARGIN)) for g in tanh_gates)
+    return near / sum(g.size for g in sigmoid_gates + tanh_gates)
+
+
+class Recurrent(Layer):
+    """Base of LSTM and GRU. x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
+
+    Parameters as torch: weight_ih_l0 (G*H, D), weight_hh_l0 (G*H, H), bias_ih_l0 and
+    bias_hh_l0 (G*H,), with G gates stacked in the rows. Subclasses give forward and
+    `_backward_through_time`.
+    """
+
+    def __init__(self, weight_ih, weight_hh, bias_ih, bias_hh, return_sequences: bool = False) -> None:
+        super().__init__()
+        self._add_param("weight_ih_l0", weight_ih)
+        self._add_param("weight_hh_l0", weight_hh)
+        self._add_param("bias_ih_l0", bias_ih)
+        self._add_param("bias_hh_l0", bias_hh)
+        self.return_sequences = return_sequences
+        self.hidden_size = weight_hh.shape[1]
+
+    def backward(self, dy, cache):
+        da_x = self._backward_through_time(dy, cache)
+        t, n, _ = da_x.shape
+        dx = da_x.reshape(t * n, -1) @ self.params["weight_ih_l0"]
+        return dx.reshape(t, n, -1).transpose(1, 0, 2)
+
+    def backward_params(self, dy, cache):
+        self._backward_through_time(dy, cache)
+
+    def _backward_through_time(self, dy, cache) -> np.ndarray:
+        """Add the parameter gradients; return the gradients of the input projections, (T, N, G*H)."""
+        raise NotImplementedError
+
+    def _input_projections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (x time-major (T, N, D), x_t @ W_ih.T + b_ih for every step at once (T, N, G*H))."""
+        xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+        t, n, d = xt.shape
+        projections = xt.reshape(t * n, d) @ self.params["weight_ih_l0"].T
+        projections += self.params["bias_ih_l0"]
+        return xt, projections.reshape(t, n, -1)
+
+    def _output(self, hs: np.ndarray) -> np.ndarray:
+        """hs: (T, N, H) -> (N, T, H) with return_sequences, else the last step (N, H)."""
+        return hs.transpose(1, 0, 2) if self.return_sequences else hs[-1]
+
+    def _step_grads(self, dy: np.ndarray, hs: np.ndarray) -> np.ndarray:
+        """Return the output gradient of every step, time-major (T, N, H) (zero but the last one without sequences)."""
+        if self.return_sequences:
+            return dy.transpose(1, 0, 2)
+        dys = np.zeros_like(hs)
+        dys[-1] = dy
+        return dys
+
+    def _add_weight_grads(self, da_x: np.ndarray, da_h: np.ndarray, xt: np.ndarray, hs: np.ndarray) -> None:
+        """Add the four parameter gradients from the pre-activation gradients of every step.
+
+        da_x: (T, N, G*H), of x_t @ W_ih.T + b_ih; da_h: (T, N, G*H), of h_{t-1} @ W_hh.T + b_hh;
+        xt: (T, N, D); hs: (T, N, H). h_0 = 0, so step 0 adds nothing to weight_hh.
+        """
+        t, n, gh = da_x.shape
+        da_x2, da_h2 = da_x.reshape(t * n, gh), da_h.reshape(t * n, gh)
+        self._add_matmul("weight_ih_l0", da_x2.T, xt.reshape(t * n, -1))
+        self._add_matmul("weight_hh_l0", da_h2[n:].T, hs[:-1].reshape((t - 1) * n, -1))
+        self._add_sum("bias_ih_l0", da_x2, axis=0)
+        self._add_sum("bias_hh_l0", da_h2, axis=0)
+        self.grads_zero = False
