@@ -80,7 +80,8 @@ class GELU(Layer):
         super().__init__()
 
     def forward(self, x, train, rng):
-        t = np.tanh(self.K * (x + self.C * x**3))
+        # x * x * x, not x**3: float32 pow is ~50x slower for negative bases.
+        t = np.tanh(self.K * (x + self.C * (x * x * x)))
         return 0.5 * x * (1 + t), (x, t)
 
     def backward(self, dy, cache):
