@@ -23,7 +23,7 @@ class GRU(Recurrent):
         hidden = self.hidden_size
         w_hh_t, b_hh = self.params["weight_hh_l0"].T, self.params["bias_hh_l0"]
         # gates ends up holding r, z (activated) and n; r and z take both biases up front.
-        xt, gates = self._input_projections(x)
+        xt, gates = self._input_projections(x, self.params["weight_ih_l0"], self.params["bias_ih_l0"])
         gates[..., :2 * hidden] += b_hh[:2 * hidden]
         t, n, _ = gates.shape
         hn = np.empty((t, n, hidden), x.dtype)  # W_hn h_{t-1} + b_hn, which r scales
@@ -58,13 +58,13 @@ class GRU(Recurrent):
         rz = gates[..., :2 * hidden]
         d_rz = rz * (1 - rz)
         d_new = 1 - new * new
-        dys = self._step_grads(dy, hs)
+        dh, dys = self._output_grads(dy)
         # da_h: gradients of h_{t-1} @ W_hh.T + b_hh; its r, z blocks are those of the inputs' too.
         da_h, da_x = np.empty_like(gates), np.empty_like(gates)
-        dh = np.zeros((n, hidden), gates.dtype)
-        zeros = np.zeros_like(dh)
+        zeros, recurrent = np.zeros_like(dh), np.empty_like(dh)
         for step in range(t - 1, -1, -1):
-            dh += dys[step]
+            if dys is not None:
+                dh += dys[step]
             h_prev = hs[step - 1] if step > 0 else zeros
             dr, dz, dhn = (da_h[step, :, k * hidden:(k + 1) * hidden] for k in range(3))
             dnew = dh * (1 - z[step])
@@ -74,7 +74,7 @@ class GRU(Recurrent):
             da_h[step, :, :2 * hidden] *= d_rz[step]
             np.multiply(dnew, r[step], out=dhn)
             dh *= z[step]
-            dh += da_h[step] @ w_hh
+            dh += np.matmul(da_h[step], w_hh, out=recurrent)
             da_x[step, :, 2 * hidden:] = dnew
         da_x[..., :2 * hidden] = da_h[..., :2 * hidden]
         self._add_weight_grads(da_x, da_h, xt, hs)

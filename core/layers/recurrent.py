@@ -60,25 +60,27 @@ class Recurrent(Layer):
         """Add the parameter gradients; return the gradients of the input projections, (T, N, G*H)."""
         raise NotImplementedError
 
-    def _input_projections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (x time-major (T, N, D), x_t @ W_ih.T + b_ih for every step at once (T, N, G*H))."""
+    @staticmethod
+    def _input_projections(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (x time-major (T, N, D), x_t @ weight.T + bias for every step in one matmul (T, N, G*H))."""
         xt = np.ascontiguousarray(x.transpose(1, 0, 2))
         t, n, d = xt.shape
-        projections = xt.reshape(t * n, d) @ self.params["weight_ih_l0"].T
-        projections += self.params["bias_ih_l0"]
+        projections = xt.reshape(t * n, d) @ weight.T
+        projections += bias
         return xt, projections.reshape(t, n, -1)
 
     def _output(self, hs: np.ndarray) -> np.ndarray:
         """hs: (T, N, H) -> (N, T, H) with return_sequences, else the last step (N, H)."""
         return hs.transpose(1, 0, 2) if self.return_sequences else hs[-1]
 
-    def _step_grads(self, dy: np.ndarray, hs: np.ndarray) -> np.ndarray:
-        """Return the output gradient of every step, time-major (T, N, H) (zero but the last one without sequences)."""
+    def _output_grads(self, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return (dh of the last step (N, H), every step's output gradient time-major (T, N, H) or None).
+
+        With return_sequences the loop adds dys[t] into dh at each step; without, only the last step has one.
+        """
         if self.return_sequences:
-            return dy.transpose(1, 0, 2)
-        dys = np.zeros_like(hs)
-        dys[-1] = dy
-        return dys
+            return np.zeros_like(dy[:, -1]), dy.transpose(1, 0, 2)
+        return dy.copy(), None
 
     def _add_weight_grads(self, da_x: np.ndarray, da_h: np.ndarray, xt: np.ndarray, hs: np.ndarray) -> None:
         """Add the four parameter gradients from the pre-activation gradients of every step.
