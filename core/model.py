@@ -167,6 +167,12 @@ class Model:
             # Only reachable for sizes known at run time only (a flattened sequence, an image).
             raise InputError.at(["inputs"], e.at_run_time(tuple(input_shape))) from None
 
+    @property
+    def input_dtype(self) -> np.dtype:
+        """Return the dtype inputs are taken in: int64 class indices for a model that starts
+        with an embedding, else the model's dtype."""
+        return np.dtype(np.int64) if self.input_rule.classes is not None else self.dtype
+
     def validate_inputs(self, x, train: bool = False) -> np.ndarray:
         """Return x as a model-dtype array, or raise InputError naming the problem."""
         x = np.asarray(x)
@@ -187,19 +193,16 @@ class Model:
         if self.loss_fn is None:
             raise InputError.at(["targets"], "this model has no loss in its spec; send grad_output instead")
         t = np.asarray(targets)
-        if self.spec["loss"]["type"] == "softmax_cross_entropy" and len(output_shape) != 2:
-            raise InputError.at(["targets"], f"softmax_cross_entropy needs (N, C) outputs, the model gives "
-                                f"{list(output_shape)}; add a flatten or drop return_sequences")
-        if self.spec["loss"]["type"] == "softmax_cross_entropy" and t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
-            if t.shape[0] != output_shape[0] or len(output_shape) != 2:
-                raise InputError.at(["targets"], f"{t.shape[0]} labels for outputs of shape {list(output_shape)}")
-            classes = output_shape[1]
-            if t.size and (t.min() < 0 or t.max() >= classes):
-                raise InputError.at(["targets"], f"labels must be in [0, {classes}), got values in "
-                                    f"[{t.min()}, {t.max()}]")
-            return t.astype(np.intp, copy=False)
+        loss = self.spec["loss"]
+        if loss["type"] == "softmax_cross_entropy":
+            if len(output_shape) not in (2, 3):
+                raise InputError.at(["targets"], f"softmax_cross_entropy needs (N, C) or (N, T, C) outputs, the model "
+                                    f"gives {list(output_shape)}; add a flatten or a linear layer")
+            if t.ndim != len(output_shape):
+                return _class_labels(t, output_shape, loss["ignore_index"])
+            if loss["ignore_index"] is not None:
+                raise InputError.at(["targets"], "ignore_index leaves out class labels, so this model takes labels, "
+                                    "not probabilities (as torch's cross_entropy)")
         if t.dtype.kind not in "fiu":
             raise InputError.at(["targets"], f"targets must be numbers, got dtype {t.dtype}")
         if t.shape != output_shape:
@@ -339,6 +342,23 @@ def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
             yield f"{prefix}{i}", layer.activation_stats(cache)
         if layer.sublayers():
             yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
+
+
+def _class_labels(t: np.ndarray, output_shape: tuple[int, ...], ignore_index: int | None) -> np.ndarray:
+    """Return labels (N,) or (N, T) for outputs (N, C) or (N, T, C), or raise InputError naming the problem."""
+    letters = "(N,)" if len(output_shape) == 2 else "(N, T)"
+    if t.dtype.kind not in "iu":
+        raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
+    if t.shape != output_shape[:-1]:
+        raise InputError.at(["targets"], f"labels of shape {list(t.shape)} for outputs of shape {list(output_shape)}: "
+                            f"they must be {letters} with {list(output_shape[:-1])}")
+    classes = output_shape[-1]
+    counted = t if ignore_index is None else t[t != ignore_index]
+    if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        ignoring = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise InputError.at(["targets"], f"labels must be in [0, {classes}){ignoring}, got values in "
+                            f"[{counted.min()}, {counted.max()}]")
+    return t.astype(np.intp, copy=False)
 
 
 def _finite(a: np.ndarray, field: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from .layers import LAYERS, Layer
 from .layers.options import REQUIRED, ShapeError
 
 LOSS_OPTIONS: dict[str, dict[str, object]] = {
-    "softmax_cross_entropy": {},
+    "softmax_cross_entropy": {"ignore_index": None},
     "mse": {},
     "bce_with_logits": {},
     "huber": {"delta": 1.0},
@@ -138,6 +138,9 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
             err(["layers"], f"the model has {count} parameters, over the limit max_parameters={max_parameters}", "limit")
 
     out["loss"] = _check_choice(spec.get("loss"), ["loss"], LOSS_OPTIONS, err, optional=True)
+    ignore_index = out["loss"].get("ignore_index") if isinstance(out["loss"], dict) else None
+    if ignore_index is not None and not _is_int(ignore_index):
+        err(["loss", "ignore_index"], f"ignore_index must be an integer (the label left out), got {ignore_index!r}")
     out["optimizer"] = _check_choice(spec.get("optimizer", DEFAULT_OPTIMIZER), ["optimizer"], OPTIMIZER_OPTIONS, err)
     if isinstance(out["optimizer"], dict) and not errors:
         from .optim import check_hyperparameters
@@ -243,6 +246,10 @@ def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, dep
         if not walk.sized and cls.input_shape(full) is not None:  # the first sized layer, after input_shape
             walk.sized = True
             walk.rule.classes = cls.input_classes(full)
+    if cls.input_classes(full) is not None and (walk.rule.classes is None or walk.start != shape):
+        err(here, f"{full['type']} takes class indices (INT64 inputs), so it must be the model's first layer")
+        walk.broken = True
+        return count
     try:
         walk.shape = cls.output_shape(full, shape)
     except ShapeError as e:

@@ -17,6 +17,11 @@ from .options import ShapeError
 from .pool import AvgPool2d, MaxPool2d
 from .residual import Residual
 from .rnn import RNN
+from .lstm import LSTM
+from .gru import GRU
+from .embedding import Embedding
+from .positional import Positional
+from .attention import Attention
 from .shape import Dropout, Flatten
 
 LAYERS: dict[str, type[Layer]] = {
@@ -33,6 +38,11 @@ LAYERS: dict[str, type[Layer]] = {
     "batchnorm": BatchNorm,
     "residual": Residual,
     "rnn": RNN,
+    "lstm": LSTM,
+    "gru": GRU,
+    "embedding": Embedding,
+    "positional": Positional,
+    "attention": Attention,
     "flatten": Flatten,
     "conv2d": Conv2d,
     "maxpool2d": MaxPool2d,

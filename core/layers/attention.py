@@ -7,6 +7,8 @@ import math
 import numpy as np
 
 from .base import Layer
+from .init import he_or_xavier
+from .options import ShapeError, flag, need_rank, size, take_size
 
 
 class Attention(Layer):
@@ -19,8 +21,35 @@ class Attention(Layer):
         A = softmax(q @ k^T / sqrt(d))                (N, heads, T, T); causal: step t sees s <= t
         y = merge(A @ v) @ W_out.T + b_out            heads merged back to (N, T, E)
 
-    Parameters in_proj_weight (3E, E), in_proj_bias (3E,), out_proj.weight (E, E), out_proj.bias (E,).
+    Parameters in_proj_weight (3E, E), in_proj_bias (3E,), out_proj.weight (E, E), out_proj.bias (E,):
+    the weights Xavier-uniform (in_proj_weight as one (3E, E) matrix, as torch), the biases zero.
     """
+
+    options = {"embed_dim": size(inferred=True), "num_heads": size(), "causal": flag(False)}
+    input_layout = "N, T, E"
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (3,), "attention", "(N, T, E)")
+        e = take_size(spec, "embed_dim", shape[-1])
+        if e % spec["num_heads"]:
+            raise ShapeError(f"embed_dim={e} is not divisible by num_heads={spec['num_heads']}", "num_heads")
+        return shape
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, None, spec["embed_dim"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        e = spec["embed_dim"]
+        return 4 * e * e + 4 * e
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        e = spec["embed_dim"]
+        in_proj, out_proj = (he_or_xavier(shape, None, rng).astype(dtype) for shape in ((3 * e, e), (e, e)))
+        return cls(in_proj, np.zeros(3 * e, dtype), out_proj, np.zeros(e, dtype), spec["num_heads"], spec["causal"])
 
     def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                  num_heads: int, causal: bool = False) -> None:
@@ -75,7 +104,6 @@ class Attention(Layer):
         np.matmul(probs.swapaxes(-1, -2), dctx, out=dv)
         dqkv = dqkv.reshape(n, t, 3 * e)
         self._add_projection_grads("in_proj_weight", "in_proj_bias", dqkv, x)
-        self.grads_zero = False
         return dqkv
 
     def _add_projection_grads(self, weight: str, bias: str, dy, x):

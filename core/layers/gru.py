@@ -19,6 +19,8 @@ class GRU(Recurrent):
         h_t = (1 - z) * n + z * h_{t-1}
     """
 
+    GATES = 3
+
     def forward(self, x, train, rng):
         hidden = self.hidden_size
         w_hh_t, b_hh = self.params["weight_hh_l0"].T, self.params["bias_hh_l0"]

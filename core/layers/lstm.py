@@ -18,6 +18,8 @@ class LSTM(Recurrent):
         h_t = o * tanh(c_t)
     """
 
+    GATES = 4
+
     def forward(self, x, train, rng):
         p, hidden = self.params, self.hidden_size
         # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5: with the i, f, o rows of the weights halved,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
+from .init import uniform_hidden
+from .options import flag, need_rank, size, take_size
 
 # A gate counts as saturated when it is this close to its bounds (0/1 for sigmoid, +-1 for tanh).
 SATURATION_MARGIN = 0.01
@@ -34,9 +36,37 @@ class Recurrent(Layer):
     """Base of LSTM and GRU. x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
 
     Parameters as torch: weight_ih_l0 (G*H, D), weight_hh_l0 (G*H, H), bias_ih_l0 and
-    bias_hh_l0 (G*H,), with G gates stacked in the rows. Subclasses give forward and
-    `_backward_through_time`.
+    bias_hh_l0 (G*H,), with G gates stacked in the rows, each U(-1/sqrt(H), 1/sqrt(H)) as torch.
+    Subclasses give GATES, forward and `_backward_through_time`.
     """
+
+    GATES = 1
+    options = {"input_size": size(inferred=True), "hidden_size": size(), "return_sequences": flag(False)}
+    input_layout = "N, T, D"
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (3,), cls.__name__.lower(), "batch-first (N, T, D)")
+        take_size(spec, "input_size", shape[-1])
+        n, t, _ = shape
+        h = spec["hidden_size"]
+        return (n, t, h) if spec["return_sequences"] else (n, h)
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, None, spec["input_size"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        d, h = spec["input_size"], spec["hidden_size"]
+        return cls.GATES * h * (d + h + 2)
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        d, h = spec["input_size"], spec["hidden_size"]
+        rows = cls.GATES * h
+        weights = uniform_hidden([(rows, d), (rows, h), (rows,), (rows,)], h, rng)
+        return cls(*(w.astype(dtype) for w in weights), return_sequences=spec["return_sequences"])
 
     def __init__(self, weight_ih, weight_hh, bias_ih, bias_hh, return_sequences: bool = False) -> None:
         super().__init__()
@@ -90,8 +120,7 @@ class Recurrent(Layer):
         """
         t, n, gh = da_x.shape
         da_x2, da_h2 = da_x.reshape(t * n, gh), da_h.reshape(t * n, gh)
-        self._add_matmul("weight_ih_l0", da_x2.T, xt.reshape(t * n, -1))
-        self._add_matmul("weight_hh_l0", da_h2[n:].T, hs[:-1].reshape((t - 1) * n, -1))
+        self._add_matmul("weight_ih_l0", da_x2.T, xt.reshape(t * n, xt.shape[-1]))
+        self._add_matmul("weight_hh_l0", da_h2[n:].T, hs[:-1].reshape((t - 1) * n, hs.shape[-1]))
         self._add_sum("bias_ih_l0", da_x2, axis=0)
         self._add_sum("bias_hh_l0", da_h2, axis=0)
-        self.grads_zero = False
