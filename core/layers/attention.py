@@ -65,8 +65,7 @@ class Attention(Layer):
         p = self.params
         n, t, e = x.shape
         heads, d = self.num_heads, e // self.num_heads
-        qkv = x @ p["in_proj_weight"].T
-        qkv += p["in_proj_bias"]
+        qkv = _project(x, p["in_proj_weight"], p["in_proj_bias"])
         q, k, v = qkv.reshape(n, t, 3, heads, d).transpose(2, 0, 3, 1, 4)  # each (N, heads, T, d)
         q = q * (1 / math.sqrt(d))  # scaled before the product, as torch
         scores = q @ k.swapaxes(-1, -2)  # (N, heads, T, T)
@@ -74,12 +73,12 @@ class Attention(Layer):
             scores += np.triu(np.full((t, t), -np.inf, x.dtype), 1)
         probs = _softmax_(scores)
         merged = (probs @ v).transpose(0, 2, 1, 3).reshape(n, t, e)
-        y = merged @ p["out_proj.weight"].T
-        y += p["out_proj.bias"]
-        return y, (x, q, k, v, probs, merged)
+        return _project(merged, p["out_proj.weight"], p["out_proj.bias"]), (x, q, k, v, probs, merged)
 
     def backward(self, dy, cache):
-        return self._add_grads(dy, cache) @ self.params["in_proj_weight"]
+        dqkv = self._add_grads(dy, cache)
+        n, t, _ = dqkv.shape
+        return (dqkv.reshape(n * t, -1) @ self.params["in_proj_weight"]).reshape(n, t, -1)
 
     def backward_params(self, dy, cache):
         self._add_grads(dy, cache)
@@ -90,11 +89,11 @@ class Attention(Layer):
         n, t, e = x.shape
         heads, d = self.num_heads, e // self.num_heads
         self._add_projection_grads("out_proj.weight", "out_proj.bias", dy, merged)
-        dctx = (dy @ self.params["out_proj.weight"]).reshape(n, t, heads, d).transpose(0, 2, 1, 3)
+        dctx = (dy.reshape(n * t, e) @ self.params["out_proj.weight"]).reshape(n, t, heads, d).transpose(0, 2, 1, 3)
         dprobs = dctx @ v.swapaxes(-1, -2)
         # Softmax backward, row by row: dscores = A * (dA - sum(dA * A)).
         dscores = dprobs
-        dscores -= (dprobs * probs).sum(axis=-1, keepdims=True)
+        dscores -= np.einsum("...ij,...ij->...i", dprobs, probs)[..., None]
         dscores *= probs
         dqkv = np.empty((n, t, 3, heads, d), x.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)
@@ -111,6 +110,14 @@ class Attention(Layer):
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         self._add_matmul(weight, dy2.T, x2)
         self._add_sum(bias, dy2, axis=0)
+
+
+def _project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Return x @ weight.T + bias for x: (N, T, E), as one 2-D matmul over the N*T positions."""
+    n, t, e = x.shape
+    y = x.reshape(n * t, e) @ weight.T
+    y += bias
+    return y.reshape(n, t, -1)
 
 
 def _softmax_(scores: np.ndarray) -> np.ndarray:

@@ -39,13 +39,15 @@ class Linear(Layer):
 
     def forward(self, x, train, rng):
         w, b = self.params["weight"], self.params["bias"]
-        y = x @ w.T
+        # One 2-D matmul over every leading axis: numpy's stacked (N, T, D) @ (D, M) runs ~10x slower.
+        y = x.reshape(-1, x.shape[-1]) @ w.T
         y += b
-        return y, x
+        return y.reshape(*x.shape[:-1], w.shape[0]), x
 
     def backward(self, dy, x):
         self.backward_params(dy, x)
-        return dy @ self.params["weight"]
+        w = self.params["weight"]
+        return (dy.reshape(-1, w.shape[0]) @ w).reshape(*dy.shape[:-1], w.shape[1])
 
     def backward_params(self, dy, x):
         m, d = self.params["weight"].shape
