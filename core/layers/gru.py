@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recurrent import Recurrent, saturated_fraction, sigmoid_
+from .recurrent import Recurrent, gate_saturation, sigmoid_
 
 
 class GRU(Recurrent):
@@ -84,8 +84,4 @@ class GRU(Recurrent):
 
     def activation_stats(self, cache):
         """Return the saturated fraction of all gates together and of each gate (r, z, n)."""
-        gates, hidden = cache[1], self.hidden_size
-        r, z, new = (gates[..., k * hidden:(k + 1) * hidden] for k in range(3))
-        return {"saturated_fraction": saturated_fraction([r, z], [new]),
-                "gates": {"r": saturated_fraction([r], []), "z": saturated_fraction([z], []),
-                          "n": saturated_fraction([], [new])}}
+        return gate_saturation(cache[1], "rzn", tanh_gates="n")

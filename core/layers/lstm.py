@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recurrent import Recurrent, saturated_fraction
+from .recurrent import Recurrent, gate_saturation
 
 
 class LSTM(Recurrent):
@@ -81,8 +81,4 @@ class LSTM(Recurrent):
 
     def activation_stats(self, cache):
         """Return the saturated fraction of all gates together and of each gate (i, f, g, o)."""
-        gates, hidden = cache[1], self.hidden_size
-        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
-        return {"saturated_fraction": saturated_fraction([i, f, o], [g]),
-                "gates": {"i": saturated_fraction([i], []), "f": saturated_fraction([f], []),
-                          "g": saturated_fraction([], [g]), "o": saturated_fraction([o], [])}}
+        return gate_saturation(cache[1], "ifgo", tanh_gates="g")

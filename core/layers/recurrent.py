@@ -25,11 +25,20 @@ def sigmoid_(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def saturated_fraction(sigmoid_gates: list[np.ndarray], tanh_gates: list[np.ndarray]) -> float:
-    """Return the fraction of gate values within SATURATION_MARGIN of their bounds."""
-    near = sum(int(np.count_nonzero((g < SATURATION_MARGIN) | (g > 1 - SATURATION_MARGIN))) for g in sigmoid_gates)
-    near += sum(int(np.count_nonzero(np.abs(g) > 1 - SATURATION_MARGIN)) for g in tanh_gates)
-    return near / sum(g.size for g in sigmoid_gates + tanh_gates)
+def gate_saturation(gates: np.ndarray, names: str, tanh_gates: str) -> dict:
+    """Return the fraction of saturated gate values, of all gates together and of each gate.
+
+    gates: (T, N, G*H), every step's activated gates in G blocks of H, named by the letters of
+    `names`; a sigmoid gate is saturated within SATURATION_MARGIN of 0 or 1, those in `tanh_gates`
+    within SATURATION_MARGIN of -1 or 1.
+    """
+    hidden = gates.shape[-1] // len(names)
+    per_gate = {}
+    for k, name in enumerate(names):
+        g = gates[..., k * hidden:(k + 1) * hidden]
+        near = np.abs(g) > 1 - SATURATION_MARGIN if name in tanh_gates else (g < SATURATION_MARGIN) | (g > 1 - SATURATION_MARGIN)
+        per_gate[name] = float(np.count_nonzero(near)) / g.size
+    return {"saturated_fraction": sum(per_gate.values()) / len(names), "gates": per_gate}
 
 
 class Recurrent(Layer):
