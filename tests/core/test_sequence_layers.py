@@ -172,3 +172,37 @@ def test_all_positions_ignored_gives_nan_loss_and_zero_gradient_as_torch():
     model = Model.from_spec({"layers": [{**LSTM, "return_sequences": True}], "loss": {"type": CE, "ignore_index": 0}})
     loss = model.forward_backward(np.ones((1, 2, 3)), np.zeros((1, 2), np.int64))
     assert np.isnan(loss) and all(not g.any() for g in model.gradients().values())
+
+
+TOKEN_MODEL = {
+    "layers": [EMBEDDING, {"type": "positional", "max_len": 5},
+               {"type": "residual", "layers": [{"type": "attention", "num_heads": 2, "causal": True}]},
+               {"type": "lstm", "hidden_size": 3, "return_sequences": True}, {"type": "gru", "hidden_size": 3},
+               {"type": "linear", "out_features": 2}],
+    "loss": {"type": CE}, "optimizer": {"type": "adam", "lr": 0.01},
+}
+TOKENS = np.array([[0, 1, 6, 2], [3, 3, 5, 4]])
+
+
+def test_float32_stays_float32_through_a_train_step():
+    model = Model.from_spec(TOKEN_MODEL)
+    outputs, tape = model.forward(TOKENS, train=True)
+    loss, grad_outputs = model.loss(outputs, np.array([0, 1]))
+    model.backward(tape, grad_outputs)
+    assert outputs.dtype == grad_outputs.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.gradients().values())
+    model.step()
+    assert all(p.dtype == np.float32 for p in model.parameters().values())
+
+
+def test_checkpoint_round_trip_keeps_dotted_names_and_optimizer_state():
+    model = Model.from_spec(TOKEN_MODEL)
+    model.forward_backward(TOKENS, np.array([0, 1]))
+    model.step()
+    copy = Model.from_bytes(model.to_bytes())
+    assert "2.block.0.out_proj.weight" in copy.parameters()
+    assert all(np.array_equal(copy.parameters()[k], v) for k, v in model.parameters().items())
+    assert copy.forward_backward(TOKENS, np.array([0, 1])) == model.forward_backward(TOKENS, np.array([0, 1]))
+    copy.step()
+    model.step()
+    assert all(np.array_equal(copy.parameters()[k], v) for k, v in model.parameters().items())
