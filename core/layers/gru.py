@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .recurrent import Recurrent, gate_saturation, sigmoid_
+from .recurrent import Recurrent, gate_saturation
 
 
 class GRU(Recurrent):
@@ -22,25 +22,32 @@ class GRU(Recurrent):
     GATES = 3
 
     def forward(self, x, train, rng):
-        hidden = self.hidden_size
-        w_hh_t, b_hh = self.params["weight_hh_l0"].T, self.params["bias_hh_l0"]
-        # gates ends up holding r, z (activated) and n; r and z take both biases up front.
-        xt, gates = self._input_projections(x, self.params["weight_ih_l0"], self.params["bias_ih_l0"])
-        gates[..., :2 * hidden] += b_hh[:2 * hidden]
+        p, hidden = self.params, self.hidden_size
+        # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5: the r and z rows of the weights are halved, as in LSTM.
+        scale = np.ones(3 * hidden, x.dtype)
+        scale[:2 * hidden] = 0.5
+        w_hh_t, b_hn = (p["weight_hh_l0"] * scale[:, None]).T, p["bias_hh_l0"][2 * hidden:]
+        # gates ends up holding r, z and n; r and z take both biases up front, n only b_in.
+        bias = p["bias_ih_l0"] * scale
+        bias[:2 * hidden] += p["bias_hh_l0"][:2 * hidden] * 0.5
+        xt, gates = self._input_projections(x, p["weight_ih_l0"] * scale[:, None], bias)
         t, n, _ = gates.shape
         hn = np.empty((t, n, hidden), x.dtype)  # W_hn h_{t-1} + b_hn, which r scales
         hs = np.empty_like(hn)
         h = np.zeros((n, hidden), x.dtype)
+        recurrent = np.empty((n, 3 * hidden), x.dtype)
         for step in range(t):
             a = gates[step]
             rz, new = a[:, :2 * hidden], a[:, 2 * hidden:]
             if step > 0:
-                gh = h @ w_hh_t
+                gh = np.matmul(h, w_hh_t, out=recurrent)
                 rz += gh[:, :2 * hidden]
-                np.add(gh[:, 2 * hidden:], b_hh[2 * hidden:], out=hn[step])
+                np.add(gh[:, 2 * hidden:], b_hn, out=hn[step])
             else:
-                hn[step] = b_hh[2 * hidden:]
-            sigmoid_(rz)
+                hn[step] = b_hn
+            np.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5
             r, z = rz[:, :hidden], rz[:, hidden:]
             new += r * hn[step]
             np.tanh(new, out=new)

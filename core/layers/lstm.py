@@ -22,8 +22,8 @@ class LSTM(Recurrent):
 
     def forward(self, x, train, rng):
         p, hidden = self.params, self.hidden_size
-        # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5: with the i, f, o rows of the weights halved,
-        # one tanh over all 4H pre-activations gives every gate (then * scale + offset).
+        # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, which cannot overflow: with the i, f, o rows of the
+        # weights halved, one tanh over all 4H pre-activations gives every gate (then * scale + offset).
         scale = np.full(4 * hidden, 0.5, x.dtype)
         scale[2 * hidden:3 * hidden] = 1
         offset = 1 - scale

@@ -16,15 +16,6 @@ from .options import flag, need_rank, size, take_size
 SATURATION_MARGIN = 0.01
 
 
-def sigmoid_(a: np.ndarray) -> np.ndarray:
-    """Return sigmoid(a), written into `a`: 0.5 * tanh(a / 2) + 0.5, which cannot overflow."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
-    return a
-
-
 def gate_saturation(gates: np.ndarray, names: str, tanh_gates: str) -> dict:
     """Return the fraction of saturated gate values, of all gates together and of each gate.
 
