@@ -27,7 +27,10 @@ def gate_saturation(gates: np.ndarray, names: str, tanh_gates: str) -> dict:
     per_gate = {}
     for k, name in enumerate(names):
         g = gates[..., k * hidden:(k + 1) * hidden]
-        near = np.abs(g) > 1 - SATURATION_MARGIN if name in tanh_gates else (g < SATURATION_MARGIN) | (g > 1 - SATURATION_MARGIN)
+        if name in tanh_gates:
+            near = np.abs(g) > 1 - SATURATION_MARGIN
+        else:
+            near = (g < SATURATION_MARGIN) | (g > 1 - SATURATION_MARGIN)
         per_gate[name] = float(np.count_nonzero(near)) / g.size
     return {"saturated_fraction": sum(per_gate.values()) / len(names), "gates": per_gate}
 

@@ -56,7 +56,8 @@ def test_embedding_checks_its_parameters_only():
 
 
 def test_token_model_end_to_end():
-    block = {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]}
+    block = {"type": "residual",
+             "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]}
     check_gradients([EMBEDDING, {"type": "positional", "max_len": 5}, block, {"type": "linear", "out_features": 7}],
                     (2, 5), CE, labels=True)
 
@@ -121,7 +122,8 @@ def test_an_embedding_comes_first():
 
 
 def test_gated_rnns_need_sequences():
-    errors = errors_of({"layers": [{"type": "linear", "in_features": 3, "out_features": 4}, {"type": "gru", "hidden_size": 2}]})
+    errors = errors_of({"layers": [{"type": "linear", "in_features": 3, "out_features": 4},
+                                   {"type": "gru", "hidden_size": 2}]})
     assert errors[0]["loc"] == ["layers", 1] and "(N, T, D)" in errors[0]["msg"]
 
 

@@ -65,11 +65,13 @@ def test_a_two_block_causal_transformer_learns_to_copy():
     e, vocab = 32, 9
 
     def block():
-        return [{"type": "residual", "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]},
+        return [{"type": "residual",
+                 "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]},
                 {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out_features": 4 * e},
                                                 {"type": "gelu"}, {"type": "linear", "out_features": e}]}]
     model = Model.from_spec({
-        "layers": [{"type": "embedding", "num_embeddings": vocab, "embedding_dim": e}, {"type": "positional", "max_len": 12},
+        "layers": [{"type": "embedding", "num_embeddings": vocab, "embedding_dim": e},
+                   {"type": "positional", "max_len": 12},
                    *block(), *block(), {"type": "layernorm"}, {"type": "linear", "out_features": vocab}],
         "loss": {"type": "softmax_cross_entropy", "ignore_index": -1},
         "optimizer": {"type": "adam", "lr": 0.003},

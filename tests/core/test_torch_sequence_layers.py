@@ -124,7 +124,8 @@ def test_positional_is_x_plus_p():
 def test_causal_transformer_end_to_end():
     e, vocab = 8, 7
     layers = [{"type": "embedding", "num_embeddings": vocab, "embedding_dim": e}, {"type": "positional", "max_len": 5},
-              {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]},
+              {"type": "residual",
+               "layers": [{"type": "layernorm"}, {"type": "attention", "num_heads": 2, "causal": True}]},
               {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out_features": 16},
                                               {"type": "gelu"}, {"type": "linear", "out_features": e}]},
               {"type": "layernorm"}, {"type": "linear", "out_features": vocab}]
@@ -152,7 +153,8 @@ def test_cross_entropy_over_positions(targets):
         yt = torch.from_numpy(y).flatten()
     net = loaded(model, recurrent("lstm", 4, 6, True), nn.Linear(6, 3))
     xt = torch.tensor(X, requires_grad=True)
-    expected = nn.functional.cross_entropy(net(xt).flatten(0, 1), yt, ignore_index=-100 if ignore_index is None else ignore_index)
+    expected = nn.functional.cross_entropy(net(xt).flatten(0, 1), yt,
+                                           ignore_index=-100 if ignore_index is None else ignore_index)
     expected.backward()
 
     outputs, tape = model.forward(X, train=True)
