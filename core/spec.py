@@ -246,7 +246,7 @@ def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, dep
         if not walk.sized and cls.input_shape(full) is not None:  # the first sized layer, after input_shape
             walk.sized = True
             walk.rule.classes = cls.input_classes(full)
-    if cls.input_classes(full) is not None and (walk.rule.classes is None or walk.start != shape):
+    if cls.input_classes(full) is not None and here != ["layers", 0]:
         err(here, f"{full['type']} takes class indices (INT64 inputs), so it must be the model's first layer")
         walk.broken = True
         return count

@@ -116,9 +116,14 @@ def test_embed_dim_must_divide_into_heads():
     assert errors[0]["loc"] == ["layers", 0, "num_heads"] and "not divisible" in errors[0]["msg"]
 
 
-def test_an_embedding_comes_first():
-    errors = errors_of({"layers": [{"type": "linear", "in_features": 3, "out_features": 4}, EMBEDDING]})
-    assert errors[0]["loc"] == ["layers", 1] and "first layer" in errors[0]["msg"]
+@pytest.mark.parametrize("layers, loc", [
+    ([{"type": "linear", "in_features": 3, "out_features": 4}, EMBEDDING], ["layers", 1]),
+    ([{"type": "dropout", "p": 0.1}, EMBEDDING], ["layers", 1]),
+    ([{"type": "residual", "layers": [EMBEDDING]}], ["layers", 0, "layers", 0]),
+], ids=["after_linear", "after_dropout", "in_a_block"])
+def test_an_embedding_comes_first(layers, loc):
+    errors = errors_of({"layers": layers})
+    assert errors[0]["loc"] == loc and "first layer" in errors[0]["msg"]
 
 
 def test_gated_rnns_need_sequences():
