@@ -335,10 +335,10 @@ class Model:
 
 
 def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
-    """Yield (module name, statistics) for every relu/tanh/sigmoid, nested ones included."""
+    """Yield (module name, statistics) for every relu/tanh/sigmoid/lstm/gru, nested ones included."""
     for i, (layer, cache) in enumerate(zip(layers, caches)):
         if type(layer).activation_stats is not Layer.activation_stats:
-            # These activations keep their output as their cache.
+            # Each reads its forward's cache: an activation's output, a gated RNN's gates.
             yield f"{prefix}{i}", layer.activation_stats(cache)
         if layer.sublayers():
             yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
