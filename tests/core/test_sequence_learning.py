@@ -23,7 +23,7 @@ def remembering_accuracy(kind: str, steps: int = 400) -> float:
     model = Model.from_spec({
         "layers": [{"type": kind, "input_size": 1, "hidden_size": HIDDEN}, {"type": "linear", "out_features": 2}],
         "loss": {"type": "softmax_cross_entropy"},
-        "optimizer": {"type": "adam", "lr": 0.01, "clip_grad_norm": 1.0},
+        "optimizer": {"type": "adam", "lr": 0.003, "clip_grad_norm": 1.0},
         "seed": 0,
     })
     if kind != "rnn":
