@@ -1,14 +1,17 @@
 """Times a full engine train step (forward, loss, backward, optimizer) against PyTorch CPU.
 
-    python benchmarks/bench_engine.py [--repeats 50]
+    python benchmarks/bench_engine.py [--repeats 50] [--match lstm]
 
-Prints median milliseconds and GFLOP/s (6 * batch * sum(in * out) / time) for each config,
-with PyTorch side by side when torch is importable (it is optional, never required).
+Prints median milliseconds and GFLOP/s (6 x the multiply-adds of the linear, conv2d, lstm, gru
+and attention layers, per time) for each config, with PyTorch side by side when torch is
+importable (it is optional, never required). The configs are gradserve specs; the torch side is
+the matching nn.Sequential.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -20,13 +23,38 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import Model  # noqa: E402
+from core.layers import output_shape  # noqa: E402
+from core.layers.options import as_pair  # noqa: E402
 
-CONFIGS = [  # (name, layer sizes, batch, loss)
-    ("784-256-10 b64", (784, 256, 10), 64, "softmax_cross_entropy"),
-    ("784-256-10 b256", (784, 256, 10), 256, "softmax_cross_entropy"),
-    ("784-1024-1024-10 b256", (784, 1024, 1024, 10), 256, "softmax_cross_entropy"),
-    ("32-32-1 mse b32", (32, 32, 1), 32, "mse"),
+LENET = [  # LeCun's LeNet-5 shape on 28x28 inputs (valid convolutions, max pooling)
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 5}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 16, "kernel_size": 5}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "flatten"}, {"type": "linear", "out_features": 120}, {"type": "relu"},
+    {"type": "linear", "out_features": 84}, {"type": "relu"}, {"type": "linear", "out_features": 10},
 ]
+
+
+ADAM = {"type": "adam", "lr": 1e-3}
+CROSS_ENTROPY = {"type": "softmax_cross_entropy"}
+
+
+def recurrent_spec(kind, d=32, h=128, classes=10):
+    """An lstm or gru over (N, T, D), a linear layer to the classes on its last step."""
+    return {"layers": [{"type": kind, "input_size": d, "hidden_size": h}, {"type": "linear", "out_features": classes}],
+            "loss": CROSS_ENTROPY, "optimizer": ADAM}
+
+
+def transformer_spec(vocab=128, e=64, heads=4, t=64, blocks=2):
+    """A causal pre-norm transformer over (N, T) tokens: per-position logits over the vocabulary."""
+    block = [{"type": "residual", "layers": [{"type": "layernorm"},
+                                             {"type": "attention", "num_heads": heads, "causal": True}]},
+             {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out_features": 4 * e},
+                                             {"type": "gelu"}, {"type": "linear", "out_features": e}]}]
+    return {"input_shape": [t],
+            "layers": [{"type": "embedding", "num_embeddings": vocab, "embedding_dim": e},
+                       {"type": "positional", "max_len": t}, *block * blocks,
+                       {"type": "layernorm"}, {"type": "linear", "out_features": vocab}],
+            "loss": CROSS_ENTROPY, "optimizer": ADAM}
 
 
 def mlp_spec(sizes, loss):
@@ -36,12 +64,56 @@ def mlp_spec(sizes, loss):
     return {"layers": layers[:-1], "loss": {"type": loss}, "optimizer": {"type": "adam", "lr": 1e-3}}
 
 
-def data(sizes, batch, loss):
+CONFIGS = [  # (name, spec, input shape)
+    ("784-256-10 b64", mlp_spec((784, 256, 10), "softmax_cross_entropy"), (64, 784)),
+    ("784-256-10 b256", mlp_spec((784, 256, 10), "softmax_cross_entropy"), (256, 784)),
+    ("784-1024-1024-10 b256", mlp_spec((784, 1024, 1024, 10), "softmax_cross_entropy"), (256, 784)),
+    ("32-32-1 mse b32", mlp_spec((32, 32, 1), "mse"), (32, 32)),
+    ("LeNet 1x28x28 b64", {"input_shape": [1, 28, 28], "layers": LENET, "loss": {"type": "softmax_cross_entropy"},
+                           "optimizer": {"type": "adam", "lr": 1e-3}}, (64, 1, 28, 28)),
+    ("lstm D32-H128 T50 b32", recurrent_spec("lstm"), (32, 50, 32)),
+    ("gru D32-H128 T50 b32", recurrent_spec("gru"), (32, 50, 32)),
+    ("transformer E64 h4 T64 V128 b16", transformer_spec(), (16, 64)),
+]
+
+
+def data(model, input_shape):
+    """Return (inputs, targets): class labels (per position for (N, T, C) outputs) for
+    softmax_cross_entropy, regression targets for mse; tokens as inputs of an embedding model."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
-    if loss == "mse":
-        return x, rng.standard_normal((batch, sizes[-1]), dtype=np.float32)
-    return x, rng.integers(0, sizes[-1], batch)
+    classes = model.input_rule.classes
+    x = rng.standard_normal(input_shape, dtype=np.float32) if classes is None else rng.integers(0, classes, input_shape)
+    out_shape = model.output_shape(input_shape)
+    if model.spec["loss"]["type"] == "mse":
+        return x, rng.standard_normal(out_shape, dtype=np.float32)
+    return x, rng.integers(0, out_shape[-1], out_shape[:-1])
+
+
+def flops(model, input_shape):
+    """Return 6 x the multiply-adds of the linear, conv2d, lstm, gru and attention layers (forward,
+    and backward's two products)."""
+    return 6 * multiply_adds(model.spec["layers"], input_shape)
+
+
+def multiply_adds(layers, shape):
+    total = 0
+    for spec in layers:
+        out = output_shape([spec], shape)
+        if spec["type"] == "linear":
+            total += math.prod(out) * spec["in_features"]
+        elif spec["type"] == "conv2d":
+            total += math.prod(out) * spec["in_channels"] * math.prod(as_pair(spec["kernel_size"]))
+        elif spec["type"] in ("lstm", "gru"):
+            n, t, d = shape
+            h = spec["hidden_size"]
+            total += n * t * (4 if spec["type"] == "lstm" else 3) * h * (d + h)
+        elif spec["type"] == "attention":
+            n, t, e = shape
+            total += n * t * 4 * e * e + 2 * n * t * t * e  # projections, then scores and their weighted sum
+        elif spec["type"] == "residual":
+            total += multiply_adds(spec["layers"], shape)
+        shape = out
+    return total
 
 
 def median_ms(step, repeats):
@@ -55,9 +127,9 @@ def median_ms(step, repeats):
     return statistics.median(times) * 1e3
 
 
-def gradserve_step(sizes, batch, loss):
-    model = Model.from_spec(mlp_spec(sizes, loss))
-    x, y = data(sizes, batch, loss)
+def gradserve_step(spec, input_shape):
+    model = Model.from_spec(spec)
+    x, y = data(model, input_shape)
 
     def step():
         model.forward_backward(x, y)
@@ -65,21 +137,81 @@ def gradserve_step(sizes, batch, loss):
     return step
 
 
-def torch_step(sizes, batch, loss):
+def torch_module(spec):
+    """Return the torch.nn.Sequential that a gradserve spec describes (the layer types benchmarked here)."""
+    import torch
+
+    nn = torch.nn
+    model = Model.from_spec(spec)  # for the inferred sizes
+
+    def recurrent(s):
+        class Recurrent(nn.LSTM if s["type"] == "lstm" else nn.GRU):  # every step's output, or the last
+            def forward(self, x):
+                y = super().forward(x)[0]
+                return y if s["return_sequences"] else y[:, -1]
+        return Recurrent(s["input_size"], s["hidden_size"], batch_first=True)
+
+    class SelfAttention(nn.MultiheadAttention):  # x as query, key and value
+        def __init__(self, s):
+            super().__init__(s["embed_dim"], s["num_heads"], batch_first=True)
+            self.causal = s["causal"]
+
+        def forward(self, x):
+            mask = torch.triu(torch.ones(x.shape[1], x.shape[1]), 1).bool() if self.causal else None
+            return super().forward(x, x, x, need_weights=False, attn_mask=mask)[0]
+
+    class Positional(nn.Module):  # x + P[:T], P learned
+        def __init__(self, s):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(s["max_len"], s["embedding_dim"]) * 0.02)
+
+        def forward(self, x):
+            return x + self.weight[:x.shape[1]]
+
+    class Residual(nn.Module):
+        def __init__(self, s):
+            super().__init__()
+            self.block = nn.Sequential(*(build[inner["type"]](inner) for inner in s["layers"]))
+
+        def forward(self, x):
+            return x + self.block(x)
+
+    build = {
+        "linear": lambda s: nn.Linear(s["in_features"], s["out_features"]),
+        "relu": lambda s: nn.ReLU(),
+        "flatten": lambda s: nn.Flatten(),
+        "conv2d": lambda s: nn.Conv2d(s["in_channels"], s["out_channels"], s["kernel_size"], s["stride"],
+                                      s["padding"], s["dilation"]),
+        "maxpool2d": lambda s: nn.MaxPool2d(s["kernel_size"], s["stride"], s["padding"]),
+        "lstm": recurrent,
+        "gru": recurrent,
+        "embedding": lambda s: nn.Embedding(s["num_embeddings"], s["embedding_dim"]),
+        "positional": Positional,
+        "attention": SelfAttention,
+        "layernorm": lambda s: nn.LayerNorm(s["num_features"], s["eps"]),
+        "gelu": lambda s: nn.GELU(approximate="tanh"),
+        "residual": Residual,
+    }
+    return nn.Sequential(*(build[s["type"]](s) for s in model.spec["layers"]))
+
+
+def torch_step(spec, input_shape):
     import torch
 
     torch.manual_seed(0)
-    modules = []
-    for d, m in zip(sizes[:-1], sizes[1:]):
-        modules += [torch.nn.Linear(d, m), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*modules[:-1])
+    net = torch_module(spec)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = (torch.from_numpy(a) for a in data(sizes, batch, loss))
-    loss_fn = torch.nn.MSELoss() if loss == "mse" else torch.nn.CrossEntropyLoss()
+    x, y = (torch.from_numpy(a) for a in data(Model.from_spec(spec), input_shape))
+    loss_fn = torch.nn.MSELoss() if spec["loss"]["type"] == "mse" else torch.nn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        outputs = net(x)
+        if outputs.ndim == 3:  # per-position logits (N, T, C): cross-entropy over the N*T positions
+            outputs, targets = outputs.flatten(0, 1), y.flatten()
+        else:
+            targets = y
+        loss_fn(outputs, targets).backward()
         opt.step()
     return step
 
@@ -87,16 +219,18 @@ def torch_step(sizes, batch, loss):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--match", default="", help="run only the configs whose name contains this")
     args = parser.parse_args()
+    configs = [config for config in CONFIGS if args.match in config[0]]
     ours = {}
-    for name, sizes, batch, loss in CONFIGS:
-        ours[name] = median_ms(gradserve_step(sizes, batch, loss), args.repeats)
+    for name, spec, input_shape in configs:
+        ours[name] = median_ms(gradserve_step(spec, input_shape), args.repeats)
     # torch only after every gradserve measure: its OpenMP threads keep spinning after each
     # op and would slow whatever numpy runs next.
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
-        theirs = {name: median_ms(torch_step(sizes, batch, loss), args.repeats) for name, sizes, batch, loss in CONFIGS}
+        theirs = {name: median_ms(torch_step(spec, input_shape), args.repeats) for name, spec, input_shape in configs}
     except ImportError:
         torch, theirs = None, {}
     print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
@@ -104,9 +238,9 @@ def main():
           + f"; median of {args.repeats} steps")
     print("| config | gradserve ms | GFLOP/s | torch ms | gradserve / torch |")
     print("|---|---|---|---|---|")
-    for name, sizes, batch, loss in CONFIGS:
-        flops = 6 * batch * sum(d * m for d, m in zip(sizes[:-1], sizes[1:]))
-        row = f"| {name} | {ours[name]:.3f} | {flops / ours[name] / 1e6:.1f} |"
+    for name, spec, input_shape in configs:
+        work = flops(Model.from_spec(spec), input_shape)
+        row = f"| {name} | {ours[name]:.3f} | {work / ours[name] / 1e6:.1f} |"
         row += f" {theirs[name]:.3f} | {ours[name] / theirs[name]:.2f} |" if theirs else " - | - |"
         print(row)
 

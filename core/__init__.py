@@ -6,6 +6,7 @@
     model.step()
 """
 
+from . import memory
 from .errors import (
     CheckpointError,
     CoreError,
@@ -21,6 +22,8 @@ from .evaluate import Evaluation, evaluate
 from .gradcheck import GradcheckReport, gradcheck
 from .ids import ID_PATTERN, ID_RE, ID_RULE
 from .model import Backprop, Model, StepResult, Tape
+
+memory.keep_heap_pad()
 
 __all__ = [
     "Model", "Tape", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "gradcheck", "GradcheckReport", "evaluate", "Evaluation",

@@ -19,7 +19,6 @@ import numpy as np
 import safetensors.numpy
 
 from .errors import CheckpointError, SpecError
-from .layers import walk
 from .optim import state_slots
 
 if TYPE_CHECKING:
@@ -151,8 +150,9 @@ def load_state(model: "Model", tensors: dict[str, np.ndarray], meta: dict[str, s
             model.rng.bit_generator.state = json.loads(meta["rng"])
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"invalid checkpoint metadata: {e}") from None
-    for layer in walk(model.layers):
-        layer.grads_zero = not grads
+    if grads:
+        for layer in model.layers:
+            layer.grads_written()
 
 
 def _copy_checked(name: str, target: np.ndarray, value: np.ndarray, cast: bool) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .optim import squared_norm
+from .numerics import squared_norm
 
 if TYPE_CHECKING:
     from .model import Model

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .numerics import quiet_overflow
+
 if TYPE_CHECKING:
     from .model import Model
 
@@ -30,7 +32,7 @@ def evaluate(model: "Model", x, targets) -> Evaluation:
     """Return the model's loss and accuracy on (x, targets) in eval mode; see the module."""
     outputs, _ = model.forward(x, train=False)
     targets = model.validate_targets(targets, outputs.shape)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverged model's loss is Inf
+    with quiet_overflow():  # a diverged model's loss is Inf
         loss, _ = model.loss_fn(outputs, targets)
     kind, options = model.spec["loss"]["type"], model.spec["loss"]
     if kind == "softmax_cross_entropy":

@@ -1,39 +1,54 @@
 """Losses: each returns (loss, grad_outputs), averaged as torch's reduction="mean".
 
-outputs: (N, C) for classification (logits), any shape for the elementwise losses;
-targets: INT64 labels (N,) or probabilities (N, C) for softmax_cross_entropy, the
-outputs' shape for the others.
+outputs: (N, C) or (N, T, C) for classification (logits), any shape for the elementwise
+losses; targets: INT64 labels (N,) / (N, T) or probabilities of the outputs' shape for
+softmax_cross_entropy, the outputs' shape for the others.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .layers.activations import sigmoid
+from .numerics import sigmoid
 
 
-def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean over N of -log softmax(logits)[target]; the gradient is (p - y) / N."""
-    n = logits.shape[0]
-    shifted = logits - logits.max(axis=1, keepdims=True)
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
+                          ignore_index: int | None = None) -> tuple[float, np.ndarray]:
+    """Mean over positions of -log softmax(logits)[target]; the gradient is (p - y) / count.
+
+    logits: (N, C), or (N, T, C) taken as N*T positions (torch's cross_entropy on the flattened
+    (N*T, C)); targets: labels (N,) / (N, T), or probabilities of the logits' shape. Labels equal
+    to `ignore_index` are left out of the mean (none left: the loss is NaN, the gradient zero, as torch).
+    """
+    c = logits.shape[-1]
+    z = logits.reshape(-1, c)
+    shifted = z - z.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     sum_exp = exp.sum(axis=1, keepdims=True)
     log_probs = shifted
     log_probs -= np.log(sum_exp)
     probs = exp
     probs /= sum_exp
-    if targets.ndim == 1:
-        rows = np.arange(n)
-        loss = -log_probs[rows, targets].sum() / n
-        probs[rows, targets] -= 1
+    if targets.ndim == logits.ndim - 1:
+        labels = targets.reshape(-1)
+        rows = np.arange(len(labels))
+        if ignore_index is not None:
+            kept = labels != ignore_index
+            rows, labels = rows[kept], labels[kept]
+            probs[~kept] = 0
+        count = len(rows)
+        loss = -log_probs[rows, labels].sum() / count if count else float("nan")
+        probs[rows, labels] -= 1
         grad = probs
     else:
-        loss = -(targets * log_probs).sum() / n
+        y = targets.reshape(-1, c)
+        count = len(y)
+        loss = -(y * log_probs).sum() / count
         # For targets that do not sum to one, d/dz of -sum(y log p) is p * sum(y) - y.
-        grad = probs * targets.sum(axis=1, keepdims=True)
-        grad -= targets
-    grad /= n
-    return float(loss), grad
+        grad = probs * y.sum(axis=1, keepdims=True)
+        grad -= y
+    grad /= max(count, 1)
+    return float(loss), grad.reshape(logits.shape)
 
 
 def mse(outputs: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:

@@ -19,16 +19,10 @@ import numpy as np
 
 from . import checkpoint, diagnostics, losses, spec as specs
 from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StaleTapeError
-from .layers import Layer, build, walk
+from .layers import Layer, ShapeError, build, output_shape, walk
 from .layers.norm import BatchNorm
-from .optim import Optimizer, squared_norm
-
-
-# A diverging model overflows to Inf/NaN; that is an outcome the engine reports (step refuses
-# non-finite gradients), not a warning to print on every request.
-def quiet_overflow() -> np.errstate:
-    """Return a fresh context (an errstate holds its token, so one instance is not thread-safe)."""
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+from .numerics import quiet_overflow, squared_norm
+from .optim import Optimizer
 
 
 @dataclass
@@ -173,31 +167,31 @@ class Model:
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Return the shape forward gives for inputs of `input_shape`."""
-        return _output_shape(self.spec["layers"], tuple(input_shape))
+        try:
+            return output_shape(self.spec["layers"], tuple(input_shape))
+        except ShapeError as e:
+            # Only reachable for sizes known at run time only (a flattened sequence, an image).
+            raise InputError.at(["inputs"], e.at_run_time(tuple(input_shape))) from None
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """Return the dtype inputs are taken in: int64 class indices for a model that starts
+        with an embedding, else the model's dtype."""
+        return np.dtype(np.int64) if self.input_rule.classes is not None else self.dtype
 
     def validate_inputs(self, x, train: bool = False) -> np.ndarray:
         """Return x as a model-dtype array, or raise InputError naming the problem."""
         x = np.asarray(x)
-        rule = self.input_rule
         if x.dtype.kind not in "fiu":
             raise InputError.at(["inputs"], f"inputs must be numbers, got dtype {x.dtype}")
-        if rule.rank is None:
-            if x.ndim < 2 or math.prod(x.shape[1:]) != rule.features:
-                raise InputError.at(["inputs"], f"inputs of shape {list(x.shape)} do not flatten to "
-                                    f"(N, {rule.features})")
-        else:
-            expected = "(N, D)" if rule.rank == 2 else "(N, T, D)"
-            if x.ndim != rule.rank:
-                raise InputError.at(["inputs"], f"inputs must have rank {rule.rank} {expected}, "
-                                    f"got shape {list(x.shape)}")
-            if x.shape[-1] != rule.features:
-                raise InputError.at(["inputs"], f"inputs have {x.shape[-1]} features, the model expects "
-                                    f"D={rule.features} (shape {list(x.shape)})")
+        self.input_rule.check(x)
         if 0 in x.shape:
             raise InputError.at(["inputs"], f"inputs must not be empty, got shape {list(x.shape)}")
         self.output_shape(x.shape)
         if train and self._has_batchnorm and x.shape[0] < 2:
             raise InputError.at(["inputs"], "batchnorm needs more than one example per batch in training")
+        if self.input_rule.classes is not None:
+            return x.astype(np.int64, copy=False)
         return _finite(x.astype(self.dtype, copy=False), "inputs")
 
     def validate_targets(self, targets, output_shape: tuple[int, ...]) -> np.ndarray:
@@ -205,19 +199,16 @@ class Model:
         if self.loss_fn is None:
             raise InputError.at(["targets"], "this model has no loss in its spec; send grad_output instead")
         t = np.asarray(targets)
-        if self.spec["loss"]["type"] == "softmax_cross_entropy" and len(output_shape) != 2:
-            raise InputError.at(["targets"], f"softmax_cross_entropy needs (N, C) outputs, the model gives "
-                                f"{list(output_shape)}; add a flatten or drop return_sequences")
-        if self.spec["loss"]["type"] == "softmax_cross_entropy" and t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
-            if t.shape[0] != output_shape[0] or len(output_shape) != 2:
-                raise InputError.at(["targets"], f"{t.shape[0]} labels for outputs of shape {list(output_shape)}")
-            classes = output_shape[1]
-            if t.size and (t.min() < 0 or t.max() >= classes):
-                raise InputError.at(["targets"], f"labels must be in [0, {classes}), got values in "
-                                    f"[{t.min()}, {t.max()}]")
-            return t.astype(np.intp, copy=False)
+        loss = self.spec["loss"]
+        if loss["type"] == "softmax_cross_entropy":
+            if len(output_shape) not in (2, 3):
+                raise InputError.at(["targets"], f"softmax_cross_entropy needs (N, C) or (N, T, C) outputs, the model "
+                                    f"gives {list(output_shape)}; add a flatten or a linear layer")
+            if t.ndim != len(output_shape):
+                return _class_labels(t, output_shape, loss["ignore_index"])
+            if loss["ignore_index"] is not None:
+                raise InputError.at(["targets"], "ignore_index leaves out class labels, so this model takes labels, "
+                                    "not probabilities (as torch's cross_entropy)")
         if t.dtype.kind not in "fiu":
             raise InputError.at(["targets"], f"targets must be numbers, got dtype {t.dtype}")
         if t.shape != output_shape:
@@ -351,13 +342,30 @@ class Model:
 
 
 def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
-    """Yield (module name, statistics) for every relu/tanh/sigmoid, nested ones included."""
+    """Yield (module name, statistics) for every relu/tanh/sigmoid/lstm/gru, nested ones included."""
     for i, (layer, cache) in enumerate(zip(layers, caches)):
         if type(layer).activation_stats is not Layer.activation_stats:
-            # These activations keep their output as their cache.
+            # Each reads its forward's cache: an activation's output, a gated RNN's gates.
             yield f"{prefix}{i}", layer.activation_stats(cache)
         if layer.sublayers():
             yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
+
+
+def _class_labels(t: np.ndarray, output_shape: tuple[int, ...], ignore_index: int | None) -> np.ndarray:
+    """Return labels (N,) or (N, T) for outputs (N, C) or (N, T, C), or raise InputError naming the problem."""
+    letters = "(N,)" if len(output_shape) == 2 else "(N, T)"
+    if t.dtype.kind not in "iu":
+        raise InputError.at(["targets"], f"class labels must be integers (INT64), got {t.dtype}")
+    if t.shape != output_shape[:-1]:
+        raise InputError.at(["targets"], f"labels of shape {list(t.shape)} for outputs of shape {list(output_shape)}: "
+                            f"they must be {letters} with {list(output_shape[:-1])}")
+    classes = output_shape[-1]
+    counted = t if ignore_index is None else t[t != ignore_index]
+    if counted.size and (counted.min() < 0 or counted.max() >= classes):
+        ignoring = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise InputError.at(["targets"], f"labels must be in [0, {classes}){ignoring}, got values in "
+                            f"[{counted.min()}, {counted.max()}]")
+    return t.astype(np.intp, copy=False)
 
 
 def _finite(a: np.ndarray, field: str) -> np.ndarray:
@@ -369,23 +377,3 @@ def _finite(a: np.ndarray, field: str) -> np.ndarray:
 
 def _named(layers: list[Layer], attr: str) -> dict[str, np.ndarray]:
     return {f"{i}.{name}": value for i, layer in enumerate(layers) for name, value in getattr(layer, attr).items()}
-
-
-def _output_shape(layers: list[dict], shape: tuple[int, ...], loc: str = "layers") -> tuple[int, ...]:
-    for i, spec in enumerate(layers):
-        kind = spec["type"]
-        size_key = specs.INPUT_SIZE.get(kind)
-        if size_key and shape[-1] != spec[size_key]:
-            # Only reachable through a flatten of a sequence, whose length is known at run time.
-            raise InputError.at(["inputs"], f"inputs of shape {list(shape)} reach {loc}.{i} ({kind}) with "
-                                f"{shape[-1]} features, it expects {spec[size_key]}")
-        if kind == "linear":
-            shape = (*shape[:-1], spec["out_features"])
-        elif kind == "rnn":
-            n, t = shape[0], shape[1]
-            shape = (n, t, spec["hidden_size"]) if spec["return_sequences"] else (n, spec["hidden_size"])
-        elif kind == "flatten":
-            shape = (shape[0], math.prod(shape[1:]))
-        elif kind == "residual":
-            _output_shape(spec["layers"], shape, f"{loc}.{i}.layers")
-    return shape

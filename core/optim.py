@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import NonFiniteGradientError, NonFiniteUpdateError
+from .numerics import quiet_overflow, squared_norm
 
 
 def check_hyperparameters(hp: dict) -> list[tuple[list, str]]:
@@ -233,7 +234,7 @@ class Optimizer:
                 np.clip(g, -clip_value, clip_value, out=g)
             s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
             # errstate is per thread: an overflowing update is refused below, not printed
-            with np.errstate(over="ignore", invalid="ignore"):
+            with quiet_overflow():
                 self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
                             {k: v[part] for k, v in new[name].items()}, self.hp, steps[name], s1, s2)
             return squared_norm(s2), squared_norm(self.params[name].reshape(-1)[part])
@@ -299,14 +300,6 @@ class Optimizer:
 def decay_factor(hp: dict) -> float:
     """Return what AdamW's decoupled weight decay multiplies each parameter by (1 otherwise)."""
     return 1 - hp["lr"] * hp["weight_decay"] if hp["type"] == "adamw" else 1.0
-
-
-def squared_norm(x: np.ndarray) -> float:
-    """Return sum(x**2), exact enough even where float32 squares would overflow."""
-    sq = float(np.vdot(x, x))
-    if not math.isfinite(sq) and x.dtype != np.float64:
-        sq = float(np.vdot(x.astype(np.float64), x.astype(np.float64)))
-    return sq
 
 
 def _sum_by_name(jobs: list, values: list) -> dict[str, float]:

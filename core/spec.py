@@ -7,36 +7,17 @@ or raises SpecError listing every problem with its place (["layers", 2, "in_feat
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-from .errors import SpecError
-from .ids import ID_RE
+import numpy as np
 
-# Per layer type: its options and their defaults (REQUIRED: must be given, or inferred
-# from the previous layer where the option is a size).
-REQUIRED = object()
-LAYER_OPTIONS: dict[str, dict[str, object]] = {
-    "linear": {"in_features": REQUIRED, "out_features": REQUIRED},
-    "relu": {},
-    "leaky_relu": {"negative_slope": 0.01},
-    "elu": {"alpha": 1.0},
-    "gelu": {"approximate": "tanh"},
-    "sigmoid": {},
-    "tanh": {},
-    "softplus": {},
-    "dropout": {"p": 0.5},
-    "layernorm": {"num_features": REQUIRED, "eps": 1e-5},
-    "batchnorm": {"num_features": REQUIRED, "eps": 1e-5, "momentum": 0.1},
-    "residual": {"layers": REQUIRED},
-    "rnn": {"input_size": REQUIRED, "hidden_size": REQUIRED, "return_sequences": False},
-    "flatten": {},
-}
-# The size option through which a layer takes its input, when it has one.
-INPUT_SIZE = {"linear": "in_features", "layernorm": "num_features", "batchnorm": "num_features", "rnn": "input_size"}
+from .errors import InputError, SpecError
+from .ids import ID_RE
+from .layers import LAYERS, Layer
+from .layers.options import REQUIRED, ShapeError
 
 LOSS_OPTIONS: dict[str, dict[str, object]] = {
-    "softmax_cross_entropy": {},
+    "softmax_cross_entropy": {"ignore_index": None},
     "mse": {},
     "bce_with_logits": {},
     "huber": {"delta": 1.0},
@@ -52,16 +33,53 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, object]] = {
 }
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.01}
 DTYPES = ("float32", "float64")
-TOP_LEVEL = {"id", "layers", "loss", "optimizer", "dtype", "seed"}
+TOP_LEVEL = {"id", "layers", "input_shape", "loss", "optimizer", "dtype", "seed"}
 MAX_NESTING = 8
 
 
 @dataclass
 class InputRule:
-    """What inputs a model accepts: its rank (None: any rank, flattened) and feature size."""
+    """What inputs a model accepts after the batch axis.
 
-    rank: int | None
-    features: int
+    `shape`: one example's shape, None where any size goes (a sequence's length), its axes
+    named by `layout`; or None when the model starts with a flatten: then inputs of any shape
+    holding `features` values each. `classes`: V when the inputs are class indices in [0, V)
+    (INT64, for a model that starts with an embedding).
+    """
+
+    shape: tuple | None
+    features: int | None = None
+    layout: str = "N, D"
+    classes: int | None = None
+    exact: bool = False  # the spec's input_shape: exactly this shape
+
+    def check(self, x: np.ndarray) -> None:
+        """Raise InputError unless inputs `x` fit the rule."""
+        shape = x.shape
+        if self.classes is not None:
+            if x.dtype.kind not in "iu":
+                raise InputError.at(["inputs"], f"inputs must be integer class indices (INT64), got dtype {x.dtype}")
+            if x.size and (x.min() < 0 or x.max() >= self.classes):
+                raise InputError.at(["inputs"], f"inputs must be indices in [0, {self.classes}), got values in "
+                                    f"[{x.min()}, {x.max()}]")
+        if self.shape is None:
+            if len(shape) < 2 or math.prod(shape[1:]) != self.features:
+                raise InputError.at(["inputs"], f"inputs of shape {list(shape)} do not flatten to (N, {self.features})")
+            return
+        if self.exact:
+            if shape[1:] != self.shape:
+                raise InputError.at(["inputs"], f"inputs of shape {list(shape)} do not match the model's input_shape "
+                                    f"{list(self.shape)}: they must be (N, {', '.join(map(str, self.shape))})")
+            return
+        rank = len(self.shape) + 1
+        if len(shape) != rank:
+            raise InputError.at(["inputs"], f"inputs must have rank {rank} ({self.layout}), got shape {list(shape)}")
+        letters = self.layout.split(", ")
+        for axis, size in enumerate(self.shape, start=1):
+            if size is not None and shape[axis] != size:
+                unit = "channels" if letters[axis] == "C" else "features"
+                raise InputError.at(["inputs"], f"inputs have {shape[axis]} {unit}, the model expects "
+                                    f"{letters[axis]}={size} (shape {list(shape)})")
 
 
 def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int | None = None) -> tuple[dict, InputRule, int]:
@@ -99,16 +117,29 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
     elif (total := _count_layers(layers, max_layers)) is None or (max_layers is not None and total > max_layers):
         err(["layers"], f"the spec has more layers than the limit max_layers={max_layers}", "limit")
     else:
-        state = _Shape(rank=None, features=None)
-        out["layers"], count = _check_layers(layers, ["layers"], state, err, depth=0)
-        rule = state.input_rule
+        walk = _Walk()
+        if "input_shape" in spec:
+            example = spec["input_shape"]
+            if not isinstance(example, list) or not example or not all(_is_int(d) and d > 0 for d in example):
+                err(["input_shape"], "input_shape must be one example's shape, a non-empty list of positive "
+                    f"integers such as [1, 28, 28], got {example!r}")
+                walk.broken = True
+            else:
+                out["input_shape"] = example
+                walk.shape = walk.start = (None, *example)
+                walk.rule = InputRule(tuple(example), exact=True)
+        out["layers"], count = _check_layers(layers, ["layers"], walk, err, depth=0)
+        rule = walk.rule
         if not errors and rule is None:
-            err(["layers"], "no layer gives the input size: the first sized layer must give it "
-                "(linear in_features, rnn input_size, layernorm/batchnorm num_features)")
+            err(["layers"], "no layer gives the input size: give input_shape, or the first sized layer must "
+                "give it (linear in_features, conv2d in_channels, rnn input_size, layernorm/batchnorm num_features)")
         if max_parameters is not None and count > max_parameters:
             err(["layers"], f"the model has {count} parameters, over the limit max_parameters={max_parameters}", "limit")
 
     out["loss"] = _check_choice(spec.get("loss"), ["loss"], LOSS_OPTIONS, err, optional=True)
+    ignore_index = out["loss"].get("ignore_index") if isinstance(out["loss"], dict) else None
+    if ignore_index is not None and not _is_int(ignore_index):
+        err(["loss", "ignore_index"], f"ignore_index must be an integer (the label left out), got {ignore_index!r}")
     out["optimizer"] = _check_choice(spec.get("optimizer", DEFAULT_OPTIMIZER), ["optimizer"], OPTIMIZER_OPTIONS, err)
     if isinstance(out["optimizer"], dict) and not errors:
         from .optim import check_hyperparameters
@@ -120,14 +151,16 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
     return out, rule, count
 
 
-class _Shape:
-    """What the layers seen so far produce: rank (2, 3, None unknown) and last-axis size."""
+class _Walk:
+    """The shape the layers seen so far give (None: nothing fixed yet), and the inputs' rule."""
 
-    def __init__(self, rank, features):
-        self.rank = rank
-        self.features = features
-        self.input_rule: InputRule | None = None
-        self.flattened_input = False
+    def __init__(self) -> None:
+        self.shape: tuple | None = None
+        self.rule: InputRule | None = None
+        self.start: tuple | None = None  # the shape the model's first sized layer takes
+        self.flattened = False  # a flatten came before the first sized layer
+        self.sized = False  # the first sized layer (one that fixes an input shape) has been seen
+        self.broken = False  # a layer had an error: the shapes after it are unknown
 
 
 def _count_layers(layers: list, limit: int | None, depth: int = 0) -> int | None:
@@ -145,114 +178,84 @@ def _count_layers(layers: list, limit: int | None, depth: int = 0) -> int | None
     return total
 
 
-def _check_layers(layers: list, loc: list, state: _Shape, err, depth: int) -> tuple[list, int]:
+def _check_layers(layers: list, loc: list, walk: _Walk, err, depth: int) -> tuple[list, int]:
+    """Return (the normalized layer specs, their parameter count), reporting problems through err."""
     normalized, count = [], 0
     for i, layer in enumerate(layers):
         here = [*loc, i]
         if not isinstance(layer, dict) or not isinstance(layer.get("type"), str):
             err(here, "a layer must be an object with a string 'type'", "type_error")
             normalized.append(layer)
+            walk.broken = True
             continue
         kind = layer["type"]
-        if kind not in LAYER_OPTIONS:
-            err([*here, "type"], f"unknown layer type {kind!r}; expected one of {sorted(LAYER_OPTIONS)}")
+        if kind not in LAYERS:
+            err([*here, "type"], f"unknown layer type {kind!r}; expected one of {sorted(LAYERS)}")
             normalized.append(layer)
+            walk.broken = True
             continue
-        options = LAYER_OPTIONS[kind]
+        cls = LAYERS[kind]
         for key in layer:
-            if key != "type" and key not in options:
-                err([*here, key], f"unknown option {key!r} for a {kind} layer; expected one of {sorted(options)}",
+            if key != "type" and key not in cls.options:
+                err([*here, key], f"unknown option {key!r} for a {kind} layer; expected one of {sorted(cls.options)}",
                     "extra_forbidden")
         full = {"type": kind}
-        for key, default in options.items():
-            if key == "layers":
-                continue
-            full[key] = layer.get(key, None if default is REQUIRED else default)
-        count += _check_layer(kind, full, layer, here, state, err, depth)
+        for key, option in cls.options.items():
+            full[key] = value = layer.get(key, None if option.default is REQUIRED else option.default)
+            if (problem := option.problem(value)) is not None:
+                err([*here, key], f"{key} {problem}", "missing" if value is None else "value_error")
+                walk.broken = True
+        if not walk.broken or any(option.nested for option in cls.options.values()):
+            count += _check_layer(cls, full, here, walk, err, depth)
         normalized.append(full)
     return normalized, count
 
 
-def _check_layer(kind, full, given, here, state: _Shape, err, depth) -> int:
-    """Check one layer against the running shape; fill inferred sizes into `full`; return its parameter count."""
-    # Sizes: positive integers; an input size may be inferred, and is checked where given.
-    if kind in INPUT_SIZE:
-        key = INPUT_SIZE[kind]
-        value = full[key]
-        if value is None:
-            if state.features is None:
-                err([*here, key], f"{key} is required: the layers before do not fix the input size", "missing")
-                return 0
-            full[key] = value = state.features
-        elif not _positive_int(value):
-            err([*here, key], f"{key} must be a positive integer, got {value!r}")
-            return 0
-        elif state.features is not None and value != state.features:
-            err([*here, key], f"{key}={value} does not match the {state.features} features the previous layer gives")
-            return 0
-        if state.input_rule is None:
-            state.input_rule = InputRule(None if state.flattened_input else (3 if kind == "rnn" else 2), value)
-            state.rank = 3 if kind == "rnn" else 2
-    for key in ("out_features", "hidden_size"):
-        if key in full and not _positive_int(full[key]):
-            err([*here, key], f"{key} must be a positive integer, got {full[key]!r}",
-                "missing" if full[key] is None else "value_error")
-            return 0
-    for key in ("negative_slope", "eps", "momentum", "alpha", "p"):
-        if key in full and not _number(full[key]):
-            err([*here, key], f"{key} must be a number, got {full[key]!r}")
-            return 0
-    if kind == "dropout" and not 0 <= full["p"] < 1:
-        err([*here, "p"], f"p must be in [0, 1), got {full['p']}")
-    if kind in ("layernorm", "batchnorm") and full["eps"] <= 0:
-        err([*here, "eps"], "eps must be positive")
-    if kind == "batchnorm" and not 0 <= full["momentum"] <= 1:
-        err([*here, "momentum"], "momentum must be in [0, 1]")
-    if kind == "elu" and full["alpha"] <= 0:
-        err([*here, "alpha"], "alpha must be positive")
-    if kind == "gelu" and full["approximate"] != "tanh":
-        err([*here, "approximate"], "only the tanh approximation is supported: approximate='tanh'")
-    if kind == "rnn" and not isinstance(full["return_sequences"], bool):
-        err([*here, "return_sequences"], "return_sequences must be true or false")
-
-    if kind == "linear":
-        state.features = full["out_features"]
-        return full["in_features"] * full["out_features"] + full["out_features"]
-    if kind in ("layernorm", "batchnorm"):
-        if kind == "batchnorm" and state.rank == 3:
-            err(here, "batchnorm needs (N, C) inputs; this layer would get (N, T, C)")
-        return 2 * full["num_features"]
-    if kind == "rnn":
-        if state.rank not in (None, 3):
-            err(here, "rnn needs batch-first (N, T, D) inputs; this layer would get (N, D)")
-        d, h = full["input_size"], full["hidden_size"]
-        state.features = h
-        state.rank = 3 if full["return_sequences"] else 2
-        return h * d + h * h + 2 * h
-    if kind == "flatten":
-        if state.input_rule is None:
-            state.flattened_input = True
-        elif state.rank == 3:
-            state.features = None  # T is known only at run time
-        state.rank = 2
-        return 0
-    if kind == "residual":
-        inner = given.get("layers")
-        if not isinstance(inner, list) or not inner:
-            err([*here, "layers"], "a residual block needs a non-empty list of layers")
+def _check_layer(cls: type[Layer], full: dict, here: list, walk: _Walk, err, depth: int) -> int:
+    """Run one layer's shape rule on the running shape, filling inferred sizes into `full`;
+    return its parameter count (nested layers included)."""
+    count, before = 0, walk.shape
+    nested = [key for key, option in cls.options.items() if option.nested]
+    for key in nested:
+        if not isinstance(full[key], list):
             return 0
         if depth + 1 >= MAX_NESTING:
-            err([*here, "layers"], f"residual blocks nest deeper than {MAX_NESTING}")
+            err([*here, key], f"{full['type']} blocks nest deeper than {MAX_NESTING}")
+            walk.broken = True
             return 0
-        rank, features = state.rank, state.features
-        full["layers"], count = _check_layers(inner, [*here, "layers"], state, err, depth + 1)
-        if (features is not None and state.features != features) or (rank is not None and rank != state.rank):
-            err([*here, "layers"], f"the block must keep the shape of its input ({features} features), "
-                f"it gives {state.features}")
-        if rank is not None:
-            state.rank, state.features = rank, features
+        full[key], inner = _check_layers(full[key], [*here, key], walk, err, depth + 1)
+        count += inner
+    if walk.broken:
         return count
-    return 0
+    if nested:
+        shape = before if before is not None else walk.start  # the block may fix the input shape
+        if shape is None:
+            return count
+    elif walk.shape is None:
+        implied = cls.input_shape(full)
+        if implied is None:  # takes any shape: nothing fixed yet
+            walk.flattened |= cls.flattens
+            return count
+        shape = (None, implied[-1]) if walk.flattened else implied
+        walk.start, walk.sized = shape, True
+        walk.rule = (InputRule(None, features=implied[-1]) if walk.flattened else
+                     InputRule(implied[1:], layout=cls.input_layout, classes=cls.input_classes(full)))
+    else:
+        shape = walk.shape
+        if not walk.sized and cls.input_shape(full) is not None:  # the first sized layer, after input_shape
+            walk.sized = True
+            walk.rule.classes = cls.input_classes(full)
+    if cls.input_classes(full) is not None and here != ["layers", 0]:
+        err(here, f"{full['type']} takes class indices (INT64 inputs), so it must be the model's first layer")
+        walk.broken = True
+        return count
+    try:
+        walk.shape = cls.output_shape(full, shape)
+    except ShapeError as e:
+        err([*here, *e.path, *([e.option] if e.option else [])], e.msg, e.type)
+        walk.broken = True
+        return count
+    return count + cls.num_parameters(full)
 
 
 def _check_choice(value, loc, table, err, optional=False):
@@ -271,11 +274,3 @@ def _check_choice(value, loc, table, err, optional=False):
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _positive_int(v) -> bool:
-    return _is_int(v) and v > 0
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

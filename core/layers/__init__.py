@@ -1,65 +1,74 @@
-"""Layers, and `build`: the layer objects of a normalized spec, initialized from a seed."""
+"""Layers: the table of layer types, the builder and the shape inference that read it.
+
+Each spec type maps to its layer class, which is also the type's record (see base.py):
+adding a type is adding its class (one concept per file) and one line to LAYERS.
+"""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh
 from .base import Layer
+from .conv import Conv2d
 from .linear import Linear
 from .norm import BatchNorm, LayerNorm
+from .options import ShapeError
+from .pool import AvgPool2d, MaxPool2d
 from .residual import Residual
 from .rnn import RNN
+from .lstm import LSTM
+from .gru import GRU
+from .embedding import Embedding
+from .positional import Positional
+from .attention import Attention
 from .shape import Dropout, Flatten
 
-# A linear layer followed by one of these gets He initialization, Xavier otherwise.
-RELU_FAMILY = {"relu", "leaky_relu", "elu", "gelu"}
-# Layers looked through when deciding what activation follows a linear layer.
-TRANSPARENT = {"dropout", "layernorm", "batchnorm"}
+LAYERS: dict[str, type[Layer]] = {
+    "linear": Linear,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "elu": ELU,
+    "gelu": GELU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "softplus": Softplus,
+    "dropout": Dropout,
+    "layernorm": LayerNorm,
+    "batchnorm": BatchNorm,
+    "residual": Residual,
+    "rnn": RNN,
+    "lstm": LSTM,
+    "gru": GRU,
+    "embedding": Embedding,
+    "positional": Positional,
+    "attention": Attention,
+    "flatten": Flatten,
+    "conv2d": Conv2d,
+    "maxpool2d": MaxPool2d,
+    "avgpool2d": AvgPool2d,
+}
 
 
 def build(specs: list[dict], dtype: np.dtype, rng: np.random.Generator) -> list[Layer]:
     """Return the layers of a normalized spec list, parameters drawn from `rng` in order."""
+    types = [LAYERS[spec["type"]] for spec in specs]
     layers = []
-    for i, spec in enumerate(specs):
-        kind = spec["type"]
-        if kind == "linear":
-            following = next((s["type"] for s in specs[i + 1:] if s["type"] not in TRANSPARENT), None)
-            d, m = spec["in_features"], spec["out_features"]
-            if following in RELU_FAMILY:
-                weight = rng.standard_normal((m, d)) * math.sqrt(2.0 / d)
-            else:
-                bound = math.sqrt(6.0 / (d + m))
-                weight = rng.uniform(-bound, bound, (m, d))
-            layers.append(Linear(weight.astype(dtype), np.zeros(m, dtype)))
-        elif kind in ("layernorm", "batchnorm"):
-            c = spec["num_features"]
-            weight, bias = np.ones(c, dtype), np.zeros(c, dtype)
-            if kind == "layernorm":
-                layers.append(LayerNorm(weight, bias, eps=spec["eps"]))
-            else:
-                layers.append(BatchNorm(weight, bias, np.zeros(c, dtype), np.ones(c, dtype),
-                                        eps=spec["eps"], momentum=spec["momentum"]))
-        elif kind == "rnn":
-            d, h = spec["input_size"], spec["hidden_size"]
-            # torch.nn.RNN's initialization: every weight and bias uniform in +-1/sqrt(H).
-            bound = 1.0 / math.sqrt(h)
-            shapes = [(h, d), (h, h), (h,), (h,)]
-            layers.append(RNN(*(rng.uniform(-bound, bound, s).astype(dtype) for s in shapes),
-                              return_sequences=spec["return_sequences"]))
-        elif kind == "residual":
-            layers.append(Residual(build(spec["layers"], dtype, rng)))
-        elif kind == "leaky_relu":
-            layers.append(LeakyReLU(spec["negative_slope"]))
-        elif kind == "elu":
-            layers.append(ELU(spec["alpha"]))
-        elif kind == "dropout":
-            layers.append(Dropout(spec["p"]))
-        else:
-            layers.append(SIMPLE[kind]())
+    for i, (cls, spec) in enumerate(zip(types, specs)):
+        following = next((t for t in types[i + 1:] if not t.transparent), None)
+        layers.append(cls.build(spec, dtype, rng, following))
     return layers
+
+
+def output_shape(specs: list[dict], shape: tuple) -> tuple:
+    """Return the shape a normalized spec list gives for inputs of `shape`; ShapeError if it cannot."""
+    for i, spec in enumerate(specs):
+        try:
+            shape = LAYERS[spec["type"]].output_shape(spec, shape)
+        except ShapeError as e:
+            e.reached(i, spec["type"], shape)
+            raise
+    return shape
 
 
 def walk(layers: list[Layer]):
@@ -69,7 +78,6 @@ def walk(layers: list[Layer]):
         yield from walk(layer.sublayers())
 
 
-SIMPLE = {"relu": ReLU, "gelu": GELU, "sigmoid": Sigmoid, "tanh": Tanh, "softplus": Softplus, "flatten": Flatten}
-
-__all__ = ["Layer", "build", "walk", "Linear", "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus",
-           "Dropout", "Flatten", "LayerNorm", "BatchNorm", "Residual", "RNN"]
+__all__ = ["LAYERS", "Layer", "ShapeError", "build", "output_shape", "walk", "Linear", "ReLU", "LeakyReLU", "ELU", "GELU",
+           "Sigmoid", "Tanh", "Softplus", "Dropout", "Flatten", "LayerNorm", "BatchNorm", "Residual", "RNN",
+           "Conv2d", "MaxPool2d", "AvgPool2d"]

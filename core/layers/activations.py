@@ -6,22 +6,17 @@ import math
 
 import numpy as np
 
+from ..numerics import sigmoid
 from .base import Layer
+from .options import choice, number
 
 # A unit counts as saturated when its output is this close to the activation's bounds.
 SATURATION_MARGIN = 0.01
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Return 1 / (1 + exp(-x)) without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    out = np.reciprocal(1 + e)
-    # For x < 0: sigmoid(x) = e / (1 + e) = 1 - 1 / (1 + e).
-    np.subtract(1, out, out=out, where=x < 0)
-    return out
-
-
 class ReLU(Layer):
+    relu_family = True
+
     def forward(self, x, train, rng):
         y = np.maximum(x, 0)
         return y, y
@@ -30,12 +25,17 @@ class ReLU(Layer):
         return np.multiply(dy, y > 0)
 
     def activation_stats(self, y):
-        # A unit is dead when it is zero for every example of the batch.
-        alive = (y.reshape(-1, y.shape[-1]) > 0).any(axis=0)
+        # A unit is dead when it is zero for every example of the batch (a feature map's
+        # channel, (N, C, H, W), when it is zero at every position too).
+        units = 1 if y.ndim == 4 else y.ndim - 1
+        alive = (y > 0).any(axis=tuple(a for a in range(y.ndim) if a != units))
         return {"dead_fraction": float(1.0 - alive.mean())}
 
 
 class LeakyReLU(Layer):
+    options = {"negative_slope": number(0.01)}
+    relu_family = True
+
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = negative_slope
@@ -49,6 +49,9 @@ class LeakyReLU(Layer):
 
 
 class ELU(Layer):
+    options = {"alpha": number(1.0, lambda v: v > 0, "positive")}
+    relu_family = True
+
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
@@ -68,17 +71,43 @@ class ELU(Layer):
 class GELU(Layer):
     """The tanh approximation, as torch.nn.GELU(approximate="tanh")."""
 
+    options = {"approximate": choice("tanh", ("tanh",))}
+    relu_family = True
     K = math.sqrt(2.0 / math.pi)
     C = 0.044715
 
+    def __init__(self, approximate: str = "tanh") -> None:
+        super().__init__()
+
     def forward(self, x, train, rng):
-        t = np.tanh(self.K * (x + self.C * x**3))
-        return 0.5 * x * (1 + t), (x, t)
+        # In place where it can be: a big activation's temporaries cost page faults, not just FLOPs.
+        # x * x * x, not x**3: float32 pow is ~50x slower for negative bases.
+        t = x * x
+        t *= self.C * x
+        t += x
+        t *= self.K
+        np.tanh(t, out=t)  # t = tanh(K (x + C x^3))
+        y = t + 1
+        y *= x
+        y *= 0.5
+        return y, (x, t)
 
     def backward(self, dy, cache):
+        # dy * (0.5 (1 + t) + 0.5 x (1 - t^2) K (1 + 3 C x^2))
         x, t = cache
-        inner_grad = self.K * (1 + 3 * self.C * x * x)
-        return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * inner_grad)
+        inner_grad = x * x
+        inner_grad *= 3 * self.C
+        inner_grad += 1
+        g = t * t
+        np.subtract(1, g, out=g)
+        g *= x
+        g *= 0.5 * self.K
+        g *= inner_grad
+        np.multiply(t, 0.5, out=inner_grad)
+        g += inner_grad
+        g += 0.5
+        g *= dy
+        return g
 
 
 class Sigmoid(Layer):

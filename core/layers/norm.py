@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
+from .options import need_rank, number, size, take_size
+
+EPS = number(1e-5, lambda v: v > 0, "positive")
 
 
 def _normalize_backward(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, axis) -> np.ndarray:
@@ -14,8 +17,34 @@ def _normalize_backward(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, a
     return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
 
 
-class LayerNorm(Layer):
+class _Norm(Layer):
+    """What layernorm and batchnorm share as types: a weight and a bias of num_features."""
+
+    transparent = True
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, spec["num_features"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        return 2 * spec["num_features"]
+
+
+class LayerNorm(_Norm):
     """x: (N, ..., C) -> same; normalizes each example over its last axis (C features)."""
+
+    options = {"num_features": size(inferred=True), "eps": EPS}
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        take_size(spec, "num_features", shape[-1])
+        return shape
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        c = spec["num_features"]
+        return cls(np.ones(c, dtype), np.zeros(c, dtype), eps=spec["eps"])
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> None:
         super().__init__()
@@ -39,12 +68,28 @@ class LayerNorm(Layer):
         c = xhat.shape[-1]
         self._add_sum("weight", (dy * xhat).reshape(-1, c), axis=0)
         self._add_sum("bias", dy.reshape(-1, c), axis=0)
-        self.grads_zero = False
         return _normalize_backward(dy * self.params["weight"], xhat, rstd, axis=-1)
 
 
-class BatchNorm(Layer):
-    """x: (N, C) -> (N, C), as torch.nn.BatchNorm1d: batch statistics in training, running ones in eval."""
+class BatchNorm(_Norm):
+    """x: (N, C) or (N, C, H, W) -> same, as torch.nn.BatchNorm1d / BatchNorm2d: statistics per
+    channel C, over the batch (and every position H, W); batch statistics in training, running
+    ones in eval (the running variance unbiased)."""
+
+    options = {"num_features": size(inferred=True), "eps": EPS,
+               "momentum": number(0.1, lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (2, 4), "batchnorm", "(N, C) or (N, C, H, W)")
+        take_size(spec, "num_features", shape[1], "channels" if len(shape) == 4 else "features")
+        return shape
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        c = spec["num_features"]
+        return cls(np.ones(c, dtype), np.zeros(c, dtype), np.zeros(c, dtype), np.ones(c, dtype),
+                   eps=spec["eps"], momentum=spec["momentum"])
 
     def __init__(self, weight, bias, running_mean, running_var, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -59,11 +104,13 @@ class BatchNorm(Layer):
         self.momentum = momentum
 
     def forward(self, x, train, rng):
+        # Per-channel vectors broadcast as (C,) against (N, C), as (C, 1, 1) against (N, C, H, W).
+        axes, shape = ((0,), (-1,)) if x.ndim == 2 else ((0, 2, 3), (-1, 1, 1))
         if train:
-            mean = x.mean(axis=0)
-            xc = x - mean
-            var = np.mean(xc * xc, axis=0)
-            n = x.shape[0]
+            mean = x.mean(axis=axes)
+            xc = x - mean.reshape(shape)
+            var = np.mean(xc * xc, axis=axes)
+            n = x.size // x.shape[1]
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mean
@@ -71,21 +118,21 @@ class BatchNorm(Layer):
             self.buffers["running_var"] += (m * n / (n - 1)) * var
             self.buffers["num_batches_tracked"] += 1
         else:
-            xc = x - self.buffers["running_mean"]
+            xc = x - self.buffers["running_mean"].reshape(shape)
             var = self.buffers["running_var"]
-        rstd = 1 / np.sqrt(var + self.eps)
+        rstd = (1 / np.sqrt(var + self.eps)).reshape(shape)
         xhat = xc
         xhat *= rstd
-        y = xhat * self.params["weight"]
-        y += self.params["bias"]
+        y = xhat * self.params["weight"].reshape(shape)
+        y += self.params["bias"].reshape(shape)
         return y, (xhat, rstd, train)
 
     def backward(self, dy, cache):
         xhat, rstd, train = cache
-        self._add_sum("weight", dy * xhat, axis=0)
-        self._add_sum("bias", dy, axis=0)
-        self.grads_zero = False
-        dxhat = dy * self.params["weight"]
+        axes = (0,) if dy.ndim == 2 else (0, 2, 3)
+        self._add_sum("weight", dy * xhat, axis=axes)
+        self._add_sum("bias", dy, axis=axes)
+        dxhat = dy * self.params["weight"].reshape(rstd.shape)
         if not train:
             return dxhat * rstd
-        return _normalize_backward(dxhat, xhat, rstd, axis=0)
+        return _normalize_backward(dxhat, xhat, rstd, axis=axes)

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 from .base import Layer
+from .options import ShapeError, describe, layer_list
 
 
 class Residual(Layer):
-    """x: (N, ..., D) -> same shape; parameters named "block.<index>.<name>" as in PyTorch."""
+    """x: (N, ..., D) -> same shape; parameters named "block.<index>.<name>" as in PyTorch.
+
+    The spec checker checks, sizes and counts the nested layers itself (it walks every
+    `layer_list` option); this record only says that the block must keep its input's shape.
+    """
+
+    options = {"layers": layer_list()}
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        from . import output_shape  # the registry imports this module, so not at the top
+
+        try:
+            out = output_shape(spec["layers"], shape)
+        except ShapeError as e:
+            e.path.insert(0, "layers")
+            raise
+        if out != shape:
+            raise ShapeError(f"the block must keep the shape of its input {describe(shape)}, "
+                             f"it gives {describe(out)}", "layers")
+        return shape
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        from . import build
+
+        return cls(build(spec["layers"], dtype, rng))
 
     def __init__(self, block: list[Layer]) -> None:
         super().__init__()
@@ -37,3 +64,8 @@ class Residual(Layer):
     def zero_grad(self):
         for layer in self.block:
             layer.zero_grad()
+
+    def grads_written(self):
+        for layer in self.block:
+            layer.grads_written()
+

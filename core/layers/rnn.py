@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
+from .init import uniform_hidden
+from .options import flag, need_rank, size, take_size
 
 
 class RNN(Layer):
@@ -13,6 +15,32 @@ class RNN(Layer):
     h_t = tanh(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), h_0 = 0, as torch.nn.RNN
     with batch_first=True; parameters named weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0.
     """
+
+    options = {"input_size": size(inferred=True), "hidden_size": size(), "return_sequences": flag(False)}
+    input_layout = "N, T, D"
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (3,), "rnn", "batch-first (N, T, D)")
+        take_size(spec, "input_size", shape[-1])
+        n, t, _ = shape
+        h = spec["hidden_size"]
+        return (n, t, h) if spec["return_sequences"] else (n, h)
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, None, spec["input_size"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        d, h = spec["input_size"], spec["hidden_size"]
+        return h * d + h * h + 2 * h
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        d, h = spec["input_size"], spec["hidden_size"]
+        weights = uniform_hidden([(h, d), (h, h), (h,), (h,)], h, rng)
+        return cls(*(w.astype(dtype) for w in weights), return_sequences=spec["return_sequences"])
 
     def __init__(self, weight_ih, weight_hh, bias_ih, bias_hh, return_sequences: bool = False) -> None:
         super().__init__()
@@ -69,5 +97,4 @@ class RNN(Layer):
         )
         self._add_sum("bias_ih_l0", da2, axis=0)
         self._add_sum("bias_hh_l0", da2, axis=0)
-        self.grads_zero = False
         return da

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from .base import Layer
+from .options import number
 
 
 class Dropout(Layer):
     """Zeroes each value with probability p in training and scales the rest by 1/(1-p)."""
+
+    options = {"p": number(0.5, lambda p: 0 <= p < 1, "in [0, 1)")}
+    transparent = True
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
@@ -29,6 +33,13 @@ class Dropout(Layer):
 
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
+
+    flattens = True
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        rest = shape[1:]
+        return (shape[0], None if None in rest else math.prod(rest))
 
     def forward(self, x, train, rng):
         return x.reshape(x.shape[0], -1), x.shape

@@ -1,8 +1,9 @@
-"""Learning works end to end: a two-layer net fits a spiral, an RNN learns the sign of a sum."""
+"""Learning works end to end: a two-layer net fits a spiral, an RNN learns the sign of a sum, a CNN reads digits."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core import Model
 
@@ -91,3 +92,31 @@ def test_rnn_learns_the_sign_of_a_running_sum():
     logits, _ = model.forward(x)
     assert logits.shape == (512, 8, 1)
     assert float(((logits > 0) == (y > 0.5)).mean()) >= 0.95
+
+
+def test_a_small_cnn_reads_sklearn_digits():
+    datasets = pytest.importorskip("sklearn.datasets", reason="the digits ship with scikit-learn (the dev extra)")
+    digits = datasets.load_digits()  # 1797 8x8 images, no download
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    y = digits.target
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    train, test = order[:int(0.8 * len(y))], order[int(0.8 * len(y)):]
+    model = Model.from_spec({
+        "input_shape": [1, 8, 8],
+        "layers": [{"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+                   {"type": "maxpool2d", "kernel_size": 2},
+                   {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+                   {"type": "maxpool2d", "kernel_size": 2}, {"type": "flatten"},
+                   {"type": "linear", "out_features": 10}],
+        "loss": {"type": "softmax_cross_entropy"},
+        "optimizer": {"type": "adam", "lr": 0.003},
+        "seed": 0,
+    })
+    for _ in range(20):
+        batches = rng.permutation(train)
+        for start in range(0, len(batches), 64):
+            batch = batches[start:start + 64]
+            model.forward_backward(x[batch], y[batch])
+            model.step()
+    assert accuracy(model, x[test], y[test]) >= 0.97

@@ -44,7 +44,7 @@ def test_sizes_that_do_not_chain_name_the_layer():
     ({"type": "linear", "in_features": 0, "out_features": 3}, ["layers", 0, "in_features"]),
     ({"type": "linear", "in_features": 4, "out_features": 2.5}, ["layers", 0, "out_features"]),
     ({"type": "linear", "in_features": 4, "out_features": True}, ["layers", 0, "out_features"]),
-    ({"type": "conv2d"}, ["layers", 0, "type"]),
+    ({"type": "conv3d"}, ["layers", 0, "type"]),
     ({"type": "linear", "in_features": 4, "out_features": 3, "bias": False}, ["layers", 0, "bias"]),
     ({"type": "linear", "out_features": 3}, ["layers", 0, "in_features"]),
     ({"type": "rnn", "input_size": 3}, ["layers", 0, "hidden_size"]),

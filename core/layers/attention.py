@@ -1,0 +1,128 @@
+"""Multi-head self-attention, batched over heads, with an optional causal mask."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Layer
+from .init import he_or_xavier
+from .options import ShapeError, flag, need_rank, size, take_size
+
+
+class Attention(Layer):
+    """x: (N, T, E) -> (N, T, E), with `heads` heads of size d = E / heads.
+
+    As torch.nn.MultiheadAttention(E, heads, batch_first=True)(x, x, x, need_weights=False),
+    with attn_mask=torch.triu(torch.ones(T, T), 1).bool() when causal:
+
+        q, k, v = split(x @ W_in.T + b_in)            each (N, heads, T, d)
+        A = softmax(q @ k^T / sqrt(d))                (N, heads, T, T); causal: step t sees s <= t
+        y = merge(A @ v) @ W_out.T + b_out            heads merged back to (N, T, E)
+
+    Parameters in_proj_weight (3E, E), in_proj_bias (3E,), out_proj.weight (E, E), out_proj.bias (E,):
+    the weights Xavier-uniform (in_proj_weight as one (3E, E) matrix, as torch), the biases zero.
+    """
+
+    options = {"embed_dim": size(inferred=True), "num_heads": size(), "causal": flag(False)}
+    input_layout = "N, T, E"
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (3,), "attention", "(N, T, E)")
+        e = take_size(spec, "embed_dim", shape[-1])
+        if e % spec["num_heads"]:
+            raise ShapeError(f"embed_dim={e} is not divisible by num_heads={spec['num_heads']}", "num_heads")
+        return shape
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, None, spec["embed_dim"])
+
+    @classmethod
+    def num_parameters(cls, spec):
+        e = spec["embed_dim"]
+        return 4 * e * e + 4 * e
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        e = spec["embed_dim"]
+        in_proj, out_proj = (he_or_xavier(shape, None, rng).astype(dtype) for shape in ((3 * e, e), (e, e)))
+        return cls(in_proj, np.zeros(3 * e, dtype), out_proj, np.zeros(e, dtype), spec["num_heads"], spec["causal"])
+
+    def __init__(self, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                 num_heads: int, causal: bool = False) -> None:
+        super().__init__()
+        self._add_param("in_proj_weight", in_proj_weight)
+        self._add_param("in_proj_bias", in_proj_bias)
+        self._add_param("out_proj.weight", out_proj_weight)
+        self._add_param("out_proj.bias", out_proj_bias)
+        self.num_heads = num_heads
+        self.causal = causal
+
+    def forward(self, x, train, rng):
+        p = self.params
+        n, t, e = x.shape
+        heads, d = self.num_heads, e // self.num_heads
+        qkv = _project(x, p["in_proj_weight"], p["in_proj_bias"])
+        q, k, v = qkv.reshape(n, t, 3, heads, d).transpose(2, 0, 3, 1, 4)  # each (N, heads, T, d)
+        q = q * (1 / math.sqrt(d))  # scaled before the product, as torch
+        scores = q @ k.swapaxes(-1, -2)  # (N, heads, T, T)
+        if self.causal:
+            scores += np.triu(np.full((t, t), -np.inf, x.dtype), 1)
+        probs = _softmax_(scores)
+        merged = (probs @ v).transpose(0, 2, 1, 3).reshape(n, t, e)
+        return _project(merged, p["out_proj.weight"], p["out_proj.bias"]), (x, q, k, v, probs, merged)
+
+    def backward(self, dy, cache):
+        dqkv = self._add_grads(dy, cache)
+        n, t, _ = dqkv.shape
+        return (dqkv.reshape(n * t, -1) @ self.params["in_proj_weight"]).reshape(n, t, -1)
+
+    def backward_params(self, dy, cache):
+        self._add_grads(dy, cache)
+
+    def _add_grads(self, dy, cache):
+        """Add every parameter gradient; return the gradient of x @ W_in.T + b_in, (N, T, 3E)."""
+        x, q, k, v, probs, merged = cache
+        n, t, e = x.shape
+        heads, d = self.num_heads, e // self.num_heads
+        self._add_projection_grads("out_proj.weight", "out_proj.bias", dy, merged)
+        dctx = (dy.reshape(n * t, e) @ self.params["out_proj.weight"]).reshape(n, t, heads, d).transpose(0, 2, 1, 3)
+        dprobs = dctx @ v.swapaxes(-1, -2)
+        # Softmax backward, row by row: dscores = A * (dA - sum(dA * A)).
+        dscores = dprobs
+        dscores -= np.einsum("...ij,...ij->...i", dprobs, probs)[..., None]
+        dscores *= probs
+        dqkv = np.empty((n, t, 3, heads, d), x.dtype)
+        dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)
+        np.matmul(dscores, k, out=dq)
+        dq *= 1 / math.sqrt(d)
+        np.matmul(dscores.swapaxes(-1, -2), q, out=dk)  # q is already scaled
+        np.matmul(probs.swapaxes(-1, -2), dctx, out=dv)
+        dqkv = dqkv.reshape(n, t, 3 * e)
+        self._add_projection_grads("in_proj_weight", "in_proj_bias", dqkv, x)
+        return dqkv
+
+    def _add_projection_grads(self, weight: str, bias: str, dy, x):
+        """grads[weight] += dy.T @ x and grads[bias] += dy summed, over every (N, T) position."""
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        self._add_matmul(weight, dy2.T, x2)
+        self._add_sum(bias, dy2, axis=0)
+
+
+def _project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Return x @ weight.T + bias for x: (N, T, E), as one 2-D matmul over the N*T positions."""
+    n, t, e = x.shape
+    y = x.reshape(n * t, e) @ weight.T
+    y += bias
+    return y.reshape(n, t, -1)
+
+
+def _softmax_(scores: np.ndarray) -> np.ndarray:
+    """Return the softmax over the last axis, written into `scores` (the row max subtracted first)."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores

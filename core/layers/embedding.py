@@ -1,0 +1,54 @@
+"""Token embedding: a lookup table of learned vectors, indexed by integer ids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer
+from .options import need_rank, size
+
+
+class Embedding(Layer):
+    """x: INT64 (N, T) -> (N, T, E); W: (V, E), N(0, 1). As torch.nn.Embedding: y[n, t] = W[x[n, t]].
+
+    Only a model's first layer: its inputs are class indices, checked in [0, V) by the model.
+    Indices have no gradient: backward adds into W's rows and returns None.
+    """
+
+    options = {"num_embeddings": size(), "embedding_dim": size()}
+    input_layout = "N, T"
+
+    @classmethod
+    def output_shape(cls, spec, shape):
+        need_rank(shape, (2,), "embedding", "INT64 (N, T)")
+        return (*shape, spec["embedding_dim"])
+
+    @classmethod
+    def input_shape(cls, spec):
+        return (None, None)
+
+    @classmethod
+    def input_classes(cls, spec):
+        return spec["num_embeddings"]
+
+    @classmethod
+    def num_parameters(cls, spec):
+        return spec["num_embeddings"] * spec["embedding_dim"]
+
+    @classmethod
+    def build(cls, spec, dtype, rng, following):
+        return cls(rng.standard_normal((spec["num_embeddings"], spec["embedding_dim"])).astype(dtype))
+
+    def __init__(self, weight: np.ndarray) -> None:
+        super().__init__()
+        self._add_param("weight", weight)
+
+    def forward(self, x, train, rng):
+        return np.take(self.params["weight"], x, axis=0), x
+
+    def backward(self, dy, x):
+        e = dy.shape[-1]
+        # Rows repeat when a token repeats: add.at sums them (a plain += would keep only one).
+        np.add.at(self.grads["weight"], x.reshape(-1), dy.reshape(-1, e))
+        self._zero_grads.discard("weight")  # written in place: no longer known to be zero
+        return None

@@ -1,0 +1,31 @@
+"""Numeric helpers shared across the engine: stable sigmoid, overflow-safe norms, quiet overflow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Return 1 / (1 + exp(-x)) without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    out = np.reciprocal(1 + e)
+    # For x < 0: sigmoid(x) = e / (1 + e) = 1 - 1 / (1 + e).
+    np.subtract(1, out, out=out, where=x < 0)
+    return out
+
+
+def squared_norm(x: np.ndarray) -> float:
+    """Return sum(x**2), exact enough even where float32 squares would overflow."""
+    sq = float(np.vdot(x, x))
+    if not math.isfinite(sq) and x.dtype != np.float64:
+        sq = float(np.vdot(x.astype(np.float64), x.astype(np.float64)))
+    return sq
+
+
+# A diverging model overflows to Inf/NaN; that is an outcome the engine reports (step refuses
+# non-finite gradients), not a warning to print on every request.
+def quiet_overflow() -> np.errstate:
+    """Return a fresh context (an errstate holds its token, so one instance is not thread-safe)."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
