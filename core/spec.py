@@ -119,15 +119,7 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
     else:
         walk = _Walk()
         if "input_shape" in spec:
-            example = spec["input_shape"]
-            if not isinstance(example, list) or not example or not all(_is_int(d) and d > 0 for d in example):
-                err(["input_shape"], "input_shape must be one example's shape, a non-empty list of positive "
-                    f"integers such as [1, 28, 28], got {example!r}")
-                walk.broken = True
-            else:
-                out["input_shape"] = example
-                walk.shape = walk.start = (None, *example)
-                walk.rule = InputRule(tuple(example), exact=True)
+            out["input_shape"] = _start_at(spec["input_shape"], walk, err)
         out["layers"], count = _check_layers(layers, ["layers"], walk, err, depth=0)
         rule = walk.rule
         if not errors and rule is None:
@@ -161,6 +153,18 @@ class _Walk:
         self.flattened = False  # a flatten came before the first sized layer
         self.sized = False  # the first sized layer (one that fixes an input shape) has been seen
         self.broken = False  # a layer had an error: the shapes after it are unknown
+
+
+def _start_at(example, walk: _Walk, err) -> list:
+    """Start the walk at the spec's input_shape (one example's shape); return it."""
+    if not isinstance(example, list) or not example or not all(_is_int(d) and d > 0 for d in example):
+        err(["input_shape"], "input_shape must be one example's shape, a non-empty list of positive "
+            f"integers such as [1, 28, 28], got {example!r}")
+        walk.broken = True
+    else:
+        walk.shape = walk.start = (None, *example)
+        walk.rule = InputRule(tuple(example), exact=True)
+    return example
 
 
 def _count_layers(layers: list, limit: int | None, depth: int = 0) -> int | None:
