@@ -77,7 +77,7 @@ def _model_call(model: type[M]) -> Any:
     async def resolve(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> ModelCall[M]:
         state = request.app.state
         entry = state.store.get(model_id, owner)
-        decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements)
+        decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements, entry.model.input_dtype)
         body = await parse_body(request, model, state.settings.max_body_bytes, decoder)
         return ModelCall(entry, body, state.store, request)
 

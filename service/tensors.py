@@ -187,17 +187,23 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
 
 @dataclass(frozen=True)
 class Decoder:
-    """`decode` bound to a model's dtype and the element limit; None stays None."""
+    """`decode` bound to a model's dtype and the element limit; None stays None.
+
+    `inputs` default to the dtype the model's inputs take (INT64 class indices for a model that
+    starts with an embedding), everything else to the model's float dtype.
+    """
 
     dtype: np.dtype
     max_elements: int
+    input_dtype: np.dtype | None = None
 
     def __call__(self, value: Tensor | list | None, field: str | tuple[str, ...], *,
                  labels: bool = False) -> np.ndarray | None:
         if value is None:
             return None
         loc = (field,) if isinstance(field, str) else field
-        return decode(value, loc, dtype=self.dtype, max_elements=self.max_elements, labels=labels)
+        dtype = self.input_dtype if loc == ("inputs",) and self.input_dtype is not None else self.dtype
+        return decode(value, loc, dtype=dtype, max_elements=self.max_elements, labels=labels)
 
 
 # JSON numbers only, never a string or a boolean that numpy would quietly turn into one

@@ -144,7 +144,7 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
     """
     state = request.app.state
     store, metrics = state.store, state.metrics
-    decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements)
+    decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements, entry.model.input_dtype)
     batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # read and decoded ahead of the compute
     stopped = asyncio.Event()
 
