@@ -113,11 +113,64 @@ LOSSES = {
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_fit_computes_validation_loss_as_the_server_computes_the_loss(client, classifier, name):
-    from gradserve_client._fit import validation_loss
-
+    # fit's validation loss is the server's /evaluate now (the client no longer has loss formulas).
     loss_spec, make_targets = LOSSES[name]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 2)).astype(np.float32), make_targets(rng)
     model = client.create_model(classifier, loss=loss_spec, dtype="float64")
     server = model.forward_backward(x, y, return_outputs=True)
-    assert validation_loss(model.info.spec["loss"], server.outputs, y) == pytest.approx(server.loss, rel=1e-12)
+    assert model.evaluate(x, y).loss == pytest.approx(server.loss, rel=1e-12)
+
+
+def sequential_twin(client, spec, x, y, *, epochs, batch_size, seed):
+    """The steps fit makes, sent one train_step at a time, on a fresh model of the same spec."""
+    twin = client.create_model(spec)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch_size):
+            index = order[start:start + batch_size]
+            twin.train_step(x[index], y[index])
+    return twin
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "list"])
+def test_fit_is_bit_identical_to_the_same_steps_sent_one_by_one(server, blobs, classifier, binary):
+    x, y = blobs(300, seed=5)  # 10 batches of 32 per epoch (the last one 12): several per stream
+    with gs.Client(server.url, binary=binary) as client:
+        model = client.create_model(classifier)
+        history = model.fit(x, y, epochs=3, batch_size=32, seed=7, verbose=0)
+        twin = sequential_twin(client, classifier, x, y, epochs=3, batch_size=32, seed=7)
+        assert model.refresh().step == twin.refresh().step == 3 * 10
+        mine, theirs = model.parameters(), twin.parameters()
+        assert {k: v.tobytes() for k, v in mine.items()} == {k: v.tobytes() for k, v in theirs.items()}
+        assert len(history["loss"]) == 3 and history["accuracy"][-1] == model.evaluate(x, y).accuracy
+
+
+def test_async_fit_is_bit_identical_to_the_same_steps_sent_one_by_one(server, blobs, classifier):
+    x, y = blobs(300, seed=6)
+
+    async def fit_async():
+        async with gs.AsyncClient(server.url) as client:
+            model = await client.create_model(classifier)
+            await model.fit(x, y, epochs=2, batch_size=32, seed=3, verbose=0)
+            return model.id, await model.parameters()
+
+    model_id, mine = asyncio.run(fit_async())
+    with gs.Client(server.url) as client:
+        theirs = sequential_twin(client, classifier, x, y, epochs=2, batch_size=32, seed=3).parameters()
+    assert {k: v.tobytes() for k, v in mine.items()} == {k: v.tobytes() for k, v in theirs.items()}
+
+
+def test_a_batch_that_fails_mid_stream_is_raised_at_that_batch(client, blobs, classifier):
+    x, y = blobs(64, seed=8)
+    model = client.create_model(classifier)
+    y_bad = y.copy()
+    y_bad[40] = 7  # a label out of range, in the third batch of 16
+    with pytest.raises(gs.ValidationError) as caught:
+        model.fit(x, y_bad, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert caught.value.batch == 2 and len(caught.value.completed) == 2
+    assert "batch 3 of epoch 1" in "".join(caught.value.__notes__)
+    assert model.refresh().step == 2  # the two batches before it were applied, nothing after
+    results = model.train_steps([(x[:16], y[:16]), (x[16:32], y[16:32])])
+    assert [r.step for r in results] == [3, 4]

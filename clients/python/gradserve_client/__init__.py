@@ -36,6 +36,7 @@ from ._fit import History
 from ._model import AsyncRemoteModel, RemoteModel
 from ._types import (
     BackwardResult,
+    Evaluation,
     ForwardBackwardResult,
     GradcheckReport,
     ModelInfo,
@@ -54,6 +55,7 @@ __all__ = [
     "ModelInfo",
     "Tape",
     "BackwardResult",
+    "Evaluation",
     "ForwardBackwardResult",
     "StepResult",
     "TrainStepResult",

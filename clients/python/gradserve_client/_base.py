@@ -43,7 +43,8 @@ class Call:
     payload: Any = None  # JSON-able, numpy arrays allowed anywhere
     params: dict[str, Any] | None = None  # query string
     tensor_answer: bool = False  # a GET whose answer holds tensors (binary on request)
-    content: bytes | None = None  # a raw body instead (checkpoint import)
+    content: Any = None  # a raw body instead: bytes (checkpoint import), or an iterable of frames
+    content_type: str = "application/octet-stream"
     idempotent: bool = False  # safe to replay after the request may have reached the server
     raw: bool = False  # answer is bytes (checkpoint download), not JSON
     read: Callable[[Any], Any] = field(default=lambda body: body)
@@ -88,7 +89,7 @@ class BaseClient:
             params["binary_data_output"] = "true"  # a GET has no body to carry the flag
         content = call.content
         if content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Type"] = call.content_type
         elif call.payload is not None:
             content, body_headers = _codec.encode(call.payload, binary=self.binary)
             headers.update(body_headers)

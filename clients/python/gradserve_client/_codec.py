@@ -58,6 +58,14 @@ def encode(payload: Mapping[str, Any], *, binary: bool) -> tuple[bytes, dict[str
     return b"".join([text, *buffers]), headers
 
 
+def encode_frame(payload: Mapping[str, Any], *, binary: bool) -> bytes:
+    """Returns one frame of a stream of messages (``train_steps``): the JSON text on one line,
+    then the raw bytes of its binary tensors."""
+    buffers: list[bytes] = []
+    document = _to_wire(payload, buffers if binary else None)
+    return b"".join([json.dumps(document, separators=(",", ":"), allow_nan=False).encode(), b"\n", *buffers])
+
+
 def decode(content: bytes, headers: Mapping[str, str]) -> Any:
     """Returns the response body as JSON data with every tensor object turned into an array."""
     if not content:

@@ -55,10 +55,11 @@ class GradserveError(Exception):
 class APIError(GradserveError):
     """The server answered with a non-2xx status."""
 
-    def __init__(self, status: int, code: str | None, detail: Any) -> None:
+    def __init__(self, status: int, code: str | None, detail: Any, body: Any = None) -> None:
         self.status = status
         self.code = code
         self.detail = detail
+        self.body = body  # the whole decoded answer (train_steps adds "batch" and "completed")
         super().__init__(f"{status} {code or 'error'}: {_describe(detail)}")
 
 
@@ -156,7 +157,7 @@ def error_from_response(status: int, body: Any) -> APIError:
         cls = DeadlineExceededError if code == "deadline_exceeded" else ServerError
     else:
         cls = _BY_STATUS.get(status, APIError)
-    return cls(status, code, detail)
+    return cls(status, code, detail, body)
 
 
 def _describe(detail: Any) -> str:

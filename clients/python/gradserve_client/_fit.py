@@ -1,8 +1,10 @@
 """Keras-style training loop pieces shared by RemoteModel.fit and AsyncRemoteModel.fit.
 
-The loop itself (a train_step per batch; after each epoch, eval-mode forward passes over the
-training data for accuracy and over the validation data) is written in each model class;
-everything else, batching, metrics, the progress bar and the history, lives here without I/O.
+The loop itself is written in each model class: the epoch's batches go to the server in a few
+`train_steps` streams (the server computes each batch while the next one arrives, so it never
+waits for the client), then the server evaluates the training data (a classifier's accuracy)
+and the validation data. Everything else, batching, metrics, the progress bar and the history,
+lives here without I/O.
 """
 
 from __future__ import annotations
@@ -19,6 +21,23 @@ except ImportError:  # the optional "progress" extra
     tqdm = None
 
 
+# A train_steps request carries at most this many batches or about this many bytes: big enough
+# that the pause between two requests is rare, small enough that the progress bar moves.
+MAX_STEPS_PER_REQUEST = 64
+STREAM_BYTES = 32 * 1024 * 1024
+# An evaluate request carries about this many bytes of examples.
+EVAL_BYTES = 8 * 1024 * 1024
+
+
+def _row_bytes(*arrays: np.ndarray) -> int:
+    return sum(a[:1].nbytes for a in arrays)
+
+
+def eval_rows(x: np.ndarray, y: np.ndarray) -> int:
+    """Returns how many examples one evaluate request takes (EVAL_BYTES of them)."""
+    return max(1, EVAL_BYTES // max(_row_bytes(np.asarray(x), np.asarray(y)), 1))
+
+
 class History(dict):
     """Per-epoch metrics by name: ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
 
@@ -30,43 +49,6 @@ class History(dict):
     @property
     def history(self) -> dict[str, list[float]]:
         return self
-
-
-def validation_loss(loss_spec: dict[str, Any], outputs: np.ndarray, targets: np.ndarray) -> float:
-    """Returns the model's loss (mean reduction) for eval-mode outputs.
-
-    Computed here because the server has no loss-only route and forward_backward would
-    accumulate gradients and run in train mode; the formulas are DESIGN section 4's.
-    """
-    o, t = outputs.astype(np.float64), np.asarray(targets)
-    kind = loss_spec["type"]
-    if kind == "softmax_cross_entropy":
-        shifted = o - o.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        if t.ndim == 1:
-            return float(-log_probs[np.arange(len(t)), t].mean())
-        return float(-(t * log_probs).sum(axis=1).mean())
-    t = t.astype(np.float64).reshape(o.shape)
-    if kind == "mse":
-        return float(((o - t) ** 2).mean())
-    if kind == "bce_with_logits":
-        return float((np.maximum(o, 0) - o * t + np.log1p(np.exp(-np.abs(o)))).mean())
-    if kind == "huber":
-        delta, d = loss_spec.get("delta", 1.0), np.abs(o - t)
-        return float(np.where(d < delta, 0.5 * d**2, delta * (d - 0.5 * delta)).mean())
-    raise ValueError(f"unknown loss type: {kind!r}")
-
-
-def accuracy(loss_spec: dict[str, Any], outputs: np.ndarray, targets: np.ndarray) -> float | None:
-    """Returns the fraction of correct predictions, or None when the loss is not a classifier's."""
-    t = np.asarray(targets)
-    kind = loss_spec["type"]
-    if kind == "softmax_cross_entropy":
-        labels = t if t.ndim == 1 else t.argmax(axis=1)
-        return float((outputs.argmax(axis=1) == labels).mean())
-    if kind == "bce_with_logits":
-        return float(((outputs > 0) == (t.reshape(outputs.shape) > 0.5)).mean())
-    return None
 
 
 class FitLoop:
@@ -93,7 +75,7 @@ class FitLoop:
         if batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size}")
         self.epochs, self.batch_size, self.shuffle, self.verbose = epochs, batch_size, shuffle, verbose
-        self.eval_batch_size = max(batch_size, 256)  # no tape kept in eval: bigger batches, fewer trips
+        self.steps_per_request = max(1, min(MAX_STEPS_PER_REQUEST, STREAM_BYTES // max(_row_bytes(self.x, self.y) * batch_size, 1)))
         self.loss_spec = spec["loss"]
         self.classifier = self.loss_spec["type"] in ("softmax_cross_entropy", "bce_with_logits")
         self.validation = None
@@ -110,6 +92,7 @@ class FitLoop:
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         starts = range(0, n, self.batch_size)
         self._seen = self._loss_sum = 0.0
+        self.batch = 0  # batches of this epoch recorded so far
         if self.verbose == 1 and tqdm is not None:
             self._bar = tqdm(total=len(starts), desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch")
         for start in starts:
@@ -120,26 +103,50 @@ class FitLoop:
         """Adds one batch's loss to the epoch's running mean."""
         self._seen += n
         self._loss_sum += loss * n
+        self.batch += 1
         if self._bar is not None:
             self._bar.set_postfix(self._running(), refresh=False)
             self._bar.update(1)
 
-    def eval_sets(self) -> list[tuple[str, np.ndarray]]:
-        """Returns what to run in eval mode after an epoch: "train" data (a classifier's accuracy,
-        since train_step sends no outputs back) and "val" data, when given."""
-        sets = [("train", self.x)] if self.classifier else []
-        return sets + ([("val", self.validation[0])] if self.validation is not None else [])
+    def requests(self, epoch: int) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+        """Yields this epoch's batches in groups, one `train_steps` request each, in order."""
+        group: list[tuple[np.ndarray, np.ndarray]] = []
+        for batch in self.epoch_batches(epoch):
+            group.append(batch)
+            if len(group) == self.steps_per_request:
+                yield group
+                group = []
+        if group:
+            yield group
 
-    def end_epoch(self, epoch: int, outputs: dict[str, np.ndarray]) -> None:
-        """Appends the epoch's metrics to the history and shows them (``outputs``: by eval set)."""
+    def record_group(self, group: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> None:
+        """Adds the results of one train_steps request to the epoch's running mean."""
+        for (_, yb), result in zip(group, results):
+            self.record_batch(result.loss, len(yb))
+
+    def fail_at(self, epoch: int, group: list[tuple[np.ndarray, np.ndarray]], error: Exception) -> None:
+        """Records the steps a failed request applied, and notes on `error` which batch failed."""
+        self.record_group(group, error.completed)  # type: ignore[attr-defined]
+        error.add_note(f"fit: raised by batch {self.batch + 1} of epoch {epoch + 1} (the batches before it trained)")
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def eval_sets(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Returns what the server evaluates after an epoch: the "train" data (a classifier's
+        accuracy, since train steps give no outputs) and the "val" data, when given."""
+        sets = [("train", self.x, self.y)] if self.classifier else []
+        return sets + ([("val", *self.validation)] if self.validation is not None else [])
+
+    def end_epoch(self, epoch: int, evaluations: dict[str, Any]) -> None:
+        """Appends the epoch's metrics to the history and shows them (``evaluations``: by eval set)."""
         metrics = self._running()
-        if "train" in outputs:
-            metrics["accuracy"] = accuracy(self.loss_spec, outputs["train"], self.y)
-        if "val" in outputs:
-            y_val = self.validation[1]
-            metrics["val_loss"] = validation_loss(self.loss_spec, outputs["val"], y_val)
+        if "train" in evaluations:
+            metrics["accuracy"] = evaluations["train"].accuracy
+        if "val" in evaluations:
+            metrics["val_loss"] = evaluations["val"].loss
             if self.classifier:
-                metrics["val_accuracy"] = accuracy(self.loss_spec, outputs["val"], y_val)
+                metrics["val_accuracy"] = evaluations["val"].accuracy
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         if self._bar is not None:

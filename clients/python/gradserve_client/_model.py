@@ -6,6 +6,7 @@ Both inherit the call builders of :class:`ModelCalls` (no I/O) and differ only i
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote
@@ -13,10 +14,12 @@ from urllib.parse import quote
 import numpy as np
 
 from ._base import Call
-from ._codec import as_tensor
-from ._fit import FitLoop, History
+from ._codec import as_tensor, encode_frame
+from ._exceptions import APIError
+from ._fit import FitLoop, History, eval_rows
 from ._types import (
     BackwardResult,
+    Evaluation,
     ForwardBackwardResult,
     GradcheckReport,
     ModelInfo,
@@ -28,6 +31,34 @@ from ._types import (
 
 if TYPE_CHECKING:
     from ._client import AsyncClient, Client
+
+
+class Frames:
+    """The body of a train_steps request: one frame per batch, encoded as httpx sends it."""
+
+    def __init__(self, payloads: list[dict[str, Any]], binary: bool) -> None:
+        self.payloads, self.binary = payloads, binary
+
+    def __iter__(self) -> Iterator[bytes]:
+        for payload in self.payloads:
+            yield encode_frame(payload, binary=self.binary)
+
+
+class AsyncFrames(Frames):
+    """Frames for httpx.AsyncClient, which wants an async iterable."""
+
+    __iter__ = None  # type: ignore[assignment]  # httpx would take a sync iterable as sync content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for payload in self.payloads:
+            yield encode_frame(payload, binary=self.binary)
+
+
+def stream_failure(error: APIError) -> tuple[int, list[TrainStepResult]]:
+    """Returns (the index of the batch that failed, the steps applied before it) of a train_steps error."""
+    body = error.body if isinstance(error.body, dict) else {}
+    completed = [from_body(TrainStepResult, step) for step in body.get("completed") or []]
+    return body.get("batch", len(completed)), completed
 
 
 def model_info(body: dict[str, Any]) -> ModelInfo:
@@ -119,6 +150,24 @@ class ModelCalls:
             payload["lr"] = lr
         return Call("POST", self._path("/train_step"), payload,
                     read=lambda body: from_body(TrainStepResult, body))
+
+    def _train_steps_call(self, batches: list[tuple[Any, Any]], binary: bool, asynchronous: bool) -> Call:
+        # Not idempotent: the steps may have been applied. Frames are encoded as they are sent.
+        frames = (AsyncFrames if asynchronous else Frames)(
+            [{"inputs": self._tensor(x), **self._objective(y, None)} for x, y in batches], binary)
+        return Call("POST", self._path("/train_steps"), content=frames, content_type="application/x-ndjson",
+                    read=lambda body: [from_body(TrainStepResult, step) for step in body["steps"]])
+
+    def _evaluate_call(self, x: Any, y: Any) -> Call:
+        payload = {"inputs": self._tensor(x), **self._objective(y, None)}
+        # Eval mode, no gradients: nothing changes on the server, safe to replay.
+        return Call("POST", self._path("/evaluate"), payload, idempotent=True,
+                    read=lambda body: from_body(Evaluation, body))
+
+    def _evaluation_chunks(self, x: Any, y: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        x, y = np.asarray(x), np.asarray(y)
+        rows = eval_rows(x, y)
+        return [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
 
     def _gradcheck_call(self, x: Any, targets: Any, grad_output: Any, options: dict[str, Any]) -> Call:
         payload = {"inputs": self._tensor(x), **self._objective(targets, grad_output)}
@@ -216,6 +265,23 @@ class RemoteModel(ModelCalls):
         """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
         return self._client._call(self._train_step_call(x, y, lr))
 
+    def evaluate(self, x: Any, y: Any) -> Evaluation:
+        """Returns the loss (and a classifier's accuracy) of eval-mode outputs for (x, y), sent in
+        requests of about 8 MiB; nothing on the server changes."""
+        return Evaluation.combine([self._client._call(self._evaluate_call(xb, yb))
+                                   for xb, yb in self._evaluation_chunks(x, y)])
+
+    def train_steps(self, batches: Any) -> list[TrainStepResult]:
+        """Returns the result of a train_step on each (x, y) batch, in order, from one request
+        (the server computes each batch while the next arrives). If a batch fails, its error is
+        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it)."""
+        batches = list(batches)
+        try:
+            return self._client._call(self._train_steps_call(batches, self._client.binary, asynchronous=False))
+        except APIError as error:
+            error.batch, error.completed = stream_failure(error)
+            raise
+
     def gradcheck(
         self,
         x: Any,
@@ -275,14 +341,19 @@ class RemoteModel(ModelCalls):
         seed: int | None = None,
         verbose: int = 1,
     ) -> History:
-        """Returns the History of training on (x, y): one train_step per batch, as Keras's ``fit``."""
+        """Returns the History of training on (x, y), as Keras's ``fit``: the same train steps
+        as one train_step per batch, sent as train_steps streams so the server never waits."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
         for epoch in range(epochs):
-            for xb, yb in loop.epoch_batches(epoch):
-                loop.record_batch(self.train_step(xb, yb).loss, len(yb))
-            outputs = {name: self.predict(x, batch_size=loop.eval_batch_size) for name, x in loop.eval_sets()}
-            loop.end_epoch(epoch, outputs)
+            for group in loop.requests(epoch):
+                try:
+                    results = self.train_steps(group)
+                except APIError as error:
+                    loop.fail_at(epoch, group, error)
+                    raise
+                loop.record_group(group, results)
+            loop.end_epoch(epoch, {name: self.evaluate(x, y) for name, x, y in loop.eval_sets()})
         return loop.history
 
 
@@ -344,6 +415,23 @@ class AsyncRemoteModel(ModelCalls):
         """Returns the loss and step of forward_backward + step on one batch, in one round trip."""
         return await self._client._call(self._train_step_call(x, y, lr))
 
+    async def evaluate(self, x: Any, y: Any) -> Evaluation:
+        """Returns the loss (and a classifier's accuracy) of eval-mode outputs for (x, y), sent in
+        requests of about 8 MiB; nothing on the server changes."""
+        return Evaluation.combine([await self._client._call(self._evaluate_call(xb, yb))
+                                   for xb, yb in self._evaluation_chunks(x, y)])
+
+    async def train_steps(self, batches: Any) -> list[TrainStepResult]:
+        """Returns the result of a train_step on each (x, y) batch, in order, from one request
+        (the server computes each batch while the next arrives). If a batch fails, its error is
+        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it)."""
+        batches = list(batches)
+        try:
+            return await self._client._call(self._train_steps_call(batches, self._client.binary, asynchronous=True))
+        except APIError as error:
+            error.batch, error.completed = stream_failure(error)
+            raise
+
     async def gradcheck(
         self,
         x: Any,
@@ -403,12 +491,17 @@ class AsyncRemoteModel(ModelCalls):
         seed: int | None = None,
         verbose: int = 1,
     ) -> History:
-        """Returns the History of training on (x, y): one train_step per batch, as Keras's ``fit``."""
+        """Returns the History of training on (x, y), as Keras's ``fit``: the same train steps
+        as one train_step per batch, sent as train_steps streams so the server never waits."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
         for epoch in range(epochs):
-            for xb, yb in loop.epoch_batches(epoch):
-                loop.record_batch((await self.train_step(xb, yb)).loss, len(yb))
-            outputs = {name: await self.predict(x, batch_size=loop.eval_batch_size) for name, x in loop.eval_sets()}
-            loop.end_epoch(epoch, outputs)
+            for group in loop.requests(epoch):
+                try:
+                    results = await self.train_steps(group)
+                except APIError as error:
+                    loop.fail_at(epoch, group, error)
+                    raise
+                loop.record_group(group, results)
+            loop.end_epoch(epoch, {name: await self.evaluate(x, y) for name, x, y in loop.eval_sets()})
         return loop.history

@@ -85,3 +85,24 @@ class GradcheckReport:
     mode: str
     parameters: dict[str, dict[str, Any]]
     inputs: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The loss (and a classifier's accuracy) of eval-mode outputs; ``count`` is how many terms
+    the loss averages (positions for cross-entropy, elements otherwise)."""
+
+    loss: float
+    accuracy: float | None
+    count: int
+
+    @staticmethod
+    def combine(parts: list[Evaluation]) -> Evaluation:
+        """Returns the evaluation of the union of batches evaluated one by one."""
+        if len(parts) == 1:
+            return parts[0]
+        count = sum(p.count for p in parts)
+        loss = sum(p.loss * p.count for p in parts) / max(count, 1)
+        accuracy = None if parts and parts[0].accuracy is None else sum(
+            p.accuracy * p.count for p in parts if p.accuracy is not None) / max(count, 1)
+        return Evaluation(loss, accuracy, count)
