@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, No
 from .layers import Layer, ShapeError, build, output_shape, walk
 from .layers.norm import BatchNorm
 from .numerics import quiet_overflow, squared_norm
-from .optim import Optimizer
+from .optim import Optimizer, lr_problem
 
 
 @dataclass
@@ -48,10 +48,21 @@ class Backprop:
 
 @dataclass
 class StepResult:
+    """What a step did: the step count after it, the learning rate used, and the global L2
+    norms of the gradients it applied and of the update (the one declaration of this result:
+    the service answers it as it is)."""
+
     step: int
     lr: float
     grad_norm: float
     update_norm: float
+
+
+@dataclass
+class TrainStepResult(StepResult):
+    """A step taken right after one batch's forward and backward: its loss, then the step."""
+
+    loss: float | None
 
 
 @dataclass
@@ -181,18 +192,22 @@ class Model:
 
     def validate_inputs(self, x, train: bool = False) -> np.ndarray:
         """Return x as a model-dtype array, or raise InputError naming the problem."""
+        return self._checked_inputs(x, train)[0]
+
+    def _checked_inputs(self, x, train: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Return (x ready for the layers, the outputs' shape), or raise InputError."""
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
             raise InputError.at(["inputs"], f"inputs must be numbers, got dtype {x.dtype}")
         self.input_rule.check(x)
         if 0 in x.shape:
             raise InputError.at(["inputs"], f"inputs must not be empty, got shape {list(x.shape)}")
-        self.output_shape(x.shape)
+        out_shape = self.output_shape(x.shape)
         if train and self._has_batchnorm and x.shape[0] < 2:
             raise InputError.at(["inputs"], "batchnorm needs more than one example per batch in training")
         if self.input_rule.classes is not None:
-            return x.astype(np.int64, copy=False)
-        return _finite(x.astype(self.dtype, copy=False), "inputs")
+            return x.astype(np.int64, copy=False), out_shape
+        return _finite(x.astype(self.dtype, copy=False), "inputs"), out_shape
 
     def validate_targets(self, targets, output_shape: tuple[int, ...]) -> np.ndarray:
         """Return targets ready for the loss, or raise InputError naming the problem."""
@@ -234,7 +249,10 @@ class Model:
 
         The outputs may share memory with the tape: change them in place only after backward.
         """
-        x = self.validate_inputs(x, train)
+        return self._forward(self.validate_inputs(x, train), train, rng)
+
+    def _forward(self, x: np.ndarray, train: bool, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Tape]:
+        """forward on inputs already checked."""
         rng = self.rng if rng is None else rng
         h, caches = x, []
         with quiet_overflow():
@@ -277,19 +295,25 @@ class Model:
 
         Everything is checked before the forward, so a bad request changes no state.
         """
-        x = self.validate_inputs(x, train=True)
-        out_shape = self.output_shape(x.shape)
+        x, out_shape = self._checked_inputs(x, train=True)
         if grad_output is None:
             targets = self.validate_targets(targets, out_shape)
         else:
             grad_output = self.validate_grad_output(grad_output, out_shape)
-        outputs, tape = self.forward(x, train=True)
+        outputs, tape = self._forward(x, train=True)
         loss = None
         if grad_output is None:
             # The loss's own gradient may be non-finite (diverged weights): that is for step to refuse.
             with quiet_overflow():
                 loss, grad_output = self.loss_fn(outputs, targets)
         return Backprop(loss, self._backward(tape, grad_output, need_input_grad), outputs)
+
+    def train_step(self, x, targets, lr: float | None = None) -> TrainStepResult:
+        """forward_backward on one batch, then step: the loss and the step taken."""
+        if lr is not None:
+            _checked_lr(lr)  # before the batch: a bad request changes nothing
+        loss = self.train_batch(x, targets).loss
+        return TrainStepResult(**asdict(self.step(lr)), loss=loss)
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         with quiet_overflow():
@@ -313,10 +337,7 @@ class Model:
             raise NothingToStepError("no gradients accumulated since the last step; run backward first")
         previous_lr = self.optimizer.lr
         if lr is not None:
-            try:
-                self.optimizer.lr = lr
-            except ValueError as e:
-                raise InputError.at(["lr"], str(e)) from None
+            self.optimizer.lr = _checked_lr(lr)
         try:
             with quiet_overflow():  # an update that overflows is refused below, not printed
                 grad_norm, update_norm, grad_norms, update_norms = self.optimizer.step()
@@ -366,6 +387,13 @@ def _class_labels(t: np.ndarray, output_shape: tuple[int, ...], ignore_index: in
         raise InputError.at(["targets"], f"labels must be in [0, {classes}){ignoring}, got values in "
                             f"[{counted.min()}, {counted.max()}]")
     return t.astype(np.intp, copy=False)
+
+
+def _checked_lr(lr):
+    """Return lr, or raise InputError at lr (optim.lr_problem says what a learning rate is)."""
+    if (problem := lr_problem(lr)) is not None:
+        raise InputError.at(["lr"], problem)
+    return lr
 
 
 def _finite(a: np.ndarray, field: str) -> np.ndarray:

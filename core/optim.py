@@ -21,6 +21,16 @@ from .errors import NonFiniteGradientError, NonFiniteUpdateError
 from .numerics import quiet_overflow, squared_norm
 
 
+def lr_problem(value) -> str | None:
+    """Return what is wrong with a learning rate, None if it is one: a finite number >= 0, as
+    torch.optim takes (0 freezes the parameters). The one statement of this rule."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"Invalid lr: {value!r} (a number is required)"
+    if value < 0:
+        return f"Invalid learning rate: {value}"
+    return None
+
+
 def check_hyperparameters(hp: dict) -> list[tuple[list, str]]:
     """Return (location, message) for each invalid hyperparameter of a normalized optimizer spec."""
     problems = []
@@ -32,7 +42,8 @@ def check_hyperparameters(hp: dict) -> list[tuple[list, str]]:
         elif v < low or v > high or (low_open and v == low):
             problems.append(([key], f"Invalid {key}: {v}"))
 
-    number("lr")
+    if (problem := lr_problem(hp.get("lr"))) is not None:
+        problems.append((["lr"], problem))
     for key in ("weight_decay", "momentum", "dampening"):
         if key in hp:
             number(key)
@@ -200,8 +211,8 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"Invalid learning rate: {value}")
+        if (problem := lr_problem(value)) is not None:
+            raise ValueError(problem)
         self.hp["lr"] = float(value)
 
     def step(self) -> tuple[float, float, dict[str, float], dict[str, float]]:

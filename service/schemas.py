@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
-from core import ID_PATTERN
+from core import ID_PATTERN, TrainStepResult
 from service.tensors import Tensor, TensorInput
 
 ModelId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
@@ -101,15 +101,14 @@ class ForwardBackwardRequest(TargetsOrGradOutput, BinaryOutput):
 
 class StepRequest(BaseModel):
     model_config = _example({"lr": 0.01})
-    lr: float | None = Field(None, gt=0, allow_inf_nan=False,
-                             description="Learning rate for this and later steps.")
+    lr: float | None = Field(None, description="Learning rate for this and later steps (core checks it: >= 0).")
 
 
 class TrainStepRequest(BaseModel):
     model_config = _example({"inputs": EXAMPLE_INPUTS, "targets": EXAMPLE_TARGETS})
     inputs: TensorInput
     targets: TensorInput
-    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    lr: float | None = Field(None, description="As step's lr.")
 
 
 class EvaluateRequest(BaseModel):
@@ -188,17 +187,6 @@ class ForwardBackwardResponse(BackwardResponse):
     outputs: Tensor | None = None
 
 
-class StepResponse(BaseModel):
-    step: int
-    lr: float
-    grad_norm: float
-    update_norm: float
-
-
-class TrainStepResponse(StepResponse):
-    loss: Number
-
-
 class EvaluateResponse(BaseModel):
     loss: Number
     accuracy: float | None = Field(None, description="softmax_cross_entropy and bce_with_logits models only.")
@@ -206,7 +194,7 @@ class EvaluateResponse(BaseModel):
 
 
 class TrainStepsResponse(BaseModel):
-    steps: list[TrainStepResponse] = Field(description="One per batch, in the order sent.")
+    steps: list[TrainStepResult] = Field(description="One per batch, in the order sent.")
 
 
 class Parameters(BaseModel):
@@ -236,7 +224,7 @@ class ErrorBody(BaseModel):
 
 class StreamErrorBody(ErrorBody):
     batch: int = Field(description="Index of the batch that failed (0-based); later ones were not applied.")
-    completed: list[TrainStepResponse] = Field(description="The steps applied before it.")
+    completed: list[TrainStepResult] = Field(description="The steps applied before it.")
 
 
 # -- OpenAPI -----------------------------------------------------------------------------

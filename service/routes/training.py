@@ -7,7 +7,7 @@ from functools import partial
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError
+from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
 from core import evaluate as evaluate_model
 from service.auth import authenticate
 from service.deps import Call, EntryDep, StoreDep
@@ -17,8 +17,7 @@ from service.metrics import Metrics
 from service.schemas import (
     ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, EvaluateResponse, ForwardBackwardRequest,
     ForwardBackwardResponse,
-    ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StepResponse, StreamErrorBody, TrainStepRequest,
-    TrainStepResponse, TrainStepsResponse,
+    ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StreamErrorBody, TrainStepRequest, TrainStepsResponse,
 )
 from service.tensors import Decoder, number, reply, respond
 
@@ -85,13 +84,13 @@ async def _counting_steps(metrics: Metrics, step):
     return result
 
 
-@router.post("/step", response_model=StepResponse)
+@router.post("/step", response_model=StepResult)
 async def step(call: Call[StepRequest]) -> Response:
     """Applies the optimizer to the accumulated gradients, then clears them."""
     metrics = call.request.app.state.metrics
     result = await _counting_steps(metrics, call.store.run(call.entry, lambda: call.model.step(call.body.lr),
                                                            save="step", rows=1))
-    return respond(asdict(result))
+    return respond(_step_answer(result))
 
 
 @router.post("/evaluate", response_model=EvaluateResponse)
@@ -109,18 +108,21 @@ async def zero_grad(entry: EntryDep, store: StoreDep) -> ModelInfo:
     return ModelInfo.of(entry)
 
 
-@router.post("/train_step", response_model=TrainStepResponse)
+@router.post("/train_step", response_model=TrainStepResult)
 async def train_step(call: Call[TrainStepRequest]) -> Response:
     """forward_backward then step, in one round trip."""
-    body, model = call.body, call.model
+    body, metrics = call.body, call.request.app.state.metrics
+    result = await _counting_steps(metrics, call.store.run(
+        call.entry, lambda: call.model.train_step(body.inputs, body.targets, body.lr), save="step", rows=call.rows))
+    return respond(_step_answer(result))
 
-    def work():
-        loss = model.forward_backward(body.inputs, body.targets)
-        return loss, model.step(body.lr)
 
-    metrics = call.request.app.state.metrics
-    loss, result = await _counting_steps(metrics, call.store.run(call.entry, work, save="step", rows=call.rows))
-    return respond({"loss": number(loss), **asdict(result)})
+def _step_answer(result: StepResult) -> dict:
+    """Gives the JSON of a step's result: as core declares it, a non-finite loss named."""
+    answer = asdict(result)
+    if "loss" in answer:
+        answer["loss"] = number(answer["loss"])
+    return answer
 
 
 STREAM = {"requestBody": {"required": True, "description": (
@@ -158,9 +160,8 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
             await batches.put(exc)
         await batches.put(None)
 
-    def step(body: TrainStepRequest):
-        loss = entry.model.forward_backward(body.inputs, body.targets)
-        return {"loss": number(loss), **asdict(entry.model.step(body.lr))}
+    def step(body: TrainStepRequest) -> dict:
+        return _step_answer(entry.model.train_step(body.inputs, body.targets, body.lr))
 
     reader = asyncio.create_task(read())
     completed: list[dict] = []
