@@ -1,6 +1,7 @@
 """Forward, backward, accumulation and steps over the API, checked against the engine itself."""
 
 import numpy as np
+import orjson
 import pytest
 
 from core import Model
@@ -277,3 +278,57 @@ def test_evaluate_runs_batchnorm_and_dropout_in_eval_mode(api):
     assert first == again  # no dropout mask drawn, no running statistics moved
     bad = api.post(url(info, "evaluate"), json={"inputs": tensor(X), "targets": tensor(Y[:2])})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "targets"]
+
+
+def frames(batches: list[tuple[np.ndarray, np.ndarray]], binary: bool) -> bytes:
+    """Gives a train_steps body: one line per batch, binary tensors' bytes after their line."""
+    out = []
+    for x, y in batches:
+        if binary:
+            body, headers = binary_body({}, {"inputs": x, "targets": y})
+            n = int(headers["Inference-Header-Content-Length"])
+            out.append(body[:n] + b"\n" + body[n:])
+        else:
+            out.append(orjson.dumps({"inputs": tensor(x), "targets": tensor(y)}) + b"\n")
+    return b"".join(out)
+
+
+BATCHES = [(X + i, np.roll(Y, i)) for i in range(6)]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["list", "binary"])
+def test_train_steps_are_the_train_steps_sent_one_by_one(api, binary):
+    streamed, sequential = create(api), create(api)
+    response = api.post(url(streamed, "train_steps"), content=frames(BATCHES, binary),
+                        headers={"Content-Type": "application/x-ndjson"})
+    assert response.status_code == 200, response.text
+    one_by_one = [api.post(url(sequential, "train_step"), json={"inputs": tensor(x), "targets": tensor(y)}).json()
+                  for x, y in BATCHES]
+    assert response.json()["steps"] == one_by_one
+    assert {k: v.tobytes() for k, v in parameters(api, streamed).items()} == \
+           {k: v.tobytes() for k, v in parameters(api, sequential).items()}
+
+
+def test_a_failing_batch_stops_the_stream_and_keeps_what_came_before(api):
+    info = create(api)
+    bad = BATCHES[:3] + [(X[:, :3], Y)] + BATCHES[4:]
+    response = api.post(url(info, "train_steps"), content=frames(bad, binary=True))
+    assert response.status_code == 422 and response.json()["code"] == "invalid_input"
+    assert response.json()["batch"] == 3 and [s["step"] for s in response.json()["completed"]] == [1, 2, 3]
+    assert response.json()["detail"][0]["loc"] == ["body", "inputs"]
+    assert api.get(f"/v1/models/{info['id']}").json()["step"] == 3  # nothing after the bad batch
+    cut = api.post(url(info, "train_steps"), content=frames(BATCHES[:2], binary=True)[:-7])
+    assert cut.status_code == 422 and cut.json()["batch"] == 1 and "ends inside a frame" in cut.json()["detail"][0]["msg"]
+    assert api.get(f"/v1/models/{info['id']}").json()["step"] == 4
+    empty = api.post(url(info, "train_steps"), content=b"")
+    assert empty.status_code == 200 and empty.json() == {"steps": []}
+
+
+def test_each_frame_is_held_to_the_body_limit(make_client):
+    client = make_client(max_body_bytes=4096)
+    info = create(client)
+    small = frames(BATCHES * 4, binary=True)  # 24 frames, each well under the limit, all of them over it
+    assert len(small) > 4096 and client.post(url(info, "train_steps"), content=small).status_code == 200
+    big = frames([(np.zeros((400, 4), np.float32), np.zeros(400, np.int64))], binary=True)
+    response = client.post(url(info, "train_steps"), content=big)
+    assert response.status_code == 413 and "GRADSERVE_MAX_BODY_BYTES" in response.json()["detail"]
