@@ -1,18 +1,21 @@
-"""Service benchmark: what HTTP adds to a train step, against the raw loopback floor.
+"""Service benchmark: each ratio of DESIGN section 12, side by side in one run.
 
     .venv/bin/python benchmarks/bench_service.py            # print the table
     .venv/bin/python benchmarks/bench_service.py --write    # and put it in benchmarks/RESULTS.md
 
 Measures, interleaved in rounds: a 784-256-10 (Adam, batch 256) train step in-process with core, over
 HTTP in list form and in binary form (durability "none" and the default "step", which
-fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99); the
-list-form decode of a (256, 784) tensor; and the loopback floor: the same request bytes
-POSTed to a tiny app on the same uvicorn stack that only answers their length.
-Servers run as separate processes (`python -m service.cli serve`), the client is httpx.
+fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99) and an
+empty GET /healthz on the same server; the list-form decode of a (256, 784) tensor; the same
+request bytes POSTed to a bare app on the same uvicorn stack (uvloop, httptools) that only
+answers their length. Then the Python client's `fit` (2 epochs, with its evaluation passes)
+against the same work in-process. Servers run as separate processes (`python -m service.cli
+serve`); the round trips use http.client on keep-alive connections, fit the gradserve client.
 """
 
 import argparse
 import datetime
+import http.client
 import os
 import platform
 import re
@@ -26,14 +29,14 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import Model  # noqa: E402
+from core import Model, evaluate  # noqa: E402
+from gradserve_client import Client  # noqa: E402
 from service.body import parse_message  # noqa: E402
 from service.schemas import TrainStepRequest  # noqa: E402
 from service.tensors import HEADER, decode  # noqa: E402
@@ -58,12 +61,6 @@ async def empty(request):
 
 app = Starlette(routes=[Route("/floor", floor, methods=["POST"]), Route("/empty", empty)])
 """
-
-
-def client(url: str) -> httpx.Client:
-    """Gives an httpx client with TCP_NODELAY (the server side sets it too), as a tuned client would."""
-    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    return httpx.Client(base_url=url, timeout=60, transport=transport)
 
 
 def ms(times: list[float], q: float = 0.5) -> float:
@@ -112,7 +109,8 @@ def gradserve(data_dir: str, durability: str) -> Process:
 def echo_server(folder: str) -> Process:
     Path(folder, "echo_app.py").write_text(ECHO_APP)
     return Process([sys.executable, "-m", "uvicorn", "--app-dir", folder, "echo_app:app", "--port", "0",
-                    "--log-level", "info", "--no-access-log"], r"running on (http://[\d.]+:\d+)")
+                    "--loop", "uvloop", "--http", "httptools", "--log-level", "info", "--no-access-log"],
+                   r"running on (http://[\d.]+:\d+)")
 
 
 def interleaved(measures: dict[str, tuple[Callable[[], object], int]], rounds: int,
@@ -135,6 +133,59 @@ def interleaved(measures: dict[str, tuple[Callable[[], object], int]], rounds: i
     return times
 
 
+def lean(url: str) -> http.client.HTTPConnection:
+    """Gives a keep-alive http.client connection: the leanest Python client, for the floors."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port))
+    connection.connect()
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def call(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
+         headers: dict | None = None) -> bytes:
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    assert response.status < 300, data[:300]
+    return data
+
+
+def fit_work(spec: dict, rows: int, batch: int, features: int, classes: int | None, seed: int = 0):
+    """Gives (x, y, validation) for a fit benchmark: `rows` examples, 1024 held out."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows + 1024, features)).astype(np.float32)
+    y = rng.integers(0, classes, rows + 1024) if classes else rng.standard_normal((rows + 1024, 1)).astype(np.float32)
+    return x[:rows], y[:rows], (x[rows:], y[rows:])
+
+
+def fit_in_process(spec: dict, x, y, validation, *, epochs: int, batch: int) -> float:
+    """Gives the seconds the same work as `fit` takes in-process: its train steps, then per epoch
+    the evaluation of the training data (classifiers) and of the validation data."""
+    model, rng = Model.from_spec(spec), np.random.default_rng(0)
+    classifier = spec["loss"]["type"] in ("softmax_cross_entropy", "bce_with_logits")
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for i in range(0, len(x), batch):
+            index = order[i:i + batch]
+            model.train_step(x[index], y[index])
+        if classifier:
+            evaluate(model, x, y)
+        evaluate(model, *validation)
+    return time.perf_counter() - start
+
+
+def fit_over_http(url: str, spec: dict, x, y, validation, *, epochs: int, batch: int) -> float:
+    with Client(url) as client:
+        model = client.create_model(spec)
+        start = time.perf_counter()
+        model.fit(x, y, epochs=epochs, batch_size=batch, validation_data=validation, seed=0, verbose=0)
+        elapsed = time.perf_counter() - start
+        model.delete()
+    return elapsed
+
+
 def run(args) -> list[tuple[str, str]]:
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256)
@@ -144,59 +195,81 @@ def run(args) -> list[tuple[str, str]]:
     model, tiny_model = Model.from_spec(MNIST), Model.from_spec(TINY)
     json_headers = {"Content-Type": "application/json"}
 
-    def train(http, content, headers, model_id="mnist"):
-        response = http.post(f"/v1/models/{model_id}/train_step", content=content, headers=headers)
-        assert response.status_code == 200, response.text
-
     measures = {
-        "in-process": (lambda: (model.forward_backward(x, y), model.step()), 1),
-        "tiny in-process": (lambda: (tiny_model.forward_backward(tx, ty), tiny_model.step()), 10),
+        "in-process": (lambda: model.train_step(x, y), 1),
+        "tiny in-process": (lambda: tiny_model.train_step(tx, ty), 10),
         "decode": (lambda: decode(parse_message(body, None, TrainStepRequest).inputs, ("inputs",),
                                   dtype=np.dtype("float32"), max_elements=16_000_000), 1),
     }
+    fits = {}
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         echo = echo_server(folder)
         stack.callback(echo.stop)
-        floor = stack.enter_context(client(echo.url))
+        floor = lean(echo.url)
         measures.update({
-            "floor binary": (lambda: floor.post("/floor", content=bin_body), 1),
-            "floor list": (lambda: floor.post("/floor", content=body), 1),
-            "floor empty": (lambda: floor.get("/empty"), 5),
-            "floor tiny": (lambda: floor.post("/floor", content=tiny_body), 5),
+            "floor binary": (lambda: call(floor, "POST", "/floor", bin_body, bin_headers), 1),
+            "floor list": (lambda: call(floor, "POST", "/floor", body, json_headers), 1),
+            "floor tiny": (lambda: call(floor, "POST", "/floor", tiny_body, json_headers), 10),
         })
+        servers = {}
         for durability in ("none", "step"):
-            server = gradserve(str(Path(folder, f"data-{durability}")), durability)
+            server = servers[durability] = gradserve(str(Path(folder, f"data-{durability}")), durability)
             stack.callback(server.stop)
-            http = stack.enter_context(client(server.url))
-            http.post("/v1/models", json={**MNIST, "id": "mnist"}).raise_for_status()
-            http.post("/v1/models", json={**TINY, "id": "tiny"}).raise_for_status()
+            http_ = lean(server.url)
+            for spec, name in ((MNIST, "mnist"), (TINY, "tiny")):
+                call(http_, "POST", "/v1/models", orjson.dumps({**spec, "id": name}), json_headers)
             measures.update({
-                f"list {durability}": (partial(train, http, body, json_headers), 1),
-                f"binary {durability}": (partial(train, http, bin_body, bin_headers), 1),
-                f"tiny {durability}": (partial(train, http, tiny_body, json_headers, "tiny"), 10),
+                f"list {durability}": (partial(call, http_, "POST", "/v1/models/mnist/train_step", body, json_headers), 1),
+                f"binary {durability}": (partial(call, http_, "POST", "/v1/models/mnist/train_step", bin_body,
+                                                 bin_headers), 1),
+                f"tiny {durability}": (partial(call, http_, "POST", "/v1/models/tiny/train_step", tiny_body,
+                                               json_headers), 10),
             })
+            if durability == "none":
+                measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
         t = interleaved(measures, args.n, args.settle)
+        for name, spec, rows, batch, features, classes in (("784-256-10 b256", MNIST, 8192, 256, 784, 10),
+                                                           ("32-32-1 b32", TINY, 4096, 32, 32, None)):
+            data = fit_work(spec, rows, batch, features, classes)
+            local, remote = [], []
+            for _ in range(args.fit_rounds):
+                time.sleep(args.settle)
+                local.append(fit_in_process(spec, *data, epochs=2, batch=batch))
+                time.sleep(args.settle)
+                remote.append(fit_over_http(servers["none"].url, spec, *data, epochs=2, batch=batch))
+            fits[name] = (float(np.median(local)), float(np.median(remote)))
 
-    rows = [("784-256-10 train step, in-process (core)", f"{ms(t['in-process']):.2f} ms"),
+    step, tiny, get = ms(t["in-process"]), ms(t["tiny in-process"]), ms(t["empty GET"])
+    rows = [("784-256-10 train step, in-process (core)", f"{step:.2f} ms"),
+            ("32-32-1 train step, in-process (core)", f"{tiny:.3f} ms"),
+            ("empty GET /healthz round trip (http.client)", f"{get:.3f} ms"),
             ("list-form (256, 784) decode (body to array, service/listform.py)", f"{ms(t['decode']):.1f} ms")]
     for durability in ("none", "step"):
-        rows.append((f"784-256-10 train step, HTTP list form, durability={durability}",
-                     f"{ms(t[f'list {durability}']):.2f} ms"))
         rows.append((f"784-256-10 train step, HTTP binary form, durability={durability}",
                      f"{ms(t[f'binary {durability}']):.2f} ms"))
-        rows.append((f"32-32-1 train step round trip, durability={durability} (p50 / p99)",
-                     f"{ms(t[f'tiny {durability}']):.2f} / {ms(t[f'tiny {durability}'], 0.99):.2f} ms"))
-    budget = ms(t["in-process"]) + 1.5 * ms(t["floor binary"])
-    binary = ms(t["binary none"])
-    rows.append(("goal: binary (durability=none) ≤ in-process + 1.5 × binary floor",
-                 f"{binary:.2f} ≤ {budget:.2f} ms: {'met' if binary <= budget else 'NOT met'}"))
-    rows.append(("32-32-1 train step, in-process (core)", f"{ms(t['tiny in-process']):.3f} ms"))
-    rows.append((f"loopback floor: POST of the binary request bytes ({len(bin_body) / 1e6:.2f} MB)",
+        rows.append((f"784-256-10 train step, HTTP list form, durability={durability}",
+                     f"{ms(t[f'list {durability}']):.2f} ms"))
+        rows.append((f"32-32-1 train step round trip, list form, durability={durability} (p50 / p99)",
+                     f"{ms(t[f'tiny {durability}']):.3f} / {ms(t[f'tiny {durability}'], 0.99):.3f} ms"))
+    rows.append((f"bare uvicorn: POST of the binary request bytes ({len(bin_body) / 1e6:.2f} MB)",
                  f"{ms(t['floor binary']):.2f} ms"))
-    rows.append((f"loopback floor: POST of the list request bytes ({len(body) / 1e6:.2f} MB)",
+    rows.append((f"bare uvicorn: POST of the list request bytes ({len(body) / 1e6:.2f} MB)",
                  f"{ms(t['floor list']):.2f} ms"))
-    rows.append(("loopback floor: POST of the 32-32-1 list request bytes", f"{ms(t['floor tiny']):.2f} ms"))
-    rows.append(("loopback floor: empty GET", f"{ms(t['floor empty']):.2f} ms"))
+    rows.append(("bare uvicorn: POST of the 32-32-1 list request bytes", f"{ms(t['floor tiny']):.3f} ms"))
+    for name, (local, remote) in fits.items():
+        rows.append((f"fit {name}, 2 epochs with evaluation: in-process / over HTTP", f"{local:.2f} / {remote:.2f} s"))
+
+    def goal(what: str, value: float, target: float, unit: str = "") -> tuple[str, str]:
+        met = value <= target if unit != "x" else value >= target
+        return what, f"{value:.2f}{unit} {'≤' if unit != 'x' else '≥'} {target:.2f}{unit}: {'met' if met else 'NOT met'}"
+
+    rows.append(goal("goal: 32-32-1 list train_step round trip (ms) ≤ in-process + 1.5 × empty GET",
+                     ms(t["tiny none"]), tiny + 1.5 * get))
+    rows.append(goal("goal: 784-256-10 binary train_step (ms) ≤ in-process + 1.2 × bare POST of its bytes",
+                     ms(t["binary none"]), step + 1.2 * ms(t["floor binary"])))
+    for name, target in (("784-256-10 b256", 0.85), ("32-32-1 b32", 0.40)):
+        local, remote = fits[name]
+        rows.append(goal(f"goal: fit {name} rate, over HTTP / in-process", local / remote, target, "x"))
     return rows
 
 
@@ -216,8 +289,8 @@ def table(rows: list[tuple[str, str]], n: int) -> str:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}; "
         f"load average {Path('/proc/loadavg').read_text().split()[0]} at the end.",
         f"Medians over {n} rounds, every measure once per round (tiny model and empty GET: 10 and 5 times), so "
-        "that load from elsewhere touches them alike; httpx clients with keep-alive and TCP_NODELAY, each "
-        "server in its own process.", "",
+        "that load from elsewhere touches them alike; http.client on keep-alive connections with "
+        "TCP_NODELAY, each server in its own process; fit: medians of 3 runs.", "",
         "| what | time |", "|---|---|", *[f"| {what} | {value} |" for what, value in rows], ""])
 
 
@@ -258,6 +331,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=40, help="requests per measurement")
     parser.add_argument("--settle", type=float, default=0.2, help="seconds between measures")
+    parser.add_argument("--fit-rounds", type=int, default=3, help="runs of each fit comparison (median kept)")
     parser.add_argument("--write", action="store_true", help="update the Service section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     section = table(run(args), args.n)

@@ -81,3 +81,13 @@ def test_one_key_cannot_take_every_slot_of_a_shared_server(make_live):
         model_id = live.get("/v1/models", headers=ALICE).json()["models"][0]["id"]
         assert live.delete(f"/v1/models/{model_id}", headers=ALICE).status_code == 204
         assert live.post("/v1/models", json=MLP, headers=ALICE).status_code == 201  # a freed slot is usable again
+
+
+def test_every_v1_route_needs_a_key(keyed):
+    """Whatever dependencies a route takes, none under /v1 answers without a key (401, not 404 or 422)."""
+    paths = keyed.get("/openapi.json").json()["paths"]
+    for path, item in paths.items():
+        if path.startswith("/v1"):
+            for method in item:
+                response = keyed.request(method.upper(), path.replace("{model_id}", "some-model"), json={})
+                assert response.status_code == 401, (method, path, response.status_code)
