@@ -54,7 +54,8 @@ async def frames(request: Request, limit: int) -> AsyncIterator[tuple[dict, memo
                 message, start, size = head
                 if len(buffer) < start + size:
                     break
-                binary = memoryview(bytes(buffer[start:start + size]))
+                with memoryview(buffer) as view:  # one copy, whose start (and so its tensors) is aligned
+                    binary = memoryview(bytes(view[start:start + size]))
                 del buffer[:start + size]
                 head, scanned = None, 0
                 yield message, binary

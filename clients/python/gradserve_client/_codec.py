@@ -58,12 +58,13 @@ def encode(payload: Mapping[str, Any], *, binary: bool) -> tuple[bytes, dict[str
     return b"".join([text, *buffers]), headers
 
 
-def encode_frame(payload: Mapping[str, Any], *, binary: bool) -> bytes:
-    """Returns one frame of a stream of messages (``train_steps``): the JSON text on one line,
-    then the raw bytes of its binary tensors."""
-    buffers: list[bytes] = []
-    document = _to_wire(payload, buffers if binary else None)
-    return b"".join([json.dumps(document, separators=(",", ":"), allow_nan=False).encode(), b"\n", *buffers])
+def encode_frame(payload: Mapping[str, Any], *, binary: bool) -> list[bytes | memoryview]:
+    """Returns one frame of a stream of messages (``train_steps``), in pieces to send one after
+    the other: the JSON text on one line, then the raw bytes of its binary tensors (views of
+    the arrays, not copies)."""
+    buffers: list[bytes | memoryview] = []
+    document = _to_wire(payload, buffers if binary else None, copy=False)
+    return [json.dumps(document, separators=(",", ":"), allow_nan=False).encode() + b"\n", *buffers]
 
 
 def decode(content: bytes, headers: Mapping[str, str]) -> Any:
@@ -80,23 +81,24 @@ def decode(content: bytes, headers: Mapping[str, str]) -> Any:
     return document
 
 
-def _to_wire(value: Any, buffers: list[bytes] | None) -> Any:
+def _to_wire(value: Any, buffers: list | None, copy: bool = True) -> Any:
     # Walks in insertion order, which is the order json.dumps writes, so buffers line up.
     if isinstance(value, np.ndarray):
-        return _tensor_object(as_tensor(value), buffers)
+        return _tensor_object(as_tensor(value), buffers, copy)
     if isinstance(value, Mapping):
-        return {str(k): _to_wire(v, buffers) for k, v in value.items()}
+        return {str(k): _to_wire(v, buffers, copy) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_wire(v, buffers) for v in value]
+        return [_to_wire(v, buffers, copy) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def _tensor_object(arr: np.ndarray, buffers: list[bytes] | None) -> dict[str, Any]:
+def _tensor_object(arr: np.ndarray, buffers: list | None, copy: bool = True) -> dict[str, Any]:
     obj: dict[str, Any] = {"shape": list(arr.shape), "datatype": _NAMES[arr.dtype]}
     if buffers is not None:
-        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        contiguous = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        raw = contiguous.tobytes() if copy else memoryview(contiguous).cast("B")
         buffers.append(raw)
         obj["parameters"] = {"binary_data_size": len(raw)}
     elif arr.dtype.kind == "f" and not np.isfinite(arr).all():

@@ -39,9 +39,9 @@ class Frames:
     def __init__(self, payloads: list[dict[str, Any]], binary: bool) -> None:
         self.payloads, self.binary = payloads, binary
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for payload in self.payloads:
-            yield encode_frame(payload, binary=self.binary)
+            yield from encode_frame(payload, binary=self.binary)
 
 
 class AsyncFrames(Frames):
@@ -49,9 +49,10 @@ class AsyncFrames(Frames):
 
     __iter__ = None  # type: ignore[assignment]  # httpx would take a sync iterable as sync content
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         for payload in self.payloads:
-            yield encode_frame(payload, binary=self.binary)
+            for piece in encode_frame(payload, binary=self.binary):
+                yield piece
 
 
 def stream_failure(error: APIError) -> tuple[int, list[TrainStepResult]]:
