@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
 from core import ID_PATTERN, TrainStepResult
-from service.tensors import Tensor, TensorInput
+from service.tensor_object import Tensor, TensorInput
 
 ModelId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
 
