@@ -312,8 +312,18 @@ class Model:
         """forward_backward on one batch, then step: the loss and the step taken."""
         if lr is not None:
             _checked_lr(lr)  # before the batch: a bad request changes nothing
+        # A refused step must leave the model as it was: the batch's forward moved batchnorm's
+        # running statistics, the dropout generator and the diagnostics of the last batch.
+        buffers = {name: b.copy() for name, b in self._buffers.items()}
+        rng_state, activations = self.rng.bit_generator.state, self.history.activations
         loss = self.train_batch(x, targets).loss
-        return TrainStepResult(**asdict(self.step(lr)), loss=loss)
+        try:
+            return TrainStepResult(**asdict(self.step(lr)), loss=loss)
+        except (NonFiniteGradientError, NonFiniteUpdateError):
+            for name, saved in buffers.items():
+                np.copyto(self._buffers[name], saved)
+            self.rng.bit_generator.state, self.history.activations = rng_state, activations
+            raise
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         with quiet_overflow():

@@ -244,19 +244,24 @@ class Optimizer:
             if clip_value is not None:
                 np.clip(g, -clip_value, clip_value, out=g)
             s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
+            moved = {k: v[part] for k, v in new[name].items()}
             # errstate is per thread: an overflowing update is refused below, not printed
             with quiet_overflow():
                 self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
-                            {k: v[part] for k, v in new[name].items()}, self.hp, steps[name], s1, s2)
-            return squared_norm(s2), squared_norm(self.params[name].reshape(-1)[part])
+                            moved, self.hp, steps[name], s1, s2)
+            # A state that overflowed (g * g past float32's range) would poison every later step.
+            finite_state = all(np.isfinite(v).all() for v in moved.values())
+            return squared_norm(s2), squared_norm(self.params[name].reshape(-1)[part]), finite_state
 
         norms = _run(update, self._jobs, self._parallel)
-        update_sq = _sum_by_name(self._jobs, [u for u, _ in norms])
-        param_sq = _sum_by_name(self._jobs, [p for _, p in norms])
+        update_sq = _sum_by_name(self._jobs, [u for u, _, _ in norms])
+        param_sq = _sum_by_name(self._jobs, [p for _, p, _ in norms])
         bad = self._non_finite_after(update_sq, param_sq, decay)
+        bad += sorted({name for (name, _), (_, _, finite) in zip(self._jobs, norms) if not finite} - set(bad))
         if bad:
             raise NonFiniteUpdateError(f"the update (lr {self.lr:g}) would leave non-finite values in "
-                                       f"{', '.join(bad)}; step refused, parameters untouched")
+                                       f"{', '.join(bad)} (parameters or optimizer state); step refused, "
+                                       f"parameters untouched")
 
         def apply(job):
             name, part = job

@@ -132,6 +132,10 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
     ignore_index = out["loss"].get("ignore_index") if isinstance(out["loss"], dict) else None
     if ignore_index is not None and not _is_int(ignore_index):
         err(["loss", "ignore_index"], f"ignore_index must be an integer (the label left out), got {ignore_index!r}")
+    delta = out["loss"].get("delta") if isinstance(out["loss"], dict) else None
+    if isinstance(out["loss"], dict) and out["loss"].get("type") == "huber" and not (
+            not isinstance(delta, bool) and isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+        err(["loss", "delta"], f"delta must be a positive number, got {delta!r}")
     out["optimizer"] = _check_choice(spec.get("optimizer", DEFAULT_OPTIMIZER), ["optimizer"], OPTIMIZER_OPTIONS, err)
     if isinstance(out["optimizer"], dict) and not errors:
         from .optim import check_hyperparameters

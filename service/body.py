@@ -47,6 +47,10 @@ async def frames(request: Request, limit: int) -> AsyncIterator[tuple[dict, memo
                             raise _too_large(scanned, limit)
                         break
                     line = bytes(buffer[:end])
+                    if not line.strip():  # a blank line between frames is no frame
+                        del buffer[:end + 1]
+                        scanned = 0
+                        continue
                     message = await off_loop(load_json, line) if end > OFFLOAD_BYTES else load_json(line)
                     head = (message, end + 1, binary_size(message))
                     if end + 1 + head[2] > limit:

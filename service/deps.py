@@ -12,7 +12,6 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-import numpy as np
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
@@ -22,7 +21,7 @@ from service.auth import OwnerDep
 from service.body import parse_body
 from service.metrics import Metrics
 from service.settings import Settings
-from service.store import Entry, ModelStore
+from service.store import Entry, ModelStore, inline_rows
 from service.tensors import Decoder
 
 M = TypeVar("M", bound=BaseModel)
@@ -67,17 +66,16 @@ class ModelCall(Generic[M]):
         return self.entry.model
 
     @property
-    def rows(self) -> int:
-        """Gives how many examples the body's inputs hold (1 without inputs)."""
-        inputs = getattr(self.body, "inputs", None)
-        return inputs.shape[0] if isinstance(inputs, np.ndarray) and inputs.ndim else 1
+    def rows(self) -> int | None:
+        """Gives the examples the store's inline rule counts (store.inline_rows), 1 without inputs."""
+        return inline_rows(self.body.inputs) if hasattr(self.body, "inputs") else 1
 
 
 def _model_call(model: type[M]) -> Any:
     async def resolve(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> ModelCall[M]:
         state = request.app.state
         entry = state.store.get(model_id, owner)
-        decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements, entry.model.input_dtype)
+        decoder = Decoder.of(entry.model, state.settings.max_tensor_elements)
         body = await parse_body(request, model, state.settings.max_body_bytes, decoder)
         return ModelCall(entry, body, state.store, request)
 

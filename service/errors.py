@@ -1,6 +1,7 @@
 """The one mapping from failures to HTTP answers: `{"detail": ..., "code": ...}`.
 
-    ServiceError            raised by the service itself (400, 401, 404, 409, 413, 422)
+    ServiceError            raised by the service itself (400, 401, 404, 409, 413, 422; 499 for a
+                            client gone mid-request, 503 deadline_exceeded for work past its budget)
     core.SpecError          422 invalid_spec          (detail: [{loc, msg, type}])
     core.InputError         422 invalid_input         (detail: [{loc, msg, type}])
     core.CheckpointError    422 invalid_checkpoint

@@ -27,8 +27,9 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # its head is in already: uvicorn starts it right away
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not pipelined and not self.transport.is_closing():
             self._arm_head_timer()  # for the next request on this connection
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -187,12 +187,6 @@ class ForwardBackwardResponse(BackwardResponse):
     outputs: Tensor | None = None
 
 
-class EvaluateResponse(BaseModel):
-    loss: Number
-    accuracy: float | None = Field(None, description="softmax_cross_entropy and bce_with_logits models only.")
-    count: int = Field(description="Terms the loss averages: positions for cross-entropy, elements otherwise.")
-
-
 class TrainStepsResponse(BaseModel):
     steps: list[TrainStepResult] = Field(description="One per batch, in the order sent.")
 
@@ -231,7 +225,7 @@ class StreamErrorBody(ErrorBody):
 
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in [
     (400, "Malformed body"), (401, "Missing or wrong API key"), (404, "Unknown model or tape"),
-    (409, "State conflict: stale tape, nothing to step, non-finite gradient, id taken"),
+    (409, "State conflict: stale tape, nothing to step, non-finite gradient or update, id taken"),
     (413, "Body or tensor over the limit"), (422, "Invalid spec or tensor"),
 ]}
 

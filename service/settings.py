@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_layers: int = Field(256, ge=1)
     max_tapes: int = Field(16, ge=1)
     tape_ttl_seconds: float = Field(300.0, gt=0)
+    max_stream_batches: int = Field(10_000, ge=1, description="Batches one train_steps stream may carry.")
     request_timeout_seconds: float = Field(
         30.0, gt=0, description="Time budget of long work (a gradient check): past it, or once its "
         "client has gone, the work stops and the model's lock is free again (503 deadline_exceeded).")

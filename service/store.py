@@ -14,6 +14,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import numpy as np
+
 from core import ID_RE, ID_RULE, InputError, Model, StoppedError
 from service.blas import POLICY
 from service.budget import Budget
@@ -29,6 +31,14 @@ T = TypeVar("T")
 # Multiply-adds (examples x parameters) below which a request's compute (tens of microseconds)
 # costs less than the hop to a worker thread and back: it runs on the event loop.
 INLINE_WORK = 1 << 17
+
+
+def inline_rows(inputs: Any) -> int | None:
+    """Gives the examples of (N, D) float inputs, whose cost is about N x parameters; None for
+    anything else (sequences, images, token indices: their cost grows with T or H x W too)."""
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind == "f":
+        return inputs.shape[0]
+    return None
 Save = Literal["no", "step", "always"]
 
 

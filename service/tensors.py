@@ -145,6 +145,11 @@ class Decoder:
     max_elements: int
     input_dtype: np.dtype | None = None
 
+    @classmethod
+    def of(cls, model: Any, max_elements: int) -> "Decoder":
+        """Gives the decoder for a core Model's requests."""
+        return cls(model.dtype, max_elements, model.input_dtype)
+
     def __call__(self, value: Tensor | list | None, field: str | tuple[str, ...], *,
                  labels: bool = False) -> np.ndarray | None:
         if value is None:

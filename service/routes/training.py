@@ -1,23 +1,25 @@
 """Forward, backward, accumulation, optimizer steps and evaluation on one model."""
 
 import asyncio
+from contextlib import aclosing
 from dataclasses import asdict
 from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from core import Backprop, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
+from core import Backprop, Evaluation, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
 from core import evaluate as evaluate_model
 from service.deps import Call, EntryDep, StoreDep
 from service.body import frames, validated
-from service.errors import CORE_ERRORS, answer_for
+from service.errors import CORE_ERRORS, ServiceError, answer_for
 from service.metrics import Metrics
 from service.schemas import (
-    ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, EvaluateResponse, ForwardBackwardRequest,
+    ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, ForwardBackwardRequest,
     ForwardBackwardResponse,
     ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StreamErrorBody, TrainStepRequest, TrainStepsResponse,
 )
+from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
 
 # No router-wide authenticate: every route takes Call or EntryDep, which authenticate (a node
@@ -93,12 +95,12 @@ async def step(call: Call[StepRequest]) -> Response:
     return respond(_step_answer(result))
 
 
-@router.post("/evaluate", response_model=EvaluateResponse)
+@router.post("/evaluate", response_model=Evaluation)
 async def evaluate(call: Call[EvaluateRequest]) -> Response:
     """Gives the loss (and a classifier's accuracy) of an eval-mode forward; no gradients, no state change."""
     result = await call.store.run(call.entry, lambda: evaluate_model(call.model, call.body.inputs, call.body.targets),
                                   rows=call.rows)
-    return respond({"loss": number(result.loss), "accuracy": result.accuracy, "count": result.count})
+    return respond({**asdict(result), "loss": number(result.loss)})
 
 
 @router.post("/zero_grad", response_model=ModelInfo)
@@ -146,16 +148,23 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
     """
     state = request.app.state
     store, metrics = state.store, state.metrics
-    decoder = Decoder(entry.model.dtype, state.settings.max_tensor_elements, entry.model.input_dtype)
+    decoder = Decoder.of(entry.model, state.settings.max_tensor_elements)
     batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # read and decoded ahead of the compute
     stopped = asyncio.Event()
 
     async def read() -> None:
         try:
-            async for message, binary in frames(request, state.settings.max_body_bytes):
-                await batches.put(validated(message, binary, TrainStepRequest, decoder))
-                if stopped.is_set():
-                    break
+            # aclosing: a stream left early still reads what the client sends (frames' finally)
+            async with aclosing(frames(request, state.settings.max_body_bytes)) as stream:
+                index = 0
+                async for message, binary in stream:
+                    if index == state.settings.max_stream_batches:
+                        raise ServiceError(413, "stream_too_long", f"the stream has more than {index} batches "
+                                           f"(GRADSERVE_MAX_STREAM_BATCHES); send several")
+                    await batches.put(validated(message, binary, TrainStepRequest, decoder))
+                    index += 1
+                    if stopped.is_set():
+                        break
         except Exception as exc:  # this frame is the one that failed
             await batches.put(exc)
         await batches.put(None)
@@ -173,8 +182,8 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
             try:
                 if isinstance(body, Exception):
                     raise body
-                rows = body.inputs.shape[0] if body.inputs.ndim else 1
-                completed.append(await _counting_steps(metrics, store.run(entry, partial(step, body), rows=rows)))
+                completed.append(await _counting_steps(metrics, store.run(entry, partial(step, body),
+                                                                          rows=inline_rows(body.inputs))))
             except Exception as exc:
                 if answer_for(exc) is None:
                     raise
@@ -183,7 +192,9 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
         await reader
     finally:
         reader.cancel()
-    if completed:  # every applied step reaches the disk under the durability, before the answer
+        if completed:
+            entry.dirty = True  # applied steps reach the disk at the latest with the next flush
+    if completed and not entry.deleted:  # and under durability "step" before the answer
         await store.run(entry, lambda: None, save="step")
     if failure is None:
         return respond({"steps": completed})

@@ -444,3 +444,30 @@ def test_adamw_decay_that_overflows_is_refused():
     with pytest.raises(NonFiniteUpdateError):
         model.step()
     assert snapshot(model) == before
+
+
+def test_a_gradient_whose_square_overflows_adam_state_is_refused():
+    model = make_model({"type": "adam"}, dtype="float32")
+    give_gradients(model, gradient_sequence()[0])
+    model.step()
+    before = snapshot(model)
+    grads = {n: np.zeros(s) for n, s in SHAPES.items()}
+    grads["0.weight"][0, 0] = 1e20  # finite in float32, its square is not: exp_avg_sq would be Inf
+    give_gradients(model, grads)
+    with pytest.raises(NonFiniteUpdateError, match="optimizer state"):
+        model.step()
+    assert snapshot(model) == before
+
+
+def test_a_refused_train_step_leaves_running_statistics_and_dropout_stream_as_they_were():
+    layers = [{"type": "linear", "in_features": 3, "out_features": 4}, {"type": "batchnorm"},
+              {"type": "dropout", "p": 0.5}, {"type": "linear", "out_features": 2}]
+    model = make_model({"type": "sgd", "lr": 0.1}, dtype="float32", layers=layers)
+    x, y = np.random.default_rng(0).standard_normal((8, 3)), np.zeros((8, 2))
+    model.train_step(x, y)
+    buffers = {n: b.copy() for n, b in model.buffers().items()}
+    rng_state, before = model.rng.bit_generator.state, snapshot(model)
+    with pytest.raises(NonFiniteUpdateError):
+        model.train_step(x, y, lr=1e300)
+    assert snapshot(model) == before and model.rng.bit_generator.state == rng_state
+    assert all(np.array_equal(model.buffers()[n], b) for n, b in buffers.items())

@@ -96,3 +96,8 @@ def test_a_valid_spec_round_trips_through_its_normalized_form():
     again = Model.from_spec(model.spec)
     assert again.spec == model.spec and model.spec["id"] == "m-1"
     assert all(np.array_equal(model.parameters()[k], again.parameters()[k]) for k in model.parameters())
+
+
+@pytest.mark.parametrize("delta", ["1", -1, 0, True, float("inf")])
+def test_a_huber_delta_must_be_a_positive_number(delta):
+    assert errors_of({"layers": MLP, "loss": {"type": "huber", "delta": delta}})[0]["loc"] == ["loss", "delta"]

@@ -6,6 +6,7 @@ import socket
 import time
 
 import httpx
+import orjson
 import numpy as np
 import pytest
 
@@ -115,3 +116,30 @@ def test_long_work_stops_once_its_client_has_gone(make_live):
     assert wait_for(lambda: requests_by_status(url, route).get("499") == 1, seconds=20), requests_by_status(url, route)
     step = httpx.post(f"{url}/v1/models/{info['id']}/train_step", json={"inputs": tensor(X), "targets": tensor(Y)})
     assert step.status_code == 200 and step.json()["step"] == 1
+
+
+def test_a_pipelined_request_is_not_cut_by_the_head_deadline(make_live):
+    url = make_live(header_timeout_seconds=0.3)
+    info = create(httpx.Client(base_url=url), BIG)
+    check = orjson.dumps({"inputs": tensor(X), "targets": tensor(Y), "max_entries": 300})  # ~1 s of work
+    second = (f"POST /v1/models/{info['id']}/gradcheck HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(check)}\r\n\r\n").encode() + check
+    sock = raw_connection(url)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + second)  # both heads at once
+    sock.settimeout(30)
+    received = b""
+    while received.count(b"HTTP/1.1 200") < 2:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection: {received[-300:]!r}"
+        received += chunk
+    assert b'"passed"' in received
+    sock.close()
+
+
+def test_only_plain_batches_of_vectors_may_run_on_the_event_loop():
+    from service.store import inline_rows
+
+    assert inline_rows(np.zeros((32, 8), np.float32)) == 32
+    assert inline_rows(np.zeros((32, 50, 8), np.float32)) is None  # a sequence: T times the work
+    assert inline_rows(np.zeros((4, 1, 28, 28), np.float32)) is None  # an image
+    assert inline_rows(np.zeros((4, 12), np.int64)) is None  # token indices

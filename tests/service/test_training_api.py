@@ -332,3 +332,10 @@ def test_each_frame_is_held_to_the_body_limit(make_client):
     big = frames([(np.zeros((400, 4), np.float32), np.zeros(400, np.int64))], binary=True)
     response = client.post(url(info, "train_steps"), content=big)
     assert response.status_code == 413 and "GRADSERVE_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+def test_blank_lines_between_frames_are_no_batches(api):
+    info = create(api)
+    body = frames(BATCHES[:2], binary=False).replace(b"\n", b"\n\n") + b"\n"
+    response = api.post(url(info, "train_steps"), content=body)
+    assert response.status_code == 200 and [s["step"] for s in response.json()["steps"]] == [1, 2]

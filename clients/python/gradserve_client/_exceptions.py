@@ -117,7 +117,7 @@ class ServerError(APIError):
 class DeadlineExceededError(ServerError):
     """503 deadline_exceeded: the work did not finish within the server's time budget
     (GRADSERVE_REQUEST_TIMEOUT_SECONDS) and was stopped with the model unchanged; ask for less
-    (a smaller max_entries, mode="directional", fewer batches). Not retried."""
+    (a smaller max_entries, mode="directional"). Not retried."""
 
 
 class APIConnectionError(GradserveError):

@@ -98,11 +98,15 @@ class Evaluation:
 
     @staticmethod
     def combine(parts: list[Evaluation]) -> Evaluation:
-        """Returns the evaluation of the union of batches evaluated one by one."""
-        if len(parts) == 1:
-            return parts[0]
-        count = sum(p.count for p in parts)
-        loss = sum(p.loss * p.count for p in parts) / max(count, 1)
-        accuracy = None if parts and parts[0].accuracy is None else sum(
-            p.accuracy * p.count for p in parts if p.accuracy is not None) / max(count, 1)
+        """Returns the evaluation of the union of batches evaluated one by one (a batch of no
+        counted term, e.g. every label its ignore_index, adds nothing)."""
+        if not parts:
+            raise ValueError("no batches to evaluate")
+        counted = [p for p in parts if p.count] or parts[:1]
+        if len(counted) == 1:
+            return counted[0]
+        count = sum(p.count for p in counted)
+        loss = sum(p.loss * p.count for p in counted) / count
+        scored = [p for p in counted if p.accuracy is not None]
+        accuracy = sum(p.accuracy * p.count for p in scored) / sum(p.count for p in scored) if scored else None
         return Evaluation(loss, accuracy, count)
