@@ -144,7 +144,9 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
 
     The same steps as one train_step per batch, bit for bit, in one request. The first batch
     that fails stops the stream: the answer is its error, with `batch` (its index) and
-    `completed` (the steps applied before it, which stay applied).
+    `completed` (the steps applied before it, which stay applied). Each batch takes the model's
+    lock on its own, as a train_step would: requests of other clients on the same model may run
+    between two batches of a stream.
     """
     state = request.app.state
     store, metrics = state.store, state.metrics
