@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +38,10 @@ class RecordRequests:
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
+        # labels() builds and looks up a child per call; the few (method, route, status) seen
+        # are kept here instead (a few microseconds a request).
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,5 +59,11 @@ class RecordRequests:
         finally:
             route = getattr(scope.get("route"), "path", "<unmatched>")
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            counter = self._counters.get((method, route, status))
+            if counter is None:
+                counter = self._counters[method, route, status] = self.metrics.requests.labels(method, route, str(status))
+            timer = self._timers.get((method, route))
+            if timer is None:
+                timer = self._timers[method, route] = self.metrics.latency.labels(method, route)
+            counter.inc()
+            timer.observe(time.perf_counter() - start)
