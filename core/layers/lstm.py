@@ -31,9 +31,11 @@ class LSTM(Recurrent):
         xt, gates = self._input_projections(x, p["weight_ih_l0"] * scale[:, None],
                                             (p["bias_ih_l0"] + p["bias_hh_l0"]) * scale)
         t, n, _ = gates.shape
+        i, f, g, o = self._split(gates)
         cs = np.empty((t, n, hidden), x.dtype)
         tanh_cs, hs = np.empty_like(cs), np.empty_like(cs)
-        recurrent = np.empty((n, 4 * hidden), x.dtype)
+        # Every step writes into these and into slices of the arrays above: no temporaries in the loop.
+        recurrent, carried = np.empty((n, 4 * hidden), x.dtype), np.empty((n, hidden), x.dtype)
         for step in range(t):
             a = gates[step]
             if step > 0:
@@ -41,31 +43,35 @@ class LSTM(Recurrent):
             np.tanh(a, out=a)
             a *= scale
             a += offset
-            i, f, g, o = (a[:, k * hidden:(k + 1) * hidden] for k in range(4))
-            c = np.multiply(i, g, out=cs[step])
+            c = np.multiply(i[step], g[step], out=cs[step])
             if step > 0:
-                c += f * cs[step - 1]
-            np.multiply(o, np.tanh(c, out=tanh_cs[step]), out=hs[step])
+                c += np.multiply(f[step], cs[step - 1], out=carried)
+            np.multiply(o[step], np.tanh(c, out=tanh_cs[step]), out=hs[step])
         return self._output(hs), (xt, gates, cs, tanh_cs, hs)
+
+    def _split(self, a: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Return the i, f, g, o views of (..., 4H)."""
+        hidden = self.hidden_size
+        return tuple(a[..., k * hidden:(k + 1) * hidden] for k in range(4))
 
     def _backward_through_time(self, dy, cache):
         xt, gates, cs, tanh_cs, hs = cache
         hidden = self.hidden_size
         w_hh = self.params["weight_hh_l0"]
         t, n, _ = gates.shape
-        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        i, f, g, o = self._split(gates)
         # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once.
         da = gates * (1 - gates)
         np.subtract(1, g * g, out=da[..., 2 * hidden:3 * hidden])
         dc_from_h = o * (1 - tanh_cs * tanh_cs)  # dh_t adds dh_t * dc_from_h[t] to dc_t
         dh, dys = self._output_grads(dy)
         local = np.empty((n, 4 * hidden), gates.dtype)
-        di, df, dg, do = (local[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        dc = np.zeros_like(dh)
+        di, df, dg, do = self._split(local)
+        dc, from_h = np.zeros_like(dh), np.empty_like(dh)
         for step in range(t - 1, -1, -1):
             if dys is not None:
                 dh += dys[step]
-            dc += dh * dc_from_h[step]
+            dc += np.multiply(dh, dc_from_h[step], out=from_h)
             np.multiply(dc, g[step], out=di)
             if step > 0:
                 np.multiply(dc, cs[step - 1], out=df)
