@@ -60,10 +60,15 @@ class LSTM(Recurrent):
         w_hh = self.params["weight_hh_l0"]
         t, n, _ = gates.shape
         i, f, g, o = self._split(gates)
-        # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once.
-        da = gates * (1 - gates)
-        np.subtract(1, g * g, out=da[..., 2 * hidden:3 * hidden])
-        dc_from_h = o * (1 - tanh_cs * tanh_cs)  # dh_t adds dh_t * dc_from_h[t] to dc_t
+        # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once
+        # (written in place: no (T, N, 4H) temporaries).
+        da = np.subtract(1, gates)
+        da *= gates
+        da_g = np.multiply(g, g, out=da[..., 2 * hidden:3 * hidden])
+        np.subtract(1, da_g, out=da_g)
+        dc_from_h = tanh_cs * tanh_cs  # dh_t adds dh_t * o (1 - tanh(c_t)^2) to dc_t
+        np.subtract(1, dc_from_h, out=dc_from_h)
+        dc_from_h *= o
         dh, dys = self._output_grads(dy)
         local = np.empty((n, 4 * hidden), gates.dtype)
         di, df, dg, do = self._split(local)
