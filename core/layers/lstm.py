@@ -33,10 +33,9 @@ class LSTM(Recurrent):
         w_hh = p["weight_hh_l0"] * scale
         n, t, d = x.shape
         xt = np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(d, t * n)  # (D, T N), columns step-major
-        projections = (p["weight_ih_l0"] * scale) @ xt  # every step's x_t @ W_ih.T, in one matmul
-        projections += (p["bias_ih_l0"] + p["bias_hh_l0"])[:, None] * scale
-        projections = projections.reshape(4 * hidden, t, n)
-        gates = np.empty((t, 4 * hidden, n), x.dtype)
+        # Every step's input projection W_ih x_t.T + both biases, (T, 4H, N), in one stacked matmul.
+        gates = np.matmul(p["weight_ih_l0"] * scale, xt.reshape(d, t, n).transpose(1, 0, 2))
+        gates += (p["bias_ih_l0"] + p["bias_hh_l0"])[:, None] * scale
         i, f, g, o = self._split(gates)
         cs = np.empty((t, hidden, n), x.dtype)
         tanh_cs, hs = np.empty_like(cs), np.empty_like(cs)
@@ -45,9 +44,7 @@ class LSTM(Recurrent):
         for step in range(t):
             a = gates[step]
             if step > 0:
-                np.add(np.matmul(w_hh, hs[step - 1], out=recurrent), projections[:, step], out=a)
-            else:
-                np.copyto(a, projections[:, 0])
+                a += np.matmul(w_hh, hs[step - 1], out=recurrent)
             np.tanh(a, out=a)
             for sigmoid in (a[:2 * hidden], a[3 * hidden:]):  # i, f and o
                 sigmoid *= 0.5
