@@ -104,14 +104,20 @@ class LSTM(Recurrent):
             da[step] *= local[0]
             dc *= f[step]
             np.matmul(w_hh_t, da[step], out=dh)
-        # The weight gradients sum over steps and examples: one matmul each over the columns (t, n).
+        # All four parameter gradients in one matmul over the columns (t, n): da against the rows
+        # [x_t; h_{t-1}; 1] (h_0 = 0; the ones give the biases').
+        d = xt.shape[0]
         da = np.ascontiguousarray(da.transpose(1, 0, 2)).reshape(4 * hidden, t * n)
-        h_prev = hs[:-1].transpose(0, 2, 1).reshape((t - 1) * n, hidden)  # h_0 = 0 adds nothing
-        self._add_matmul("weight_ih_l0", da, xt.T)
-        self._add_matmul("weight_hh_l0", da[:, n:], h_prev)
-        bias = da.sum(axis=1)
-        self._add("bias_ih_l0", bias)
-        self._add("bias_hh_l0", bias)
+        inputs = np.empty((d + hidden + 1, t, n), da.dtype)
+        inputs[:d] = xt.reshape(d, t, n)
+        inputs[d:-1, 0] = 0
+        inputs[d:-1, 1:] = hs[:-1].transpose(1, 0, 2)
+        inputs[-1] = 1
+        grads = da @ inputs.reshape(-1, t * n).T
+        self._add("weight_ih_l0", grads[:, :d])
+        self._add("weight_hh_l0", grads[:, d:-1])
+        self._add("bias_ih_l0", grads[:, -1])
+        self._add("bias_hh_l0", grads[:, -1])
         return da
 
     def activation_stats(self, cache):
