@@ -1,7 +1,8 @@
 """What the recurrent layers (RNN, LSTM, GRU) share: parameters, time-major steps, BPTT's weight gradients.
 
-Inside, sequences are kept time-major, (T, N, ...), so each step's slice is contiguous; the
-layers take and give batch-first (N, T, ...) arrays, as torch with batch_first=True.
+Inside, sequences are kept time-major, (T, N, ...), so each step's slice is contiguous (LSTM
+goes further and keeps each step transposed, (T, ..., N): see lstm.py); the layers take and
+give batch-first (N, T, ...) arrays, as torch with batch_first=True.
 """
 
 from __future__ import annotations
