@@ -71,7 +71,7 @@ class LSTM(Recurrent):
         """Add the parameter gradients; return the gradients of the gates' pre-activations, (4H, T N)."""
         xt, gates, cs, tanh_cs, hs = cache
         hidden = self.hidden_size
-        w_hh_t = self.params["weight_hh_l0"].T
+        w_hh_t = np.ascontiguousarray(self.params["weight_hh_l0"].T)  # the faster layout for the per-step product
         t, _, n = gates.shape
         i, f, g, o = self._split(gates)
         # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once
