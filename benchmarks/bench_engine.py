@@ -2,8 +2,8 @@
 
     python benchmarks/bench_engine.py [--repeats 50] [--match lstm]
 
-Prints median milliseconds and GFLOP/s (6 x the multiply-adds of the linear, conv2d, lstm, gru
-and attention layers, per time) for each config, with PyTorch side by side when torch is
+Prints median milliseconds and GFLOP/s (6 x the multiply-adds of the linear, conv2d, rnn, lstm,
+gru and attention layers, per time) for each config, with PyTorch side by side when torch is
 importable (it is optional, never required). The configs are gradserve specs; the torch side is
 the matching nn.Sequential.
 """
@@ -39,7 +39,7 @@ CROSS_ENTROPY = {"type": "softmax_cross_entropy"}
 
 
 def recurrent_spec(kind, d=32, h=128, classes=10):
-    """An lstm or gru over (N, T, D), a linear layer to the classes on its last step."""
+    """An rnn, lstm or gru over (N, T, D), a linear layer to the classes on its last step."""
     return {"layers": [{"type": kind, "input_size": d, "hidden_size": h}, {"type": "linear", "out_features": classes}],
             "loss": CROSS_ENTROPY, "optimizer": ADAM}
 
@@ -73,6 +73,7 @@ CONFIGS = [  # (name, spec, input shape)
                            "optimizer": {"type": "adam", "lr": 1e-3}}, (64, 1, 28, 28)),
     ("lstm D32-H128 T50 b32", recurrent_spec("lstm"), (32, 50, 32)),
     ("gru D32-H128 T50 b32", recurrent_spec("gru"), (32, 50, 32)),
+    ("rnn D32-H128 T50 b32", recurrent_spec("rnn"), (32, 50, 32)),
     ("transformer E64 h4 T64 V128 b16", transformer_spec(), (16, 64)),
 ]
 
@@ -90,9 +91,12 @@ def data(model, input_shape):
 
 
 def flops(model, input_shape):
-    """Return 6 x the multiply-adds of the linear, conv2d, lstm, gru and attention layers (forward,
+    """Return 6 x the multiply-adds of the linear, conv2d, rnn, lstm, gru and attention layers (forward,
     and backward's two products)."""
     return 6 * multiply_adds(model.spec["layers"], input_shape)
+
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def multiply_adds(layers, shape):
@@ -103,10 +107,10 @@ def multiply_adds(layers, shape):
             total += math.prod(out) * spec["in_features"]
         elif spec["type"] == "conv2d":
             total += math.prod(out) * spec["in_channels"] * math.prod(as_pair(spec["kernel_size"]))
-        elif spec["type"] in ("lstm", "gru"):
+        elif spec["type"] in GATES:
             n, t, d = shape
             h = spec["hidden_size"]
-            total += n * t * (4 if spec["type"] == "lstm" else 3) * h * (d + h)
+            total += n * t * GATES[spec["type"]] * h * (d + h)
         elif spec["type"] == "attention":
             n, t, e = shape
             total += n * t * 4 * e * e + 2 * n * t * t * e  # projections, then scores and their weighted sum
@@ -145,7 +149,7 @@ def torch_module(spec):
     model = Model.from_spec(spec)  # for the inferred sizes
 
     def recurrent(s):
-        class Recurrent(nn.LSTM if s["type"] == "lstm" else nn.GRU):  # every step's output, or the last
+        class Recurrent({"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[s["type"]]):  # every step's output, or the last
             def forward(self, x):
                 y = super().forward(x)[0]
                 return y if s["return_sequences"] else y[:, -1]
@@ -185,6 +189,7 @@ def torch_module(spec):
         "maxpool2d": lambda s: nn.MaxPool2d(s["kernel_size"], s["stride"], s["padding"]),
         "lstm": recurrent,
         "gru": recurrent,
+        "rnn": recurrent,
         "embedding": lambda s: nn.Embedding(s["num_embeddings"], s["embedding_dim"]),
         "positional": Positional,
         "attention": SelfAttention,

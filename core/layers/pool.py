@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import Layer
 from .options import ShapeError, as_pair, need_rank, pair
-from .windows import output_size, pad, padded_zeros, unpad
+from .windows import channel_major, output_size, pad, padded_zeros, unpad
 
 
 class _Pool2d(Layer):
@@ -60,16 +60,25 @@ class _Pool2d(Layer):
         return y, (along_h, along_w)
 
     def _scatter(self, dy, x_shape, spread):
-        """Return dx: (N, C, H, W), sending dy back along H, then along W; `spread(axis, k, g)`
-        gives the part of g that kernel offset k receives."""
+        """Return dx: (N, C, H, W), sending dy back along H, then along W; `spread(axis, k, g, out)`
+        writes into `out` the part of g that kernel offset k receives (None: returns it)."""
         (kh, kw), (sh, sw) = self.kernel, self.stride
+        dy = channel_major(dy)  # as the gradients written here (after a flatten it is not): one order to walk
         dxp = padded_zeros(x_shape, self.padding, dy.dtype)
         drows = padded_zeros((*dxp.shape[:3], dy.shape[3]), (0, 0), dy.dtype)  # (N, C, H + 2 pH, W')
-        for i in range(kh):
-            _offset(drows, 2, i, dy.shape[2], sh)[...] += spread(2, i, dy)
-        for j in range(kw):
-            _offset(dxp, 3, j, dy.shape[3], sw)[...] += spread(3, j, drows)
+        _spread_along(drows, 2, dy, kh, sh, spread)
+        _spread_along(dxp, 3, drows, kw, sw, spread)
         return unpad(dxp, self.padding)
+
+
+def _spread_along(out, axis, g, kernel, stride, spread):
+    """Add into `out` (zeros) what each kernel offset along `axis` receives of g."""
+    for k in range(kernel):
+        view = _offset(out, axis, k, g.shape[axis], stride)
+        if stride >= kernel:  # the offsets' views do not overlap: write, do not add
+            spread(axis, k, g, view)
+        else:
+            view += spread(axis, k, g, None)
 
 
 def _offset(a: np.ndarray, axis: int, k: int, size: int, stride: int) -> np.ndarray:
@@ -82,10 +91,14 @@ def _offset(a: np.ndarray, axis: int, k: int, size: int, stride: int) -> np.ndar
 def _running_max(axis, a, kernel, size, stride):
     """Return (max over the kernel offsets along `axis`, the first offset reaching it)."""
     first = _offset(a, axis, 0, size, stride)
-    best = np.empty_like(first)  # in a's memory order
-    np.copyto(best, first)
-    argmax = np.zeros_like(best, np.min_scalar_type(kernel))
-    for k in range(1, kernel):
+    if kernel == 1:
+        return first.copy(order="K"), np.zeros_like(first, np.min_scalar_type(kernel))
+    second = _offset(a, axis, 1, size, stride)
+    # Offsets 0 and 1 at once: the argmax is 1 exactly where the second is greater.
+    better, dtype = second > first, np.min_scalar_type(kernel)
+    argmax = better.view(dtype) if dtype == np.uint8 else better.astype(dtype)
+    best = np.maximum(first, second)  # in a's memory order
+    for k in range(2, kernel):
         candidate = _offset(a, axis, k, size, stride)
         better = candidate > best
         np.maximum(best, candidate, out=best)
@@ -114,7 +127,8 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy, cache):
         (along_h, along_w), x_shape = cache
-        return self._scatter(dy, x_shape, lambda axis, k, g: g * ((along_h if axis == 2 else along_w) == k))
+        return self._scatter(dy, x_shape, lambda axis, k, g, out: np.multiply(
+            g, (along_h if axis == 2 else along_w) == k, out=out))
 
 
 class AvgPool2d(_Pool2d):
@@ -127,4 +141,4 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dy, x_shape):
         dy = dy * (1 / (self.kernel[0] * self.kernel[1]))
-        return self._scatter(dy, x_shape, lambda axis, k, g: g)
+        return self._scatter(dy, x_shape, lambda axis, k, g, out: g if out is None else np.copyto(out, g))

@@ -1,7 +1,8 @@
-"""What the gated recurrent layers (LSTM, GRU) share: parameters, time-major steps, BPTT's weight gradients.
+"""What the recurrent layers (RNN, LSTM, GRU) share: parameters, time-major steps, BPTT's weight gradients.
 
-Inside, sequences are kept time-major, (T, N, ...), so each step's slice is contiguous; the
-layers take and give batch-first (N, T, ...) arrays, as torch with batch_first=True.
+Inside, sequences are kept time-major, (T, N, ...), so each step's slice is contiguous (LSTM
+goes further and keeps each step transposed, (T, ..., N): see lstm.py); the layers take and
+give batch-first (N, T, ...) arrays, as torch with batch_first=True.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def gate_saturation(gates: np.ndarray, names: str, tanh_gates: str) -> dict:
 
 
 class Recurrent(Layer):
-    """Base of LSTM and GRU. x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
+    """Base of RNN, LSTM and GRU. x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
 
     Parameters as torch: weight_ih_l0 (G*H, D), weight_hh_l0 (G*H, H), bias_ih_l0 and
     bias_hh_l0 (G*H,), with G gates stacked in the rows, each U(-1/sqrt(H), 1/sqrt(H)) as torch.
@@ -125,5 +126,6 @@ class Recurrent(Layer):
         da_x2, da_h2 = da_x.reshape(t * n, gh), da_h.reshape(t * n, gh)
         self._add_matmul("weight_ih_l0", da_x2.T, xt.reshape(t * n, xt.shape[-1]))
         self._add_matmul("weight_hh_l0", da_h2[n:].T, hs[:-1].reshape((t - 1) * n, hs.shape[-1]))
-        self._add_sum("bias_ih_l0", da_x2, axis=0)
-        self._add_sum("bias_hh_l0", da_h2, axis=0)
+        bias = da_x2.sum(axis=0)
+        self._add("bias_ih_l0", bias)
+        self._add("bias_hh_l0", bias if da_h is da_x else da_h2.sum(axis=0))  # RNN, LSTM: one array for both

@@ -56,6 +56,13 @@ def padded_zeros(shape: tuple, padding: Pair, dtype) -> np.ndarray:
     return np.zeros((c, n, h + 2 * padding[0], w + 2 * padding[1]), dtype).transpose(1, 0, 2, 3)
 
 
+def channel_major(x: np.ndarray) -> np.ndarray:
+    """Return x: (N, C, H, W) laid out channel-major in memory, (C, N, H, W), copying only if it is not."""
+    if x.transpose(1, 0, 2, 3).flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
 def unpad(xp: np.ndarray, padding: Pair) -> np.ndarray:
     """Return the (N, C, H, W) inside of a padded (N, C, H + 2 ph, W + 2 pw) array."""
     ph, pw = padding
