@@ -142,6 +142,7 @@ def load_state(model: "Model", tensors: dict[str, np.ndarray], meta: dict[str, s
                 _copy_checked(f"{OPTIMIZER_PREFIX}{name}.{slot}", target, value, cast)
                 slots[slot] = target
     model.optimizer.state = optimizer_state
+    model.optimizer.parameters_changed()
     try:
         model.step_count = int(meta.get("step", 0))
         model.version = int(meta.get("version", 0))

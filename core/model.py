@@ -172,6 +172,7 @@ class Model:
             raise InputError(errors)
         for name, value in cast.items():
             np.copyto(self._params[name], value)
+        self.optimizer.parameters_changed()
         self.version += 1
 
     # ---- validation ----------------------------------------------------------------------

@@ -172,12 +172,20 @@ _POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="gradserve-op
 
 
 def _run(fn, jobs: list, parallel: bool) -> list:
-    """Return [fn(job) for job in jobs], spread over the thread pool when `parallel`."""
+    """Return [fn(job) for job in jobs], spread over the thread pool when `parallel`.
+
+    Overflow is not reported as a numpy warning in any thread (errstate is per thread): an
+    update that overflows is refused by the step instead.
+    """
+    def run_part(part: list) -> list:
+        with quiet_overflow():
+            return [fn(job) for job in part]
+
     if not parallel:
-        return [fn(job) for job in jobs]
+        return run_part(jobs)
     parts = [jobs[i::WORKERS] for i in range(WORKERS)]
-    futures = [_POOL.submit(lambda part=part: [fn(job) for job in part]) for part in parts[1:]]
-    results = [[fn(job) for job in parts[0]]] + [f.result() for f in futures]
+    futures = [_POOL.submit(run_part, part) for part in parts[1:]]
+    results = [run_part(parts[0])] + [f.result() for f in futures]
     ordered = [None] * len(jobs)
     for i, part in enumerate(results):
         ordered[i::WORKERS] = part
@@ -198,6 +206,7 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {name: {} for name in params}
         self._scratch = {name: (np.empty_like(p), np.empty_like(p)) for name, p in params.items()}
         self._spare: dict[str, dict[str, np.ndarray | None]] = {}  # where the next step writes its state
+        self._norm_bound: dict[str, float] = {}  # upper bounds of the parameters' L2 norms
         # Big models: cache-sized chunks spread over the cores. Small ones: whole tensors on
         # one thread, where a thread hop would cost more than it saves.
         self._parallel = WORKERS > 1 and sum(p.size for p in params.values()) > 4 * CHUNK
@@ -235,6 +244,7 @@ class Optimizer:
         old = {name: {slot: self._flat_state(name, slot) for slot in slots} for name in self.params}
         new = {name: {slot: self._spare_state(name, slot).reshape(-1) for slot in slots} for name in self.params}
         decay = decay_factor(self.hp)
+        largest = float(np.finfo(next(iter(self.params.values())).dtype).max) if self.params else math.inf
 
         def update(job):
             name, part = job
@@ -245,19 +255,18 @@ class Optimizer:
                 np.clip(g, -clip_value, clip_value, out=g)
             s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
             moved = {k: v[part] for k, v in new[name].items()}
-            # errstate is per thread: an overflowing update is refused below, not printed
-            with quiet_overflow():
-                self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
-                            moved, self.hp, steps[name], s1, s2)
-            # A state that overflowed (g * g past float32's range) would poison every later step.
-            finite_state = all(np.isfinite(v).all() for v in moved.values())
-            return squared_norm(s2), squared_norm(self.params[name].reshape(-1)[part]), finite_state
+            self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
+                        moved, self.hp, steps[name], s1, s2)
+            # A state that overflowed would poison every later step. The moving averages of finite
+            # values stay finite, so only a gradient whose squares overflow (g * g past the dtype's
+            # range: its squared norm past it too) can make one: only then is the state checked.
+            finite_state = grad_sq[name] <= largest or all(np.isfinite(v).all() for v in moved.values())
+            return squared_norm(s2), finite_state
 
         norms = _run(update, self._jobs, self._parallel)
-        update_sq = _sum_by_name(self._jobs, [u for u, _, _ in norms])
-        param_sq = _sum_by_name(self._jobs, [p for _, p, _ in norms])
-        bad = self._non_finite_after(update_sq, param_sq, decay)
-        bad += sorted({name for (name, _), (_, _, finite) in zip(self._jobs, norms) if not finite} - set(bad))
+        update_sq = _sum_by_name(self._jobs, [u for u, _ in norms])
+        bad = self._non_finite_after(update_sq, decay)
+        bad += sorted({name for (name, _), (_, finite) in zip(self._jobs, norms) if not finite} - set(bad))
         if bad:
             raise NonFiniteUpdateError(f"the update (lr {self.lr:g}) would leave non-finite values in "
                                        f"{', '.join(bad)} (parameters or optimizer state); step refused, "
@@ -271,11 +280,16 @@ class Optimizer:
             p += self._scratch[name][1].reshape(-1)[part]
 
         _run(apply, self._jobs, self._parallel)
+        for name, bound in self._norm_bound.items():
+            self._norm_bound[name] = abs(decay) * bound + math.sqrt(update_sq[name])
         for name, state in self.state.items():
             for slot in slots:
                 self._spare[name][slot] = state.get(slot)
                 state[slot] = new[name][slot].reshape(self.params[name].shape)
-            state["step"] = np.array(steps[name], dtype=np.int64)
+            if "step" in state:
+                state["step"][...] = steps[name]
+            else:
+                state["step"] = np.array(steps[name], dtype=np.int64)
         update_norm = math.sqrt(sum(update_sq.values()))
         grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
         update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
@@ -293,18 +307,27 @@ class Optimizer:
             spare = self._spare[name][slot] = np.empty_like(self.params[name])
         return spare
 
-    def _non_finite_after(self, update_sq: dict[str, float], param_sq: dict[str, float], decay: float) -> list[str]:
+    def parameters_changed(self) -> None:
+        """Forgets the bounds on the parameters' norms: call it after writing parameters."""
+        self._norm_bound.clear()
+
+    def _non_finite_after(self, update_sq: dict[str, float], decay: float) -> list[str]:
         """Return the parameters the computed updates would leave with a NaN or Inf somewhere.
 
-        |decay * p + u| <= |decay| * ||p|| + ||u|| bounds every entry, so the exact check (a
-        pass over the parameter) runs only for a parameter near its dtype's largest value.
+        |decay * p + u| <= |decay| * ||p|| + ||u|| bounds every entry. ||p|| itself is bounded
+        without a pass over p: measured once, then grown by each step's update norm (the
+        triangle inequality), and measured again only when that bound nears the dtype's largest
+        value; the exact check (a pass) runs only for a parameter whose bound reaches it.
         """
         bad = []
         for name, p in self.params.items():
-            u_norm, p_norm, largest = math.sqrt(update_sq[name]), math.sqrt(param_sq[name]), float(np.finfo(p.dtype).max)
+            u_norm, largest = math.sqrt(update_sq[name]), float(np.finfo(p.dtype).max)
+            bound = self._norm_bound.get(name)
+            if bound is None or bound > 1e-8 * largest:
+                bound = self._norm_bound[name] = math.sqrt(squared_norm(p))
             if not math.isfinite(u_norm) or abs(decay) > largest:
                 bad.append(name)
-            elif abs(decay) * p_norm + u_norm > largest:
+            elif abs(decay) * bound + u_norm > largest:
                 s1, s2 = self._scratch[name]
                 np.multiply(p, decay, out=s1)
                 s1 += s2
