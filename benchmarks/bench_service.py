@@ -288,7 +288,7 @@ def table(rows: list[tuple[str, str]], n: int) -> str:
         f".venv/bin/python benchmarks/bench_service.py --write` on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {machine()}; "
         f"load average {Path('/proc/loadavg').read_text().split()[0]} at the end.",
-        f"Medians over {n} rounds, every measure once per round (tiny model and empty GET: 10 and 5 times), so "
+        f"Medians over {n} rounds, every measure once per round (the 32-32-1 round trips and the empty GET: 10 times), so "
         "that load from elsewhere touches them alike; http.client on keep-alive connections with "
         "TCP_NODELAY, each server in its own process; fit: medians of 3 runs.", "",
         "| what | time |", "|---|---|", *[f"| {what} | {value} |" for what, value in rows], ""])
