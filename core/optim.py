@@ -171,13 +171,15 @@ WORKERS = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="gradserve-optim")
 
 
-def _run(fn, jobs: list, parallel: bool) -> list:
+def _run(fn, jobs: list, parallel: bool, quiet: bool = False) -> list:
     """Return [fn(job) for job in jobs], spread over the thread pool when `parallel`.
 
-    Overflow is not reported as a numpy warning in any thread (errstate is per thread): an
-    update that overflows is refused by the step instead.
+    With `quiet`, overflow is not reported as a numpy warning in any thread (errstate is per
+    thread): an update that overflows is refused by the step instead.
     """
     def run_part(part: list) -> list:
+        if not quiet:
+            return [fn(job) for job in part]
         with quiet_overflow():
             return [fn(job) for job in part]
 
@@ -263,9 +265,9 @@ class Optimizer:
             finite_state = grad_sq[name] <= largest or all(np.isfinite(v).all() for v in moved.values())
             return squared_norm(s2), finite_state
 
-        norms = _run(update, self._jobs, self._parallel)
+        norms = _run(update, self._jobs, self._parallel, quiet=True)
         update_sq = _sum_by_name(self._jobs, [u for u, _ in norms])
-        bad = self._non_finite_after(update_sq, decay)
+        bad = self._non_finite_after(update_sq, decay, largest)
         bad += sorted({name for (name, _), (_, finite) in zip(self._jobs, norms) if not finite} - set(bad))
         if bad:
             raise NonFiniteUpdateError(f"the update (lr {self.lr:g}) would leave non-finite values in "
@@ -311,7 +313,7 @@ class Optimizer:
         """Forgets the bounds on the parameters' norms: call it after writing parameters."""
         self._norm_bound.clear()
 
-    def _non_finite_after(self, update_sq: dict[str, float], decay: float) -> list[str]:
+    def _non_finite_after(self, update_sq: dict[str, float], decay: float, largest: float) -> list[str]:
         """Return the parameters the computed updates would leave with a NaN or Inf somewhere.
 
         |decay * p + u| <= |decay| * ||p|| + ||u|| bounds every entry. ||p|| itself is bounded
@@ -321,7 +323,7 @@ class Optimizer:
         """
         bad = []
         for name, p in self.params.items():
-            u_norm, largest = math.sqrt(update_sq[name]), float(np.finfo(p.dtype).max)
+            u_norm = math.sqrt(update_sq[name])
             bound = self._norm_bound.get(name)
             if bound is None or bound > 1e-8 * largest:
                 bound = self._norm_bound[name] = math.sqrt(squared_norm(p))
