@@ -2,8 +2,8 @@
 
     python examples/train_remote.py [--url http://127.0.0.1:8000] [--api-key KEY] [--epochs 15]
 
-1. `fit` sends one train_step per batch (a tqdm bar when tqdm is installed) and reports the
-   accuracy on held-out points;
+1. `fit` streams the batches to the server (the same steps as one train_step per batch; a
+   tqdm bar when tqdm is installed) and reports the accuracy on held-out points;
 2. `gradcheck` has the server compare its analytic gradients with finite differences;
 3. the checkpoint is downloaded (safetensors, no optimizer state) and, when torch is
    installed, loaded strictly into the same torch.nn.Sequential, whose outputs must match
