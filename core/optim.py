@@ -226,11 +226,15 @@ class Optimizer:
             raise ValueError(problem)
         self.hp["lr"] = float(value)
 
-    def step(self) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    def step(self, careful: bool | None = None) -> tuple[float, float, dict[str, float], dict[str, float]]:
         """Update the parameters in place; return (grad_norm, update_norm, per-parameter grad and update norms).
 
         Raises NonFiniteGradientError when any gradient is NaN or Inf, and NonFiniteUpdateError
-        when the update would leave a parameter NaN or Inf; parameters and state stay untouched.
+        when the update would leave a parameter (or the optimizer state) NaN or Inf; parameters
+        and state stay untouched. When bounds known before the pass prove the update finite
+        (nearly always), the update is made in one pass, in place; otherwise (or `careful`) in
+        two: every update computed and checked, the new state in spare buffers, then applied.
+        Both give the same bits.
         """
         flat = {name: g.reshape(-1) for name, g in self.grads.items()}
         grad_sq = _sum_by_name(
@@ -243,22 +247,60 @@ class Optimizer:
         scale = clip_norm / (grad_norm + 1e-6) if clip_norm is not None and grad_norm > clip_norm else None
         slots = state_slots(self.hp)
         steps = {name: int(self.state[name].get("step", 0)) + 1 for name in self.params}
-        old = {name: {slot: self._flat_state(name, slot) for slot in slots} for name in self.params}
-        new = {name: {slot: self._spare_state(name, slot).reshape(-1) for slot in slots} for name in self.params}
         decay = decay_factor(self.hp)
         largest = float(np.finfo(next(iter(self.params.values())).dtype).max) if self.params else math.inf
+        if careful is None:
+            careful = not self._surely_finite(grad_sq, decay, largest, steps)
 
-        def update(job):
-            name, part = job
+        def clipped(name, part):
             g = flat[name][part]
             if scale is not None:
                 g *= scale
             if clip_value is not None:
                 np.clip(g, -clip_value, clip_value, out=g)
+            return g
+
+        if careful:
+            update_sq = self._two_phase(clipped, slots, steps, decay, grad_sq, largest)
+        else:
+            states = {name: {slot: self._state(name, slot) for slot in slots} for name in self.params}
+
+            def update(job):  # in place: the rules take the same buffers for the old and new state
+                name, part = job
+                p = self.params[name].reshape(-1)[part]
+                s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
+                chunk = {k: v[part] for k, v in states[name].items()}
+                self.update(p, clipped(name, part), chunk, chunk, self.hp, steps[name], s1, s2)
+                if decay != 1.0:
+                    p *= decay
+                p += s2
+                return squared_norm(s2)
+
+            update_sq = _sum_by_name(self._jobs, _run(update, self._jobs, self._parallel, quiet=True))
+        for name, bound in self._norm_bound.items():
+            self._norm_bound[name] = abs(decay) * bound + math.sqrt(update_sq[name])
+        for name, state in self.state.items():
+            if "step" in state:
+                state["step"][...] = steps[name]
+            else:
+                state["step"] = np.array(steps[name], dtype=np.int64)
+        update_norm = math.sqrt(sum(update_sq.values()))
+        grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
+        update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
+        return grad_norm, update_norm, grad_norms, update_norms
+
+    def _two_phase(self, clipped, slots, steps, decay, grad_sq, largest) -> dict[str, float]:
+        """Compute every update and new state into spare buffers, check them, then apply; return
+        the squared update norms. Raises NonFiniteUpdateError with nothing changed."""
+        old = {name: {slot: self._flat_state(name, slot) for slot in slots} for name in self.params}
+        new = {name: {slot: self._spare_state(name, slot).reshape(-1) for slot in slots} for name in self.params}
+
+        def update(job):
+            name, part = job
             s1, s2 = (s.reshape(-1)[part] for s in self._scratch[name])
             moved = {k: v[part] for k, v in new[name].items()}
-            self.update(self.params[name].reshape(-1)[part], g, {k: v[part] for k, v in old[name].items()},
-                        moved, self.hp, steps[name], s1, s2)
+            self.update(self.params[name].reshape(-1)[part], clipped(name, part),
+                        {k: v[part] for k, v in old[name].items()}, moved, self.hp, steps[name], s1, s2)
             # A state that overflowed would poison every later step. The moving averages of finite
             # values stay finite, so only a gradient whose squares overflow (g * g past the dtype's
             # range: its squared norm past it too) can make one: only then is the state checked.
@@ -282,20 +324,38 @@ class Optimizer:
             p += self._scratch[name][1].reshape(-1)[part]
 
         _run(apply, self._jobs, self._parallel)
-        for name, bound in self._norm_bound.items():
-            self._norm_bound[name] = abs(decay) * bound + math.sqrt(update_sq[name])
         for name, state in self.state.items():
             for slot in slots:
                 self._spare[name][slot] = state.get(slot)
                 state[slot] = new[name][slot].reshape(self.params[name].shape)
-            if "step" in state:
-                state["step"][...] = steps[name]
-            else:
-                state["step"] = np.array(steps[name], dtype=np.int64)
-        update_norm = math.sqrt(sum(update_sq.values()))
-        grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
-        update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
-        return grad_norm, update_norm, grad_norms, update_norms
+        return update_sq
+
+    def _surely_finite(self, grad_sq: dict[str, float], decay: float, largest: float, steps: dict[str, int]) -> bool:
+        """Return True when bounds known before the pass prove every update, parameter and state
+        entry will stay finite, so the one-pass, in-place step may run.
+
+        |u| <= the optimizer's bound on any entry of the update (below), |p| <= the tracked
+        bound on ||p|| (see _non_finite_after); squares that do not overflow keep the moving
+        averages finite. Whatever has no such bound (momentum buffers, centered RMSprop) takes
+        the careful step.
+        """
+        hp, lr = self.hp, self.hp["lr"]
+        if lr > 1e30 or any(sq > largest for sq in grad_sq.values()):
+            return False
+        for name, p in self.params.items():
+            bound = self._norm_bound.get(name)
+            if bound is None or bound > 1e-8 * largest:
+                bound = self._norm_bound[name] = math.sqrt(squared_norm(p))
+            u = _update_bound(hp, steps[name], math.sqrt(grad_sq[name]), bound)
+            if u is None or abs(decay) * bound + u > largest / 2:
+                return False
+        return True
+    def _state(self, name: str, slot: str) -> np.ndarray:
+        """Return the state `slot` of parameter `name`, made zeros at its first step."""
+        state = self.state[name]
+        if slot not in state:
+            state[slot] = np.zeros_like(self.params[name])
+        return state[slot].reshape(-1)
 
     def _flat_state(self, name: str, slot: str) -> np.ndarray:
         """Return the state `slot` of parameter `name`, flat; zeros before its first step."""
@@ -336,6 +396,28 @@ class Optimizer:
                 if not np.isfinite(s1).all():
                     bad.append(name)
         return bad
+
+
+def _update_bound(hp: dict, t: int, grad_norm: float, param_norm: float) -> float | None:
+    """Return a bound on every entry of step t's update, or None where none is known.
+
+    SGD without momentum: lr * |g + wd p| <= lr (||g|| + wd ||p||). Adam and AdamW: by
+    Cauchy-Schwarz on the two moving averages, |m| / sqrt(v) <= (1 - b1) / sqrt((1 - b2)(1 -
+    b1^2 / b2)) whatever the gradients, when b1^2 < b2. RMSprop (not centered, no momentum):
+    the new average holds (1 - alpha) g^2, so |g| / sqrt(avg) <= 1 / sqrt(1 - alpha).
+    """
+    kind, lr = hp["type"], hp["lr"]
+    if kind == "sgd" and not hp["momentum"]:
+        return lr * (grad_norm + hp["weight_decay"] * param_norm)
+    if kind in ("adam", "adamw"):
+        beta1, beta2 = hp["betas"]
+        if not beta1 * beta1 < beta2 < 1:
+            return None
+        ratio = (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1 * beta1 / beta2))
+        return lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * ratio
+    if kind == "rmsprop" and not hp["momentum"] and not hp["centered"] and hp["alpha"] < 1:
+        return lr / math.sqrt(1 - hp["alpha"])
+    return None
 
 
 def decay_factor(hp: dict) -> float:

@@ -471,3 +471,32 @@ def test_a_refused_train_step_leaves_running_statistics_and_dropout_stream_as_th
         model.train_step(x, y, lr=1e300)
     assert snapshot(model) == before and model.rng.bit_generator.state == rng_state
     assert all(np.array_equal(model.buffers()[n], b) for n, b in buffers.items())
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"type": "sgd", "lr": 0.1, "weight_decay": 0.01}, {"type": "sgd", "lr": 0.1, "momentum": 0.9},
+    {"type": "adam", "weight_decay": 0.01, "clip_grad_norm": 1.0}, {"type": "adamw"},
+    {"type": "rmsprop", "clip_grad_value": 0.5}, {"type": "rmsprop", "centered": True, "momentum": 0.5},
+], ids=lambda o: "-".join(map(str, o.values())))
+@pytest.mark.parametrize("layers, shapes", [(LAYERS, SHAPES), (BIG_LAYERS, BIG_SHAPES)], ids=["small", "chunked"])
+def test_the_one_pass_step_and_the_careful_step_give_the_same_bits(optimizer, layers, shapes):
+    fast, careful = (make_model(optimizer, dtype="float32", layers=layers) for _ in range(2))
+    for grads in gradient_sequence(shapes=shapes):
+        for model, mode in ((fast, None), (careful, True)):
+            give_gradients(model, grads)
+            model.optimizer.step(careful=mode)
+            model.zero_grad()
+    assert snapshot(fast) == snapshot(careful)
+
+
+def test_the_one_pass_step_is_taken_only_where_a_bound_proves_it_finite():
+    adam = make_model({"type": "adam"}, dtype="float32")
+    give_gradients(adam, gradient_sequence()[0])
+    assert adam.optimizer._surely_finite({n: 1.0 for n in SHAPES}, 1.0, float(np.finfo(np.float32).max),
+                                         {n: 1 for n in SHAPES})
+    adam.optimizer.lr = 1e35  # no bound: the careful step, which then refuses it
+    assert not adam.optimizer._surely_finite({n: 1.0 for n in SHAPES}, 1.0, float(np.finfo(np.float32).max),
+                                             {n: 1 for n in SHAPES})
+    momentum = make_model({"type": "sgd", "momentum": 0.9}, dtype="float32")
+    assert not momentum.optimizer._surely_finite({n: 1.0 for n in SHAPES}, 1.0, float(np.finfo(np.float32).max),
+                                                 {n: 1 for n in SHAPES})
