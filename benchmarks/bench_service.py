@@ -229,7 +229,7 @@ def run(args) -> list[tuple[str, str]]:
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
         t = interleaved(measures, args.n, args.settle)
         for name, spec, rows, batch, features, classes in (("784-256-10 b256", MNIST, 8192, 256, 784, 10),
-                                                           ("32-32-1 b32", TINY, 4096, 32, 32, None)):
+                                                           ("32-32-1 b32", TINY, 16384, 32, 32, None)):
             data = fit_work(spec, rows, batch, features, classes)
             local, remote = [], []
             for _ in range(args.fit_rounds):

@@ -23,7 +23,7 @@ except ImportError:  # the optional "progress" extra
 
 # A train_steps request carries at most this many batches or about this many bytes: big enough
 # that the pause between two requests is rare, small enough that the progress bar moves.
-MAX_STEPS_PER_REQUEST = 64
+MAX_STEPS_PER_REQUEST = 256
 STREAM_BYTES = 32 * 1024 * 1024
 # An evaluate request carries about this many bytes of examples.
 EVAL_BYTES = 8 * 1024 * 1024
