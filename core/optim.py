@@ -1,12 +1,13 @@
 """Optimizers with torch.optim's semantics: SGD, Adam, AdamW, RMSprop.
 
 Each update rule is a small function of (param, grad, old state, new state, hyperparameters,
-step, scratch) that writes the update into `scratch` and the moved state into `new`,
-touching neither the parameter nor the old state. A step is thus two phases: every update is
-computed and checked (a step that would leave a non-finite parameter is refused with nothing
-changed), then applied, and the new state swapped in. State lives in one dict keyed by
-parameter name, so it checkpoints as it is. No parameter-sized array is allocated per step:
-the scratch buffers and the spare state are made once and reused.
+step, scratch) that writes the update into `scratch` and the moved state into `new` (which
+may be `old` itself), leaving the parameter alone. A step whose update would leave a
+non-finite parameter is refused with nothing changed: where bounds known before the pass
+prove the update finite (nearly always), the step runs in one pass, in place; otherwise every
+update is computed and checked first, the new state in spare buffers, then applied. State
+lives in one dict keyed by parameter name, so it checkpoints as it is. No parameter-sized
+array is allocated per step: the scratch buffers and the spare state are made once.
 """
 
 from __future__ import annotations
