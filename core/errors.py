@@ -26,6 +26,9 @@ class _LocatedError(CoreError, ValueError):
         self.errors = errors
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
 
+    def __reduce__(self):  # pickled by its errors (a model host on Ray raises it in another process)
+        return type(self), (self.errors,)
+
     @classmethod
     def at(cls, loc: list, msg: str, type: str = "value_error") -> "_LocatedError":
         """Return an error with a single located problem."""

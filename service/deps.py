@@ -46,7 +46,7 @@ ModelIdPath = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"
 
 
 async def get_entry(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> Entry:
-    return request.app.state.store.get(model_id, owner)
+    return await request.app.state.store.get(model_id, owner)
 
 
 EntryDep = Annotated[Entry, Depends(get_entry)]
@@ -62,10 +62,6 @@ class ModelCall(Generic[M]):
     request: Request
 
     @property
-    def model(self):
-        return self.entry.model
-
-    @property
     def rows(self) -> int | None:
         """Gives the examples the store's inline rule counts (store.inline_rows), 1 without inputs."""
         return inline_rows(self.body.inputs) if hasattr(self.body, "inputs") else 1
@@ -74,8 +70,8 @@ class ModelCall(Generic[M]):
 def _model_call(model: type[M]) -> Any:
     async def resolve(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> ModelCall[M]:
         state = request.app.state
-        entry = state.store.get(model_id, owner)
-        decoder = Decoder.of(entry.model, state.settings.max_tensor_elements)
+        entry = await state.store.get(model_id, owner)
+        decoder = Decoder.of(entry, state.settings.max_tensor_elements)
         body = await parse_body(request, model, state.settings.max_body_bytes, decoder)
         return ModelCall(entry, body, state.store, request)
 

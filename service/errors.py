@@ -58,6 +58,17 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
+    def __reduce__(self):  # pickled whole: a model host on Ray raises it in another process
+        return type(self), (self.status, self.code, self.detail, self.headers)
+
+
+class ModelNotFound(ServiceError):
+    """404 model_not_found: no such model for this caller (or it was deleted meanwhile)."""
+
+    @classmethod
+    def of(cls, model_id: str) -> "ModelNotFound":
+        return cls(404, "model_not_found", f"no model {model_id!r}")
+
 
 def invalid(loc: Sequence[str | int], msg: str, type: str = "value_error") -> ServiceError:
     """Gives a 422 naming one field, in FastAPI's `[{loc, msg, type}]` form."""

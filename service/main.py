@@ -34,13 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = ModelStore(settings)
     metrics = Metrics()
-    metrics.watch(models=lambda: len(store.models), tapes=store.pending_tapes)
+    metrics.watch(models=store.count, tapes=store.pending_tapes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
-        log.info("data in %s: %d models loaded, %d skipped, durability=%s",
-                 settings.data_dir.resolve(), len(store.models), len(store.skipped), settings.durability)
         yield
         await store.close()
 

@@ -152,17 +152,6 @@ class ModelInfo(BaseModel):
     version: int
     accumulated: int = Field(description="Batches of gradients summed since the last step.")
 
-    @classmethod
-    def of(cls, entry: Any) -> "ModelInfo":
-        """Gives the public description of a store entry's model."""
-        model = entry.model
-        return cls(
-            id=entry.id, spec=model.spec,
-            parameter_shapes={name: list(shape) for name, shape in model.parameter_shapes().items()},
-            num_parameters=model.num_parameters, step=model.step_count, version=model.version,
-            accumulated=model.accumulated,
-        )
-
 
 class ModelList(BaseModel):
     models: list[ModelInfo]

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     blas_threads: int | None = Field(
         None, ge=1, description="BLAS threads per matrix product; unset: every core while one request "
         "computes, one each while several do (service/blas.py).")
+    ray_address: str | None = Field(
+        None, description="Run on Ray (`gradserve[ray]`): `local` starts a local instance with every port on "
+        "127.0.0.1, `auto` or `host:port` joins a running cluster; unset: the embedded single process.")
+    ray_namespace: str = Field("gradserve", min_length=1, description="The Ray namespace of the cluster's "
+                               "registry, model hosts and shard workers.")
+    ray_hosts: int = Field(4, ge=1, description="Model-host actors (processes) the models are packed into, "
+                           "spread over the nodes; read by the front-end that starts the cluster's registry.")
     log_level: str = "info"
 
     @field_validator("api_keys", mode="before")

@@ -147,7 +147,7 @@ class Decoder:
 
     @classmethod
     def of(cls, model: Any, max_elements: int) -> "Decoder":
-        """Gives the decoder for a core Model's requests."""
+        """Gives the decoder for the requests of a model (a core Model, or a store's entry)."""
         return cls(model.dtype, max_elements, model.input_dtype)
 
     def __call__(self, value: Tensor | list | None, field: str | tuple[str, ...], *,

@@ -5,9 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from core import Model
 from core import gradcheck as check_gradients
 from service.budget import watched
 from service.deps import Call, EntryDep, StoreDep
+from service.shelf import describe
 from service.schemas import ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody
 from service.tensors import reply
 
@@ -21,29 +23,40 @@ BinaryOutputQuery = Annotated[bool, Query(description="Answer with tensors in bi
 @router.get("/parameters", response_model=Parameters)
 async def get_parameters(entry: EntryDep, store: StoreDep, binary_data_output: BinaryOutputQuery = False) -> Response:
     """Gives every parameter as a tensor object, by its PyTorch state_dict name."""
-    snapshot = await store.run(entry, lambda: {name: p.copy() for name, p in entry.model.parameters().items()})
-    return await reply({"parameters": snapshot}, binary=binary_data_output)
+    return await reply({"parameters": await store.run(entry, _parameters)}, binary=binary_data_output)
+
+
+def _parameters(model: Model) -> dict:
+    return {name: p.copy() for name, p in model.parameters().items()}
 
 
 @router.put("/parameters", response_model=ModelInfo)
 async def put_parameters(call: Call[ParametersBody]) -> ModelInfo:
     """Replaces parameters (all names must exist, shapes must match); pending tapes go stale."""
-    await call.store.run(call.entry, lambda: call.model.set_parameters(call.body.parameters), save="always")
-    return ModelInfo.of(call.entry)
+    return ModelInfo(**await call.store.run(call.entry, _set_parameters, call.entry.id, call.body.parameters,
+                                            save="always"))
+
+
+def _set_parameters(model: Model, model_id: str, parameters: dict) -> dict:
+    model.set_parameters(parameters)
+    return describe(model_id, model)
 
 
 @router.get("/gradients", response_model=Gradients)
 async def get_gradients(entry: EntryDep, store: StoreDep, binary_data_output: BinaryOutputQuery = False) -> Response:
     """Gives the accumulated gradients, by parameter name."""
-    snapshot = await store.run(entry, lambda: {name: g.copy() for name, g in entry.model.gradients().items()})
-    return await reply({"gradients": snapshot}, binary=binary_data_output)
+    return await reply({"gradients": await store.run(entry, _gradients)}, binary=binary_data_output)
+
+
+def _gradients(model: Model) -> dict:
+    return {name: g.copy() for name, g in model.gradients().items()}
 
 
 @router.get("/diagnostics")
 async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
     """Per-layer gradient and parameter norms, update ratios, dead-ReLU and saturation
     fractions, and vanishing/exploding flags."""
-    return await store.run(entry, entry.model.diagnostics)
+    return await store.run(entry, Model.diagnostics)
 
 
 @router.post("/gradcheck", response_model=GradcheckResponse)
@@ -52,13 +65,11 @@ async def gradcheck(call: Call[GradcheckRequest]) -> dict:
 
     Stops (503 deadline_exceeded) past GRADSERVE_REQUEST_TIMEOUT_SECONDS, or once the client has gone.
     """
-    body, model = call.body, call.model
     async with watched(call.request, call.request.app.state.settings.request_timeout_seconds) as budget:
-        def work():
-            report = check_gradients(
-                model, body.inputs, body.targets, grad_output=body.grad_output, mode=body.mode, eps=body.eps,
-                atol=body.atol, rtol=body.rtol, max_entries=body.max_entries, seed=body.seed,
-                should_stop=budget.expired)
-            return report.to_dict()
+        return await call.store.run(call.entry, _gradcheck, call.body, budget=budget)
 
-        return await call.store.run(call.entry, work, budget=budget)
+
+def _gradcheck(model: Model, body: GradcheckRequest, should_stop) -> dict:
+    return check_gradients(model, body.inputs, body.targets, grad_output=body.grad_output, mode=body.mode,
+                           eps=body.eps, atol=body.atol, rtol=body.rtol, max_entries=body.max_entries,
+                           seed=body.seed, should_stop=should_stop).to_dict()

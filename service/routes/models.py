@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from core import Model
 from service.auth import OwnerDep, authenticate
 from service.body import read_body
 from service.deps import Body, EntryDep, SettingsDep, StoreDep
@@ -16,14 +17,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(a
 @router.post("", status_code=201, response_model=ModelInfo)
 async def create_model(store: StoreDep, owner: OwnerDep, spec: Body[ModelSpec]) -> ModelInfo:
     """Creates a model from a spec; the whole spec is checked before anything is allocated."""
-    entry = await store.create(spec.model_dump(exclude_unset=True), owner)
-    return ModelInfo.of(entry)
+    return ModelInfo(**await store.create(spec.model_dump(exclude_unset=True), owner))
 
 
 @router.get("", response_model=ModelList)
 async def list_models(store: StoreDep, owner: OwnerDep) -> ModelList:
     """Lists the caller's models."""
-    return ModelList(models=[ModelInfo.of(entry) for entry in store.list(owner)])
+    return ModelList(models=[ModelInfo(**info) for info in await store.list(owner)])
 
 
 @router.post("/import", status_code=201, response_model=ModelInfo, openapi_extra={"requestBody": {
@@ -33,20 +33,19 @@ async def import_model(request: Request, store: StoreDep, settings: SettingsDep,
                        id: Annotated[ModelId | None, Query(description="Id for the new model.")] = None) -> ModelInfo:
     """Creates a model from a safetensors checkpoint sent as the raw body."""
     checkpoint = await read_body(request, settings.max_body_bytes)
-    entry = await store.import_checkpoint(checkpoint, id, owner)
-    return ModelInfo.of(entry)
+    return ModelInfo(**await store.import_checkpoint(checkpoint, id, owner))
 
 
 @router.get("/{model_id}", response_model=ModelInfo)
-async def get_model(entry: EntryDep) -> ModelInfo:
+async def get_model(entry: EntryDep, store: StoreDep) -> ModelInfo:
     """Describes one model: spec, parameter shapes, step, version, accumulated batches."""
-    return ModelInfo.of(entry)
+    return ModelInfo(**await store.info(entry))
 
 
 @router.delete("/{model_id}", status_code=204, response_class=Response)
-async def delete_model(entry: EntryDep, store: StoreDep, owner: OwnerDep) -> Response:
+async def delete_model(entry: EntryDep, store: StoreDep) -> Response:
     """Deletes a model and its checkpoint."""
-    await store.delete(entry.id, owner)
+    await store.delete(entry)
     return Response(status_code=204)
 
 
@@ -57,6 +56,6 @@ async def get_checkpoint(entry: EntryDep, store: StoreDep,
                          include_optimizer: Annotated[bool, Query(
                              description="false gives a pure PyTorch state_dict")] = True) -> Response:
     """Gives the model as a safetensors file."""
-    checkpoint = await store.run(entry, lambda: entry.model.to_bytes(include_optimizer=include_optimizer))
+    checkpoint = await store.run(entry, Model.to_bytes, include_optimizer)
     return Response(checkpoint, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{entry.id}.safetensors"'})

@@ -21,7 +21,7 @@ async def readyz(store: StoreDep) -> Response:
     """Gives 200 once every checkpoint has been loaded, 503 before."""
     if not store.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ready", "models": len(store.models)})
+    return JSONResponse({"status": "ready", "models": store.count()})
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

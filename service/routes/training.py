@@ -3,22 +3,23 @@
 import asyncio
 from contextlib import aclosing
 from dataclasses import asdict
-from functools import partial
+from contextlib import suppress
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from core import Backprop, Evaluation, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
+from core import Backprop, Model, Evaluation, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
 from core import evaluate as evaluate_model
 from service.deps import Call, EntryDep, StoreDep
 from service.body import frames, validated
-from service.errors import CORE_ERRORS, ServiceError, answer_for
+from service.errors import CORE_ERRORS, ModelNotFound, ServiceError, answer_for
 from service.metrics import Metrics
 from service.schemas import (
     ERRORS, BackwardRequest, BackwardResponse, EvaluateRequest, ForwardBackwardRequest,
     ForwardBackwardResponse,
     ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StreamErrorBody, TrainStepRequest, TrainStepsResponse,
 )
+from service.shelf import describe
 from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
 
@@ -30,38 +31,42 @@ router = APIRouter(prefix="/v1/models/{model_id}", tags=["training"], responses=
 @router.post("/forward", response_model=ForwardResponse)
 async def forward(call: Call[ForwardRequest]) -> Response:
     """Gives the outputs; with keep_tape, also the id of a tape for a later backward."""
-    body, model = call.body, call.model
-    outputs, tape = await call.store.run(
-        call.entry, lambda: model.forward(body.inputs, train=body.train or body.keep_tape), rows=call.rows)
-    tape_id = call.store.keep_tape(call.entry, (tape, outputs)) if body.keep_tape else None
+    body = call.body
+    outputs, tape_id = await call.store.run(call.entry, _forward, body.inputs, body.train or body.keep_tape,
+                                            rows=call.rows, keep_tape=body.keep_tape)
     return await reply({"outputs": outputs, "tape_id": tape_id}, binary=body.binary_data_output)
+
+
+def _forward(model: Model, inputs, train: bool):
+    outputs, tape = model.forward(inputs, train=train)
+    return outputs, (tape, outputs)
 
 
 @router.post("/backward", response_model=BackwardResponse)
 async def backward(call: Call[BackwardRequest]) -> Response:
     """Backpropagates through a kept tape, adding into the accumulated gradients."""
-    body, model = call.body, call.model
+    body = call.body
+    return await _reply_backprop(body, *await call.store.run_on_tape(call.entry, body.tape_id, _backward, body))
 
-    def work(pending):
-        tape, outputs = pending
-        result = model.backprop(tape, outputs, targets=body.targets, grad_output=body.grad_output,
-                                need_input_grad=body.return_input_grad)
-        return result, model.grad_norm(), model.accumulated
 
-    return await _reply_backprop(body, *await call.store.run_with_tape(call.entry, body.tape_id, work))
+def _backward(model: Model, pending, body: BackwardRequest):
+    tape, outputs = pending
+    result = model.backprop(tape, outputs, targets=body.targets, grad_output=body.grad_output,
+                            need_input_grad=body.return_input_grad)
+    return result, model.grad_norm(), model.accumulated
 
 
 @router.post("/forward_backward", response_model=ForwardBackwardResponse)
 async def forward_backward(call: Call[ForwardBackwardRequest]) -> Response:
     """Forward in train mode, loss (or a given grad_output), backward: gradients add up."""
-    body, model = call.body, call.model
+    body = call.body
+    return await _reply_backprop(body, *await call.store.run(call.entry, _forward_backward, body, rows=call.rows))
 
-    def work():
-        result = model.train_batch(body.inputs, body.targets, grad_output=body.grad_output,
-                                   need_input_grad=body.return_input_grad)
-        return result, model.grad_norm(), model.accumulated
 
-    return await _reply_backprop(body, *await call.store.run(call.entry, work, rows=call.rows))
+def _forward_backward(model: Model, body: ForwardBackwardRequest):
+    result = model.train_batch(body.inputs, body.targets, grad_output=body.grad_output,
+                               need_input_grad=body.return_input_grad)
+    return result, model.grad_norm(), model.accumulated
 
 
 async def _reply_backprop(body: BackwardRequest | ForwardBackwardRequest, result: Backprop, grad_norm: float,
@@ -90,33 +95,52 @@ async def _counting_steps(metrics: Metrics, step):
 async def step(call: Call[StepRequest]) -> Response:
     """Applies the optimizer to the accumulated gradients, then clears them."""
     metrics = call.request.app.state.metrics
-    result = await _counting_steps(metrics, call.store.run(call.entry, lambda: call.model.step(call.body.lr),
-                                                           save="step", rows=1))
-    return respond(_step_answer(result))
+    result = await _counting_steps(metrics, call.store.run(call.entry, _step, call.body.lr, save="step", rows=1))
+    return respond(result)
+
+
+def _step(model: Model, lr: float | None) -> dict:
+    return _step_answer(model.step(lr))
 
 
 @router.post("/evaluate", response_model=Evaluation)
 async def evaluate(call: Call[EvaluateRequest]) -> Response:
     """Gives the loss (and a classifier's accuracy) of an eval-mode forward; no gradients, no state change."""
-    result = await call.store.run(call.entry, lambda: evaluate_model(call.model, call.body.inputs, call.body.targets),
-                                  rows=call.rows)
-    return respond({**asdict(result), "loss": number(result.loss)})
+    body = call.body
+    return respond(await call.store.run(call.entry, _evaluate, body.inputs, body.targets, rows=call.rows))
+
+
+def _evaluate(model: Model, inputs, targets) -> dict:
+    result = evaluate_model(model, inputs, targets)
+    return {**asdict(result), "loss": number(result.loss)}
 
 
 @router.post("/zero_grad", response_model=ModelInfo)
 async def zero_grad(entry: EntryDep, store: StoreDep) -> ModelInfo:
     """Clears the accumulated gradients."""
-    await store.run(entry, entry.model.zero_grad, rows=1)
-    return ModelInfo.of(entry)
+    return ModelInfo(**await store.run(entry, _zero_grad, entry.id, rows=1))
+
+
+def _zero_grad(model: Model, model_id: str) -> dict:
+    model.zero_grad()
+    return describe(model_id, model)
 
 
 @router.post("/train_step", response_model=TrainStepResult)
 async def train_step(call: Call[TrainStepRequest]) -> Response:
     """forward_backward then step, in one round trip."""
     body, metrics = call.body, call.request.app.state.metrics
-    result = await _counting_steps(metrics, call.store.run(
-        call.entry, lambda: call.model.train_step(body.inputs, body.targets, body.lr), save="step", rows=call.rows))
-    return respond(_step_answer(result))
+    result = await _counting_steps(metrics, call.store.run(call.entry, _train_step, body, save="step",
+                                                           rows=call.rows))
+    return respond(result)
+
+
+def _train_step(model: Model, body: TrainStepRequest) -> dict:
+    return _step_answer(model.train_step(body.inputs, body.targets, body.lr))
+
+
+def _nothing(model: Model) -> None:
+    pass
 
 
 def _step_answer(result: StepResult) -> dict:
@@ -150,7 +174,7 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
     """
     state = request.app.state
     store, metrics = state.store, state.metrics
-    decoder = Decoder.of(entry.model, state.settings.max_tensor_elements)
+    decoder = Decoder.of(entry, state.settings.max_tensor_elements)
     batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # read and decoded ahead of the compute
     stopped = asyncio.Event()
 
@@ -171,9 +195,6 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
             await batches.put(exc)
         await batches.put(None)
 
-    def step(body: TrainStepRequest) -> dict:
-        return _step_answer(entry.model.train_step(body.inputs, body.targets, body.lr))
-
     reader = asyncio.create_task(read())
     completed: list[dict] = []
     failure: Exception | None = None
@@ -184,8 +205,8 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
             try:
                 if isinstance(body, Exception):
                     raise body
-                completed.append(await _counting_steps(metrics, store.run(entry, partial(step, body),
-                                                                          rows=inline_rows(body.inputs))))
+                completed.append(await _counting_steps(metrics, store.run(
+                    entry, _train_step, body, save="later", rows=inline_rows(body.inputs))))
             except Exception as exc:
                 if answer_for(exc) is None:
                     raise
@@ -193,11 +214,10 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
                 stopped.set()
         await reader
     finally:
-        reader.cancel()
-        if completed:
-            entry.dirty = True  # applied steps reach the disk at the latest with the next flush
-    if completed and not entry.deleted:  # and under durability "step" before the answer
-        await store.run(entry, lambda: None, save="step")
+        reader.cancel()  # applied steps ("later") reach the disk at the latest with the next flush,
+    if completed:      # and under durability "step" before the answer
+        with suppress(ModelNotFound):  # deleted meanwhile
+            await store.run(entry, _nothing, save="step")
     if failure is None:
         return respond({"steps": completed})
     status, code, detail = answer_for(failure)
