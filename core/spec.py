@@ -33,7 +33,8 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, object]] = {
 }
 DEFAULT_OPTIMIZER = {"type": "sgd", "lr": 0.01}
 DTYPES = ("float32", "float64")
-TOP_LEVEL = {"id", "layers", "input_shape", "loss", "optimizer", "dtype", "seed"}
+TOP_LEVEL = {"id", "layers", "input_shape", "loss", "optimizer", "dtype", "seed", "workers"}
+MAX_WORKERS = 64
 MAX_NESTING = 8
 
 
@@ -108,6 +109,12 @@ def normalize(spec: dict, *, max_parameters: int | None = None, max_layers: int 
     if not _is_int(seed) or not 0 <= seed < 2**63:
         err(["seed"], "seed must be an integer in [0, 2**63)")
     out["seed"] = seed
+    if "workers" in spec:  # data parallel: how a service splits batches; the model is the same
+        workers = spec["workers"]
+        if not _is_int(workers) or not 1 <= workers <= MAX_WORKERS:
+            err(["workers"], f"workers must be an integer in [1, {MAX_WORKERS}]")
+        else:
+            out["workers"] = workers
 
     layers = spec.get("layers")
     count = 0

@@ -29,10 +29,20 @@ Try it: create the example model with `POST /v1/models`, then use `xor-mlp` as `
 """
 
 
+def cluster_store(settings: Settings):
+    """Gives the Ray-backed store (service/cluster.py), or says how to install Ray."""
+    try:
+        from service.cluster import ClusterStore
+    except ImportError as exc:
+        raise SystemExit(f"gradserve: GRADSERVE_RAY_ADDRESS / --ray needs Ray ({exc}): "
+                         f"pip install 'gradserve[ray]'") from None
+    return ClusterStore(settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Gives the gradserve application for `settings` (read from the environment if None)."""
     settings = settings or Settings()
-    store = ModelStore(settings)
+    store = cluster_store(settings) if settings.ray_address else ModelStore(settings)
     metrics = Metrics()
     metrics.watch(models=store.count, tapes=store.pending_tapes)
 

@@ -14,6 +14,7 @@ overwrites it.
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,21 +80,38 @@ class Checkpoints:
         (self.folder / f"{model_id}.owner").unlink(missing_ok=True)
         fsync_dir(self.folder)
 
-    def load_all(self) -> tuple[list[Loaded], dict[str, str]]:
-        """Gives every readable model, and {id: reason} for each checkpoint that is not."""
+    def ids(self) -> dict[str, str | None]:
+        """Gives {id: owner} of every checkpoint in the folder, without reading the checkpoints."""
+        found = {}
+        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
+            model_id = path.name[: -len(SUFFIX)]
+            if ID_RE.fullmatch(model_id):
+                found[model_id] = self._owner(model_id)
+        return found
+
+    def _owner(self, model_id: str) -> str | None:
+        owner_file = self.folder / f"{model_id}.owner"
+        return (owner_file.read_text().strip() or None) if owner_file.exists() else None
+
+    def load_all(self, keep: Callable[[str], bool] = lambda model_id: True) -> tuple[list[Loaded], dict[str, str]]:
+        """Gives every readable model whose id `keep` takes, and {id: reason} for each
+        checkpoint that is not readable."""
         loaded, skipped = [], {}
         for tmp in self.folder.glob(".*.tmp"):
-            log.warning("removing %s, a write that never completed", tmp.name)
-            tmp.unlink(missing_ok=True)
+            written = tmp.name[1:].rsplit(".", 2)[0]  # .<id>.safetensors.<hex>.tmp, .<id>.owner.<hex>.tmp
+            if keep(written.removesuffix(SUFFIX).removesuffix(".owner")):  # not another host's write
+                log.warning("removing %s, a write that never completed", tmp.name)
+                tmp.unlink(missing_ok=True)
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             model_id = path.name[: -len(SUFFIX)]
             if not ID_RE.fullmatch(model_id):
                 log.warning("skipping %s: not a valid model id", path.name)
                 continue
+            if not keep(model_id):
+                continue
             try:
                 model = Model.from_bytes(path.read_bytes())
-                owner_file = self.folder / f"{model_id}.owner"
-                owner = (owner_file.read_text().strip() or None) if owner_file.exists() else None
+                owner = self._owner(model_id)
             except Exception as exc:  # a bad file must never stop the server
                 reason = f"{type(exc).__name__}: {exc}"
                 log.error("skipping checkpoint %s: %s", path, reason)

@@ -60,6 +60,8 @@ class ModelSpec(BaseModel):
     optimizer: dict[str, Any] | None = None
     dtype: Literal["float32", "float64"] | None = None
     seed: int | None = None
+    workers: int | None = Field(None, description="Shard each batch of forward_backward, backward and train_step "
+                                "over this many worker actors (data parallel; a Ray-backed server only).")
 
 
 class BinaryOutput(BaseModel):
@@ -143,6 +145,11 @@ class ParametersBody(BaseModel):
 # -- responses ---------------------------------------------------------------------------
 
 
+class Placement(BaseModel):
+    actor: str = Field(description="The Ray actor holding the model, by its name in the namespace (ray_namespace).")
+    node: str = Field(description="The Ray node id of that actor.")
+
+
 class ModelInfo(BaseModel):
     id: str
     spec: dict[str, Any]
@@ -151,6 +158,8 @@ class ModelInfo(BaseModel):
     step: int
     version: int
     accumulated: int = Field(description="Batches of gradients summed since the last step.")
+    placement: Placement | None = Field(None, description="Where the model lives on a Ray-backed server; "
+                                        "null on the embedded one.")
 
 
 class ModelList(BaseModel):

@@ -22,7 +22,7 @@ import numpy as np
 from core import Model, StoppedError
 from service.blas import POLICY
 from service.budget import Budget
-from service.errors import ModelNotFound
+from service.errors import ModelNotFound, invalid
 from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
@@ -135,6 +135,7 @@ class ModelStore:
             model_id = self.registry.free_id(spec.get("id"), owner, s)
             model = await off_loop(lambda: Model.from_spec({**spec, "id": model_id}, max_parameters=s.max_parameters,
                                                            max_layers=s.max_layers))
+            _single_process(model)
             return await self._register(model_id, model, owner)
 
     async def import_checkpoint(self, checkpoint: bytes, model_id: str | None, owner: str | None) -> dict:
@@ -143,6 +144,7 @@ class ModelStore:
         async with self._creating:
             model = await off_loop(lambda: Model.from_bytes(checkpoint, max_parameters=s.max_parameters,
                                                             max_layers=s.max_layers))
+            _single_process(model)
             model_id = self.registry.free_id(model_id or model.spec.get("id"), owner, s)
             model.spec["id"] = model_id
             return await self._register(model_id, model, owner)
@@ -195,3 +197,9 @@ class ModelStore:
     def _inline(self, entry: Entry, rows: int, save: Save) -> bool:
         return not self._shelf.writes(save) and rows * entry.num_parameters <= INLINE_WORK
 
+
+def _single_process(model: Model) -> None:
+    """Refuses a model that asks for more than this process: worker actors need Ray."""
+    if model.spec.get("workers", 1) > 1:
+        raise invalid(["body", "workers"], f"workers={model.spec['workers']} needs a Ray-backed server "
+                      f"(gradserve serve --ray ADDRESS); this one computes in one process: use 1")

@@ -7,13 +7,18 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+
+from service.cli import listening_socket, uvicorn_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: gradserve, python
@@ -77,3 +82,22 @@ def stop(server: Server) -> int:
     except subprocess.TimeoutExpired:
         server.process.kill()
         return server.process.wait()
+
+
+@contextmanager
+def uvicorn_in_thread(app) -> Iterator[str]:
+    """Serves `app` with a real uvicorn on 127.0.0.1 (a free port) and gives its base URL."""
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app, app.state.settings))  # as `gradserve serve` runs it
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60  # a Ray-backed app starts its cluster's actors first
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -9,7 +9,6 @@ from core import Model
 from core import gradcheck as check_gradients
 from service.budget import watched
 from service.deps import Call, EntryDep, StoreDep
-from service.shelf import describe
 from service.schemas import ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody
 from service.tensors import reply
 
@@ -33,13 +32,8 @@ def _parameters(model: Model) -> dict:
 @router.put("/parameters", response_model=ModelInfo)
 async def put_parameters(call: Call[ParametersBody]) -> ModelInfo:
     """Replaces parameters (all names must exist, shapes must match); pending tapes go stale."""
-    return ModelInfo(**await call.store.run(call.entry, _set_parameters, call.entry.id, call.body.parameters,
-                                            save="always"))
-
-
-def _set_parameters(model: Model, model_id: str, parameters: dict) -> dict:
-    model.set_parameters(parameters)
-    return describe(model_id, model)
+    await call.store.run(call.entry, Model.set_parameters, call.body.parameters, save="always")
+    return ModelInfo(**await call.store.info(call.entry))
 
 
 @router.get("/gradients", response_model=Gradients)

@@ -19,7 +19,6 @@ from service.schemas import (
     ForwardBackwardResponse,
     ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StreamErrorBody, TrainStepRequest, TrainStepsResponse,
 )
-from service.shelf import describe
 from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
 
@@ -118,12 +117,8 @@ def _evaluate(model: Model, inputs, targets) -> dict:
 @router.post("/zero_grad", response_model=ModelInfo)
 async def zero_grad(entry: EntryDep, store: StoreDep) -> ModelInfo:
     """Clears the accumulated gradients."""
-    return ModelInfo(**await store.run(entry, _zero_grad, entry.id, rows=1))
-
-
-def _zero_grad(model: Model, model_id: str) -> dict:
-    model.zero_grad()
-    return describe(model_id, model)
+    await store.run(entry, Model.zero_grad, rows=1)
+    return ModelInfo(**await store.info(entry))
 
 
 @router.post("/train_step", response_model=TrainStepResult)

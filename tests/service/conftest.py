@@ -6,8 +6,6 @@ the session; `api` runs a test once against each.
 """
 
 import contextlib
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
@@ -16,11 +14,10 @@ from pathlib import Path
 import anyio.from_thread
 import httpx
 import pytest
-import uvicorn
 
-from service.cli import listening_socket, uvicorn_config
 from service.main import create_app
 from service.settings import Settings
+from tests.live_server import uvicorn_in_thread
 
 
 class PortalClient:
@@ -83,25 +80,6 @@ def client(make_client) -> PortalClient:
     return make_client()
 
 
-@contextmanager
-def uvicorn_in_thread(app) -> Iterator[str]:
-    """Serves `app` with a real uvicorn on 127.0.0.1 (a free port) and gives its base URL."""
-    sock = listening_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app, app.state.settings))  # as `gradserve serve` runs it
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(scope="session")
 def live_url(tmp_path_factory) -> Iterator[str]:
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("live-data")))
@@ -127,11 +105,22 @@ def make_live(tmp_path: Path) -> Iterator[Callable[..., str]]:
         yield make
 
 
-@pytest.fixture(params=["asgi", "live"])
-def api(request, client, live_url) -> Iterator[PortalClient | httpx.Client]:
-    """Gives an in-process client, then (second run) a client of the real uvicorn."""
+@pytest.fixture(scope="session")
+def ray_url(ray_cluster, tmp_path_factory) -> Iterator[str]:
+    """A real uvicorn on 127.0.0.1 whose store is the session's Ray cluster (namespace "e2e")."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("ray-data"), ray_address=ray_cluster.address,
+                        ray_namespace="e2e", ray_hosts=2)
+    with uvicorn_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(params=["asgi", "live", "ray"])
+def api(request) -> Iterator[PortalClient | httpx.Client]:
+    """Gives an in-process client, then a client of the real uvicorn, then one of a real
+    uvicorn on the Ray backend: every test using it runs on both backends."""
     if request.param == "asgi":
-        yield client
+        yield request.getfixturevalue("client")
     else:
-        with httpx.Client(base_url=live_url, timeout=30) as live:
+        url = request.getfixturevalue("live_url" if request.param == "live" else "ray_url")
+        with httpx.Client(base_url=url, timeout=30) as live:
             yield live

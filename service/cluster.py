@@ -1,0 +1,419 @@
+"""The Ray store: the routes of service/store.py on a Ray cluster (DESIGN section 9).
+
+    front-ends      ClusterStore, any number, on any node: no state but caches
+        |
+    "registry"      one actor: every id with its owner, the limits, creation and deletion
+        |
+    "host-<i>"      ray_hosts actors, spread over the nodes: a Shelf each (models, tapes,
+        |           checkpoints); a thread per request, a lock per model
+    "worker-<i>"    (a spec with "workers": k) a shard of a batch each (service/shards.py)
+
+A model lives on the host its id hashes to, so a host restarted by Ray reloads exactly its
+models from the data directory, and any front-end finds any model without asking anyone.
+Every actor is named in the namespace `ray_namespace` and detached: front-ends come and go,
+a SIGKILLed front-end loses nothing. A front-end caches what never changes for a model's
+life (owner, dtypes, size), keyed by the host's incarnation of the model: a host that
+restarted, or a model deleted and created again, invalidates it.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from core import Model, StoppedError
+from service.blas import POLICY
+from service.budget import Budget
+from service.errors import ModelNotFound, ServiceError
+from service.persistence import Checkpoints
+from service.registry import Registry
+from service.settings import Settings
+from service.shelf import Held, Save, Shelf, describe
+
+log = logging.getLogger("gradserve")
+
+T = TypeVar("T")
+REGISTRY = "registry"
+RETRY_AFTER_SECONDS = 1
+
+
+def host_of(model_id: str, hosts: int) -> int:
+    """Gives the index of the host a model lives on: a hash of its id, the same everywhere."""
+    return zlib.crc32(model_id.encode()) % hosts
+
+
+class Moved(Exception):
+    """The front-end's cached view of a model is of another incarnation: look it up again."""
+
+
+# -- the actors ----------------------------------------------------------------------------
+
+
+class ModelHost:
+    """A Ray actor holding the models whose ids hash to it, on a Shelf."""
+
+    def __init__(self, index: int, hosts: int, settings: Settings):
+        self.name, self.settings = f"host-{index}", settings
+        POLICY.fix(settings.blas_threads)
+        checkpoints = Checkpoints(settings.data_dir)
+        self.shelf = Shelf(settings, checkpoints)
+        loaded, skipped = checkpoints.load_all(keep=lambda model_id: host_of(model_id, hosts) == index)
+        self.locks: dict[str, threading.Lock] = {}
+        self.nonces: dict[str, str] = {}
+        for item in loaded:
+            self._hold(self._parallel(Held(item.id, item.model, item.owner)))
+        self.node = ray.get_runtime_context().get_node_id()
+        self.stopped: set[str] = set()  # budgets whose clients have gone
+        if skipped:
+            ray.get_actor(REGISTRY, namespace=settings.ray_namespace).skip.remote(skipped)
+        if settings.durability == "interval":
+            threading.Thread(target=self._flush_every, daemon=True).start()
+        log.info("%s: %d models loaded, %d skipped", self.name, len(loaded), len(skipped))
+
+    def _parallel(self, held: Held) -> Held:
+        """Gives `held` with a model that shards its batches over worker actors if its spec
+        asks for workers (service/shards.py)."""
+        if held.model.spec.get("workers", 1) > 1:
+            from service.shards import parallel
+
+            held.model = parallel(held.model, self.settings)
+        return held
+
+    def _hold(self, held: Held) -> None:
+        self.shelf.held[held.id] = held
+        self.locks[held.id] = threading.Lock()
+        self.nonces[held.id] = secrets.token_hex(8)
+
+    def _held(self, model_id: str, nonce: str | None = None) -> tuple[Held, threading.Lock]:
+        held = self.shelf.held.get(model_id)
+        if held is None:
+            raise ModelNotFound.of(model_id)
+        if nonce is not None and self.nonces.get(model_id) != nonce:
+            raise Moved
+        return held, self.locks[model_id]
+
+    # -- what front-ends ask ---------------------------------------------------------------
+
+    def facts(self, model_id: str) -> dict:
+        """Gives what a front-end caches of a model: owner, dtypes, size, this incarnation."""
+        held, _ = self._held(model_id)
+        return {"owner": held.owner, "dtype": held.dtype, "input_dtype": held.input_dtype,
+                "num_parameters": held.num_parameters, "nonce": self.nonces[model_id]}
+
+    def describe(self, model_ids: list[str]) -> list[dict]:
+        """Gives the description of each model held, with its placement."""
+        placement = {"actor": self.name, "node": self.node}
+        return [{**describe(model_id, self.shelf.held[model_id].model), "placement": placement}
+                for model_id in model_ids if model_id in self.shelf.held]
+
+    def run(self, model_id: str, nonce: str, fn: Callable[..., T], args: tuple, save: Save,
+            keep_tape: bool | None, stop: tuple[str, float] | None) -> T:
+        held, lock = self._held(model_id, nonce)
+        with lock:
+            if stop is not None:
+                key, deadline = stop
+                fn = _with_stop(fn, lambda: key in self.stopped or time.time() > deadline)
+            return self.shelf.work(held, fn, args, save, keep_tape)
+
+    def run_on_tape(self, model_id: str, nonce: str, tape_id: str, fn: Callable[..., T], args: tuple) -> T:
+        held, lock = self._held(model_id, nonce)
+        with lock:
+            return self.shelf.work_on_tape(held, tape_id, fn, args)
+
+    def stop(self, key: str) -> None:
+        """Tells the work of budget `key` to stop: its client has gone."""
+        self.stopped.add(key)
+
+    def add(self, model_id: str, owner: str | None, settings: Settings, spec: dict | None,
+            checkpoint: bytes | None) -> dict:
+        """Builds a model from a spec or a checkpoint (under the front-end's limits), writes it and holds it."""
+        s = settings
+        limits = {"max_parameters": s.max_parameters, "max_layers": s.max_layers}
+        model = Model.from_spec({**spec, "id": model_id}, **limits) if spec is not None \
+            else Model.from_bytes(checkpoint, **limits)
+        model.spec["id"] = model_id
+        held = self._parallel(Held(model_id, model, owner))
+        self.shelf.add(held)
+        self._hold(held)
+        return self.describe([model_id])[0]
+
+    def remove(self, model_id: str) -> None:
+        held, lock = self._held(model_id)
+        with lock:
+            self.shelf.remove(held)
+            self.locks.pop(model_id, None)
+            self.nonces.pop(model_id, None)
+
+    def pending_tapes(self) -> int:
+        return self.shelf.pending_tapes()
+
+    def flush(self) -> None:
+        """Writes every model with steps not yet on disk."""
+        for held in list(self.shelf.held.values()):
+            if held.dirty:
+                with self.locks[held.id]:
+                    if held.dirty and not held.deleted:
+                        self.shelf.save(held)
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(self.settings.durability_interval_seconds)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("interval checkpoint failed")
+
+    def ping(self) -> str:
+        return self.node
+
+
+class ClusterRegistry:
+    """The Ray actor that holds every model id of the cluster with its owner (a Registry), and
+    creates and deletes models on their hosts."""
+
+    def __init__(self, settings: Settings):
+        self.settings, ns = settings, settings.ray_namespace
+        self.registry = Registry()
+        self.registry.owners.update(Checkpoints(settings.data_dir).ids())
+        self.changing = threading.Lock()
+        self.hosts = [_actor(ModelHost, f"host-{i}", ns, scheduling_strategy="SPREAD")
+                      .remote(i, settings.ray_hosts, settings) for i in range(settings.ray_hosts)]
+
+    def host_count(self) -> int:
+        return len(self.hosts)
+
+    def count(self) -> int:
+        return len(self.registry)
+
+    def ids_of(self, owner: str | None) -> list[str]:
+        return self.registry.ids_of(owner)
+
+    def visible(self, model_id: str, owner: str | None) -> bool:
+        return self.registry.visible(model_id, owner)
+
+    def skip(self, skipped: dict[str, str]) -> None:
+        """Takes note of checkpoints a host could not read: their ids stay reserved."""
+        with self.changing:
+            for model_id in skipped:
+                self.registry.owners.pop(model_id, None)
+            self.registry.skipped.update(skipped)
+
+    def create(self, model_id: str | None, owner: str | None, settings: Settings, spec: dict | None = None,
+               checkpoint: bytes | None = None) -> dict:
+        """Registers a new model under the calling front-end's limits and builds it on its host."""
+        with self.changing:
+            model_id = self.registry.free_id(model_id, owner, settings)
+            host = self.hosts[host_of(model_id, len(self.hosts))]
+            info = ray.get(host.add.remote(model_id, owner, settings, spec, checkpoint))
+            self.registry.owners[model_id] = owner
+            return info
+
+    def delete(self, model_id: str, owner: str | None) -> None:
+        with self.changing:
+            if not self.registry.visible(model_id, owner):
+                raise ModelNotFound.of(model_id)
+            ray.get(self.hosts[host_of(model_id, len(self.hosts))].remove.remote(model_id))
+            self.registry.owners.pop(model_id, None)
+
+
+def _actor(cls: type, name: str, namespace: str, **options: Any):
+    """Gives the Ray actor class for `cls`, named, detached and restarted by Ray when it dies."""
+    return ray.remote(cls).options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                                   max_restarts=-1, max_task_retries=0, max_concurrency=64, num_cpus=0,
+                                   **options)
+
+
+def _with_stop(fn: Callable[..., T], should_stop: Callable[[], bool]) -> Callable[..., T]:
+    return lambda *args: fn(*args, should_stop=should_stop)
+
+
+# -- the front-end's store -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Entry:
+    """What a front-end knows of one model: fixed for this incarnation of it on its host."""
+
+    id: str
+    owner: str | None
+    dtype: Any
+    input_dtype: Any
+    num_parameters: int
+    nonce: str
+    host: Any  # the host actor's handle
+
+
+class ClusterStore:
+    """The store of a front-end on Ray: the methods of ModelStore, run on the cluster's actors."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ready = False
+        self._started_ray = False
+        self._entries: dict[str, Entry] = {}
+        self._counts = {"models": 0, "tapes": 0}
+        self._refresher: asyncio.Task | None = None
+        self.registry = self.hosts = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Joins (or starts) the cluster, then its registry and hosts (started by the first front-end)."""
+        await asyncio.to_thread(self._connect)
+        s = self.settings
+        self.registry = _actor(ClusterRegistry, REGISTRY, s.ray_namespace).remote(s)
+        hosts = await self.registry.host_count.remote()
+        self.hosts = [ray.get_actor(f"host-{i}", namespace=s.ray_namespace) for i in range(hosts)]
+        await asyncio.gather(*(host.ping.remote() for host in self.hosts))  # every model loaded
+        await self._refresh()
+        self._refresher = asyncio.create_task(self._refresh_every(1.0))
+        self.ready = True
+        log.info("on Ray (%s, namespace %s): %d hosts, %d models, data in %s", s.ray_address, s.ray_namespace,
+                 hosts, self._counts["models"], s.data_dir)
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        if self.settings.ray_address == "local":
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every port on 127.0.0.1
+            ray.init(include_dashboard=False, namespace=self.settings.ray_namespace, log_to_driver=False)
+        else:
+            ray.init(address=self.settings.ray_address, namespace=self.settings.ray_namespace, log_to_driver=False)
+        self._started_ray = True
+
+    async def close(self) -> None:
+        """Writes what the hosts have not (a local instance stops with this front-end)."""
+        self.ready = False
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self._started_ray and self.settings.ray_address == "local":
+            await self.flush()
+            await asyncio.to_thread(ray.shutdown)
+
+    async def flush(self) -> None:
+        await asyncio.gather(*(_call(host.flush.remote()) for host in self.hosts))
+
+    async def _refresh(self) -> None:
+        self._counts["models"] = await self.registry.count.remote()
+        self._counts["tapes"] = sum(await asyncio.gather(*(host.pending_tapes.remote() for host in self.hosts)))
+
+    async def _refresh_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._refresh()
+            except Exception:  # a host restarting: the figures wait for the next round
+                pass
+
+    def count(self) -> int:
+        return self._counts["models"]
+
+    def pending_tapes(self) -> int:
+        return self._counts["tapes"]
+
+    # -- models ------------------------------------------------------------------------
+
+    async def get(self, model_id: str, owner: str | None) -> Entry:
+        """Gives the model, or 404 if it does not exist or belongs to another key."""
+        entry = self._entries.get(model_id)
+        if entry is None:
+            host = self.hosts[host_of(model_id, len(self.hosts))]
+            facts = await _call(host.facts.remote(model_id))
+            entry = Entry(model_id, facts["owner"], facts["dtype"], facts["input_dtype"], facts["num_parameters"],
+                          facts["nonce"], host)
+            self._entries[model_id] = entry
+        if entry.owner is not None and entry.owner != owner:
+            raise ModelNotFound.of(model_id)
+        return entry
+
+    async def info(self, entry: Entry) -> dict:
+        """Gives the model's description, with its placement."""
+        described = await _call(entry.host.describe.remote([entry.id]))
+        if not described:
+            raise ModelNotFound.of(entry.id)
+        return described[0]
+
+    async def list(self, owner: str | None) -> list[dict]:
+        ids = await _call(self.registry.ids_of.remote(owner))
+        by_host: dict[int, list[str]] = {}
+        for model_id in ids:
+            by_host.setdefault(host_of(model_id, len(self.hosts)), []).append(model_id)
+        described = await asyncio.gather(*(_call(self.hosts[i].describe.remote(held)) for i, held in by_host.items()))
+        found = {info["id"]: info for infos in described for info in infos}
+        return [found[model_id] for model_id in ids if model_id in found]
+
+    async def create(self, spec: dict, owner: str | None) -> dict:
+        return await _call(self.registry.create.remote(spec.get("id"), owner, self.settings, spec=spec))
+
+    async def import_checkpoint(self, checkpoint: bytes, model_id: str | None, owner: str | None) -> dict:
+        s = self.settings
+        model = await asyncio.to_thread(Model.from_bytes, checkpoint, max_parameters=s.max_parameters,
+                                        max_layers=s.max_layers)  # a bad checkpoint stops here: 422
+        return await _call(self.registry.create.remote(model_id or model.spec.get("id"), owner, s,
+                                                       checkpoint=checkpoint))
+
+    async def delete(self, entry: Entry) -> None:
+        await _call(self.registry.delete.remote(entry.id, entry.owner))
+        self._entries.pop(entry.id, None)
+
+    # -- running the engine ------------------------------------------------------------
+
+    async def run(self, entry: Entry, fn: Callable[..., T], *args: Any, save: Save = "no",
+                  budget: Budget | None = None, rows: int | None = None, keep_tape: bool | None = None) -> T:
+        """Gives `fn(model, *args)` run on the model's host (ModelStore.run tells the options)."""
+        if budget is None:
+            return await self._on_host(entry, "run", fn, args, save, keep_tape, None)
+        if budget.expired():
+            raise budget.refusal("the request waited for the model and was not started")
+        key = secrets.token_hex(8)
+        watcher = asyncio.create_task(_tell_when_gone(budget, entry.host, key))
+        try:
+            return await self._on_host(entry, "run", fn, args, save, keep_tape,
+                                       (key, time.time() + budget.deadline - time.monotonic()))
+        except StoppedError as exc:
+            raise budget.refusal(str(exc)) from None
+        finally:
+            watcher.cancel()
+
+    async def run_on_tape(self, entry: Entry, tape_id: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on_host(entry, "run_on_tape", tape_id, fn, args)
+
+    async def _on_host(self, entry: Entry, method: str, *args: Any) -> Any:
+        """Gives the host's answer; looks the model up again once if the cached view is stale."""
+        try:
+            return await _call(getattr(entry.host, method).remote(entry.id, entry.nonce, *args))
+        except Moved:
+            self._entries.pop(entry.id, None)
+        fresh = await self.get(entry.id, entry.owner)
+        return await _call(getattr(fresh.host, method).remote(entry.id, fresh.nonce, *args))
+
+
+async def _tell_when_gone(budget: Budget, host: Any, key: str) -> None:
+    while not budget.client_gone:
+        await asyncio.sleep(0.05)
+    host.stop.remote(key)
+
+
+async def _call(ref: Any) -> Any:
+    """Gives what an actor call answers: its own exceptions raised as they are, a dead or
+    restarting actor as 503 model_unavailable."""
+    try:
+        return await ref
+    except RayError as exc:
+        cause = exc
+        while isinstance(cause, RayTaskError):  # an actor's exception, maybe raised through another actor
+            cause = cause.cause
+        if not isinstance(cause, RayActorError):
+            raise cause from None
+        raise ServiceError(503, "model_unavailable", "the model's host is restarting or unreachable; its models "
+                           f"come back from their last checkpoint: retry ({type(cause).__name__})",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
