@@ -39,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--data-dir", type=Path, help="overrides GRADSERVE_DATA_DIR (default ./data)")
     serve.add_argument("--durability", choices=["step", "interval", "none"], help="overrides GRADSERVE_DURABILITY")
     serve.add_argument("--log-level", help="overrides GRADSERVE_LOG_LEVEL (default info)")
+    serve.add_argument("--ray", metavar="ADDRESS", help="run on Ray (overrides GRADSERVE_RAY_ADDRESS): local starts "
+                       "a local instance on 127.0.0.1, auto or host:port joins a running cluster")
     args = parser.parse_args(argv)
 
     overrides = {key: value for key, value in
-                 {"data_dir": args.data_dir, "durability": args.durability, "log_level": args.log_level}.items()
+                 {"data_dir": args.data_dir, "durability": args.durability, "log_level": args.log_level,
+                  "ray_address": args.ray}.items()
                  if value is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,

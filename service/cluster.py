@@ -27,7 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import ray
+# A Ray node started by this process (--ray local) binds every port to 127.0.0.1 only if this
+# is set when ray is imported (ray_constants reads it then); joining a cluster ignores it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from core import Model, StoppedError
@@ -185,7 +190,7 @@ class ClusterRegistry:
         self.registry = Registry()
         self.registry.owners.update(Checkpoints(settings.data_dir).ids())
         self.changing = threading.Lock()
-        self.hosts = [_actor(ModelHost, f"host-{i}", ns, scheduling_strategy="SPREAD")
+        self.hosts = [_actor(ModelHost, f"host-{i}", ns, scheduling_strategy=spread(i))
                       .remote(i, settings.ray_hosts, settings) for i in range(settings.ray_hosts)]
 
     def host_count(self) -> int:
@@ -223,6 +228,13 @@ class ClusterRegistry:
                 raise ModelNotFound.of(model_id)
             ray.get(self.hosts[host_of(model_id, len(self.hosts))].remove.remote(model_id))
             self.registry.owners.pop(model_id, None)
+
+
+def spread(index: int) -> NodeAffinitySchedulingStrategy:
+    """Gives the placement of the `index`-th actor of a kind: the nodes in turn (soft: another
+    node if that one is full or gone, where Ray restarts it)."""
+    nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True)
 
 
 def _actor(cls: type, name: str, namespace: str, **options: Any):
@@ -283,11 +295,8 @@ class ClusterStore:
     def _connect(self) -> None:
         if ray.is_initialized():
             return
-        if self.settings.ray_address == "local":
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every port on 127.0.0.1
-            ray.init(include_dashboard=False, namespace=self.settings.ray_namespace, log_to_driver=False)
-        else:
-            ray.init(address=self.settings.ray_address, namespace=self.settings.ray_namespace, log_to_driver=False)
+        local = {"include_dashboard": False} if self.settings.ray_address == "local" else {}  # a new instance
+        ray.init(address=self.settings.ray_address, namespace=self.settings.ray_namespace, log_to_driver=False, **local)
         self._started_ray = True
 
     async def close(self) -> None:

@@ -10,7 +10,10 @@ each in its own namespace, and `gradserve serve --ray ADDRESS` subprocesses join
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from contextlib import suppress
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +23,7 @@ from tests.live_server import REPO
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 INSTALL = "pip install 'gradserve[ray]'  (or: pip install -e '.[dev,ray]')"
+os.environ.update(LOOPBACK_ENV)  # before any test module imports ray: it reads them on import
 
 
 @dataclass
@@ -43,28 +47,59 @@ def import_ray():
     return ray
 
 
-def listening_off_loopback() -> list[str]:
-    """Gives the TCP listeners of Ray processes on any address but 127.0.0.1."""
+def descendants(pid: int) -> set[int]:
+    """Gives the pids of every process below `pid` (a cluster's gcs, raylets and workers are
+    below the test process that started it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def listening_off_loopback(pids: set[int]) -> list[str]:
+    """Gives the TCP listeners of processes `pids` on any address but 127.0.0.1."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines()
-            if ("ray" in line or "gcs_server" in line) and "127.0.0.1:" not in line.split()[3]]
+    found = []
+    for line in out.splitlines():
+        address = line.split()[3].rsplit(":", 1)[0].strip("[]")
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+        if owners & pids and address not in ("127.0.0.1", "::ffff:127.0.0.1"):
+            found.append(line)
+    return found
 
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
-    os.environ.update(LOOPBACK_ENV)  # before Ray starts anything: the nodes read it
     ray = import_ray()
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
     try:
-        # The actors import this checkout's service/ and core/, whatever the venv has installed.
-        ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+        ray.init(address=cluster.address, log_to_driver=False, **_this_checkout())
         yield RayCluster(cluster, cluster.address)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _this_checkout() -> dict:
+    """Gives ray.init's options that make the actors import this checkout's service/ and core/
+    when the venv has another one installed (a git worktree): a runtime env, which has a cost
+    (soft node affinity no longer holds), so only then."""
+    import service
+
+    if Path(service.__file__).resolve().parents[1] == REPO:
+        return {}
+    return {"runtime_env": {"env_vars": {"PYTHONPATH": str(REPO)}}}
 
 
 def kill_namespace(namespace: str) -> None:
