@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 # A Ray node started by this process (--ray local) binds every port to 127.0.0.1 only if this
@@ -124,10 +125,14 @@ class ModelHost:
             keep_tape: bool | None, stop: tuple[str, float] | None) -> T:
         held, lock = self._held(model_id, nonce)
         with lock:
-            if stop is not None:
-                key, deadline = stop
-                fn = _with_stop(fn, lambda: key in self.stopped or time.time() > deadline)
-            return self.shelf.work(held, fn, args, save, keep_tape)
+            if stop is None:
+                return self.shelf.work(held, fn, args, save, keep_tape)
+            key, deadline = stop
+            should_stop = lambda: key in self.stopped or time.time() > deadline  # noqa: E731
+            try:
+                return self.shelf.work(held, partial(fn, should_stop=should_stop), args, save, keep_tape)
+            finally:
+                self.stopped.discard(key)
 
     def run_on_tape(self, model_id: str, nonce: str, tape_id: str, fn: Callable[..., T], args: tuple) -> T:
         held, lock = self._held(model_id, nonce)
@@ -242,10 +247,6 @@ def _actor(cls: type, name: str, namespace: str, **options: Any):
     return ray.remote(cls).options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
                                    max_restarts=-1, max_task_retries=0, max_concurrency=64, num_cpus=0,
                                    **options)
-
-
-def _with_stop(fn: Callable[..., T], should_stop: Callable[[], bool]) -> Callable[..., T]:
-    return lambda *args: fn(*args, should_stop=should_stop)
 
 
 # -- the front-end's store -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from contextlib import suppress
 from pathlib import Path
 from collections.abc import Iterator
@@ -87,8 +88,30 @@ def ray_cluster() -> Iterator[RayCluster]:
         ray.init(address=cluster.address, log_to_driver=False, **_this_checkout())
         yield RayCluster(cluster, cluster.address)
     finally:
+        started = descendants(os.getpid())
         ray.shutdown()
         cluster.shutdown()
+        wait_gone(started)  # no test leaves a Ray process running
+
+
+def command_of(pid: int) -> str:
+    with suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    return ""
+
+
+def wait_gone(pids: set[int], seconds: float = 20) -> None:
+    """Waits for every process of `pids` to have exited; fails naming those left running."""
+    deadline = time.monotonic() + seconds
+    while (left := {pid for pid in pids if _running(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left running: {[command_of(pid)[:80] for pid in left]}"
+
+
+def _running(pid: int) -> bool:
+    with suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    return False
 
 
 def _this_checkout() -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from core import Model
 from service.cluster import host_of
 from tests.live_server import BIN, Server, free_port, start, stop
-from tests.ray_cluster import descendants, import_ray, listening_off_loopback
+from tests.ray_cluster import command_of, descendants, import_ray, listening_off_loopback, wait_gone
 from tests.service.wire import read_binary
 
 SPEC = {"seed": 3, "loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.01},
@@ -231,11 +231,11 @@ def test_the_whole_cluster_stopped_and_started_again_brings_every_model_back(tmp
             for i in range(3):
                 httpx.post(f"{first.url}/v1/models/{model_id}/train_step", json=batch(i), timeout=30).raise_for_status()
         ray_processes = descendants(first.process.pid)
-        assert any("gcs_server" in _command(pid) for pid in ray_processes)  # its own instance
+        assert any("gcs_server" in command_of(pid) for pid in ray_processes)  # its own instance
         assert listening_off_loopback(ray_processes) == []
     finally:
         stop(first)
-    _all_gone(ray_processes)
+    wait_gone(ray_processes)
     second = serve()
     try:
         expected = replay(3).parameters()
@@ -245,18 +245,4 @@ def test_the_whole_cluster_stopped_and_started_again_brings_every_model_back(tmp
         ray_processes = descendants(second.process.pid)
     finally:
         stop(second)
-    _all_gone(ray_processes)
-
-
-def _command(pid: int) -> str:
-    with suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    return ""
-
-
-def _all_gone(pids: set[int]) -> None:
-    """Waits up to 20 s for every process of `pids` to have exited; fails naming those left."""
-    deadline = time.monotonic() + 20
-    while (left := {pid for pid in pids if Path(f"/proc/{pid}").exists()}) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"Ray processes left running: {[_command(pid)[:80] for pid in left]}"
+    wait_gone(ray_processes)

@@ -18,6 +18,7 @@ import pytest
 from service.main import create_app
 from service.settings import Settings
 from tests.live_server import uvicorn_in_thread
+from tests.ray_cluster import kill_namespace
 
 
 class PortalClient:
@@ -95,13 +96,21 @@ def module_live(request, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def make_live(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Gives a factory of real uvicorn servers on 127.0.0.1 for settings; gives each one's URL."""
+@pytest.fixture(params=["embedded", "ray"])
+def make_live(request, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Gives a factory of real uvicorn servers on 127.0.0.1 for settings; gives each one's URL.
+    Every test using it runs on both backends: embedded, then on the session's Ray cluster."""
     with ExitStack() as stack:
+        ray = {}
+        if request.param == "ray":
+            namespace = f"live-{abs(hash(request.node.nodeid)) % 10**8}"
+            ray = {"ray_address": request.getfixturevalue("ray_cluster").address, "ray_namespace": namespace,
+                   "ray_hosts": 1}
+            stack.callback(kill_namespace, namespace)
+
         def make(**settings) -> str:
             settings.setdefault("data_dir", tmp_path / f"live-{len(stack._exit_callbacks)}")
-            return stack.enter_context(uvicorn_in_thread(create_app(Settings(**settings))))
+            return stack.enter_context(uvicorn_in_thread(create_app(Settings(**ray, **settings))))
         yield make
 
 
