@@ -257,6 +257,14 @@ class Model:
                                 f"shape {list(output_shape)}")
         return _finite(g.astype(self.dtype, copy=False), "grad_output")
 
+    def validate_batch(self, x, targets=None, grad_output=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Return a training batch's (inputs, targets, grad_output) checked, targets unless a
+        grad_output is given, or raise InputError naming the problem."""
+        x, out_shape = self._checked_inputs(x, train=True)
+        if grad_output is None:
+            return x, self.validate_targets(targets, out_shape), None
+        return x, None, self.validate_grad_output(grad_output, out_shape)
+
     # ---- compute -------------------------------------------------------------------------
 
     def forward(self, x, train: bool = False, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Tape]:
@@ -310,11 +318,7 @@ class Model:
 
         Everything is checked before the forward, so a bad request changes no state.
         """
-        x, out_shape = self._checked_inputs(x, train=True)
-        if grad_output is None:
-            targets = self.validate_targets(targets, out_shape)
-        else:
-            grad_output = self.validate_grad_output(grad_output, out_shape)
+        x, targets, grad_output = self.validate_batch(x, targets, grad_output)
         outputs, tape = self._forward(x, train=True)
         loss = None
         if grad_output is None:

@@ -64,12 +64,7 @@ class Sharded:
     def train_batch(self, x, targets=None, *, grad_output=None, need_input_grad: bool = False) -> Backprop:
         """Model.train_batch, its batch split over the workers; everything is checked before."""
         model = self.model
-        x = model.validate_inputs(x, train=True)
-        out_shape = model.output_shape(x.shape)
-        if grad_output is None:
-            targets = model.validate_targets(targets, out_shape)
-        else:
-            grad_output = model.validate_grad_output(grad_output, out_shape)
+        x, targets, grad_output = model.validate_batch(x, targets, grad_output)
         k = min(len(self.workers), len(x))  # no empty shard
         parts = [np.array_split(a, k) if a is not None else [None] * k for a in (x, targets, grad_output)]
         key, params = (model.spec["id"], self.incarnation, model.version), [self._parameters_ref()]
@@ -77,13 +72,12 @@ class Sharded:
                                        for worker, xi, ti, gi in zip(self.workers, *parts)])
         return model.add_shards(shards)
 
+    # Core's own methods, whose batch is this train_batch: train_step checks lr first, steps
+    # with the model's own step (once, here) and, if the step is refused, leaves the model as it was.
     def forward_backward(self, x, targets=None, *, grad_output=None) -> float | None:
-        return self.train_batch(x, targets, grad_output=grad_output).loss
+        return Model.forward_backward(self, x, targets, grad_output=grad_output)
 
     def train_step(self, x, targets, lr: float | None = None) -> TrainStepResult:
-        """Model.train_step, its batch in shards: the optimizer steps once, here."""
-        # Core's train_step, whose batch is this train_batch (it checks lr first, then steps
-        # with the model's own step, and a refused step leaves the model as it was).
         return Model.train_step(self, x, targets, lr)
 
     def _parameters_ref(self) -> Any:
