@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core import Backprop, Model, Shard, TrainStepResult
@@ -48,12 +49,9 @@ class Sharded:
     else is the model's own (attributes and methods are delegated to it)."""
 
     def __init__(self, model: Model, settings: Settings):
-        from service.cluster import _actor  # cluster imports this module
-
-        self.model = model
+        self.model, self.settings = model, settings
         self.incarnation = secrets.token_hex(8)  # a model deleted and created again is another
-        self.workers = [_actor(ShardWorker, f"worker-{i}", settings.ray_namespace, scheduling_strategy=strategy)
-                        .remote(settings) for i, strategy in enumerate(_spread(model.spec["workers"]))]
+        self.workers = self._workers()
         self._shipped: tuple[int, Any] | None = None  # (version, ref of the parameters in the object store)
 
     def __getattr__(self, name: str) -> Any:
@@ -65,11 +63,23 @@ class Sharded:
         """Model.train_batch, its batch split over the workers; everything is checked before."""
         model = self.model
         x, targets, grad_output = model.validate_batch(x, targets, grad_output)
+        if self.workers is None:
+            self.workers = self._workers()
         k = min(len(self.workers), len(x))  # no empty shard
         parts = [np.array_split(a, k) if a is not None else [None] * k for a in (x, targets, grad_output)]
         key, params = (model.spec["id"], self.incarnation, model.version), [self._parameters_ref()]
-        shards: list[Shard] = ray.get([worker.shard.remote(key, params, model.spec, xi, ti, gi, need_input_grad)
-                                       for worker, xi, ti, gi in zip(self.workers, *parts)])
+        calls = [worker.shard.remote(key, params, model.spec, xi, ti, gi, need_input_grad)
+                 for worker, xi, ti, gi in zip(self.workers, *parts)]
+        try:
+            shards: list[Shard] = ray.get(calls)
+        except RayActorError:
+            # A worker's node may be gone, and a worker is pinned to its node: the next batch
+            # places them all again on the nodes alive then. This one answers 503
+            # model_unavailable (nothing was added), to be retried.
+            for worker in self.workers:
+                ray.kill(worker, no_restart=True)
+            self.workers = None
+            raise
         return model.add_shards(shards)
 
     # Core's own methods, whose batch is this train_batch: train_step checks lr first, steps
@@ -80,20 +90,23 @@ class Sharded:
     def train_step(self, x, targets, lr: float | None = None) -> TrainStepResult:
         return Model.train_step(self, x, targets, lr)
 
+    def _workers(self) -> list[Any]:
+        """Gives the handles of workers 0..k-1, created where they are not: worker i on the
+        i-th node alive (mod the nodes). Pinned (a hard node affinity): with "SPREAD", or a soft
+        affinity, Ray put two workers of two on one node of two, one time in three."""
+        from service.cluster import _actor  # cluster imports this module
+
+        nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+        return [_actor(ShardWorker, f"worker-{i}", self.settings.ray_namespace,
+                       scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False))
+                .remote(self.settings) for i in range(self.model.spec["workers"])]
+
     def _parameters_ref(self) -> Any:
         """Gives the object-store reference of this version's parameters, put there once."""
         version = self.model.version
         if self._shipped is None or self._shipped[0] != version:
             self._shipped = (version, ray.put(self.model.parameters()))
         return self._shipped[1]
-
-
-def _spread(k: int) -> list[Any]:
-    """Gives the scheduling of workers 0..k-1: worker i on the i-th node (mod the nodes), or
-    wherever Ray can if that node is gone. With "SPREAD" alone, both workers of a test's model
-    landed on one node of two (each actor is placed on its own, with nothing to spread against)."""
-    nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
-    return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(k)]
 
 
 @dataclass(eq=False)

@@ -4,10 +4,12 @@ with workers 1 gives (float64: within 1e-9 relative), for even and uneven splits
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
-from gradserve_client import Client, ValidationError
+from gradserve_client import Client, ServerError, ValidationError
 
 MLP = {"layers": [{"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
                   {"type": "linear", "out_features": 3}],
@@ -98,10 +100,36 @@ def test_a_bad_batch_changes_nothing(client):
 def test_shards_run_on_worker_actors_spread_over_the_nodes(ray_server, ray_cluster, request):
     with Client(ray_server(ray_hosts=1)) as client:
         client.create_model({**MLP, "workers": 2}).forward_backward(*batch(MLP, 8))
-    namespace = f"t-{abs(hash(request.node.nodeid)) % 10**8}"  # the ray_server fixture's
-    workers = [ray.get_actor(f"worker-{i}", namespace=namespace) for i in range(2)]
+    workers = [ray.get_actor(f"worker-{i}", namespace=namespace_of(request)) for i in range(2)]
     nodes = {ray.get(worker.ping.remote()) for worker in workers}
     assert len(ray_cluster.node_ids()) == 2 and len(nodes) == 2
+
+
+def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, request):
+    sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
+    x, y = batch(MLP, 8)
+    sharded.forward_backward(x, y)
+    ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)))
+    with pytest.raises(ServerError) as unavailable:
+        sharded.forward_backward(x, y)
+    assert (unavailable.value.status, unavailable.value.code) == (503, "model_unavailable")
+    assert sharded.refresh().accumulated == 1  # the failed batch added nothing
+    for _ in range(20):  # as a client retrying 503 would
+        try:
+            sharded.forward_backward(x, y)
+            break
+        except ServerError:
+            time.sleep(0.25)
+    else:
+        pytest.fail("the workers were not placed again")
+    for _ in range(2):
+        single.forward_backward(x, y)
+    assert_close(sharded.gradients(), single.gradients())
+
+
+def namespace_of(request) -> str:
+    """Gives the namespace the ray_server fixture gives this test."""
+    return f"t-{abs(hash(request.node.nodeid)) % 10**8}"
 
 
 @pytest.mark.parametrize("layer", [{"type": "batchnorm"}, {"type": "dropout", "p": 0.5}], ids=["batchnorm", "dropout"])
