@@ -3,7 +3,8 @@ of forward_backward and train_step in k shards on k worker actors.
 
     ModelHost ("host-<i>")     the model itself (a Sharded proxy over its core Model): validates,
         |                      splits the batch, adds the shards' gradients, steps the optimizer
-    "worker-<j>", j < k        on the j-th node (mod the nodes), shared by every model: a replica of the model per (id, incarnation, version): one shard each
+    "worker-<j>", j < k        shared by the models of the namespace, on the j-th node (mod the
+                               nodes): a replica of each model at its last version, one shard each
 
 The parameters reach the workers through the object store: the host puts them there once per
 version (ray.put), and sends each worker only the reference; a worker fetches them when its
