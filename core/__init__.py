@@ -21,12 +21,12 @@ from .errors import (
 from .evaluate import Evaluation, evaluate
 from .gradcheck import GradcheckReport, gradcheck
 from .ids import ID_PATTERN, ID_RE, ID_RULE
-from .model import Backprop, Model, StepResult, Tape, TrainStepResult
+from .model import Backprop, Model, Shard, StepResult, Tape, TrainStepResult
 
 memory.keep_heap_pad()
 
 __all__ = [
-    "Model", "Tape", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "TrainStepResult", "gradcheck", "GradcheckReport", "evaluate", "Evaluation",
+    "Model", "Tape", "Shard", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "TrainStepResult", "gradcheck", "GradcheckReport", "evaluate", "Evaluation",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
     "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError",
 ]

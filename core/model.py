@@ -21,6 +21,7 @@ from . import checkpoint, diagnostics, losses, spec as specs
 from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StaleTapeError
 from .layers import Layer, ShapeError, build, output_shape, walk
 from .layers.norm import BatchNorm
+from .layers.shape import Dropout
 from .numerics import quiet_overflow, squared_norm
 from .optim import Optimizer, lr_problem
 
@@ -44,6 +45,19 @@ class Backprop:
     loss: float | None
     input_grad: np.ndarray | None
     outputs: np.ndarray | None = None
+
+
+@dataclass
+class Shard:
+    """One shard of a batch computed on a replica: the count of terms its loss is the mean of
+    (None from a grad_output), that mean, the parameter gradients it gave, and its input
+    gradient (if asked for) and outputs."""
+
+    terms: int | None
+    loss: float | None
+    gradients: dict[str, np.ndarray]
+    input_grad: np.ndarray | None
+    outputs: np.ndarray
 
 
 @dataclass
@@ -243,6 +257,14 @@ class Model:
                                 f"shape {list(output_shape)}")
         return _finite(g.astype(self.dtype, copy=False), "grad_output")
 
+    def validate_batch(self, x, targets=None, grad_output=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Return a training batch's (inputs, targets, grad_output) checked, targets unless a
+        grad_output is given, or raise InputError naming the problem."""
+        x, out_shape = self._checked_inputs(x, train=True)
+        if grad_output is None:
+            return x, self.validate_targets(targets, out_shape), None
+        return x, None, self.validate_grad_output(grad_output, out_shape)
+
     # ---- compute -------------------------------------------------------------------------
 
     def forward(self, x, train: bool = False, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Tape]:
@@ -296,11 +318,7 @@ class Model:
 
         Everything is checked before the forward, so a bad request changes no state.
         """
-        x, out_shape = self._checked_inputs(x, train=True)
-        if grad_output is None:
-            targets = self.validate_targets(targets, out_shape)
-        else:
-            grad_output = self.validate_grad_output(grad_output, out_shape)
+        x, targets, grad_output = self.validate_batch(x, targets, grad_output)
         outputs, tape = self._forward(x, train=True)
         loss = None
         if grad_output is None:
@@ -325,6 +343,66 @@ class Model:
                 np.copyto(self._buffers[name], saved)
             self.rng.bit_generator.state, self.history.activations = rng_state, activations
             raise
+
+    # ---- data parallel: a batch in shards, each computed on a replica -------------------
+
+    def shard_problem(self) -> str | None:
+        """Return why a batch of this model cannot be computed in shards apart (a layer whose
+        result depends on the whole batch, or on random draws), or None if it can."""
+        for layer in walk(self.layers):
+            if isinstance(layer, BatchNorm):
+                return "batchnorm normalizes over the whole batch: shards would each see other statistics"
+            if isinstance(layer, Dropout):
+                return "dropout draws random masks: shards on replicas would not draw the full batch's masks"
+        return None
+
+    def loss_terms(self, targets: np.ndarray, output_shape: tuple[int, ...]) -> int:
+        """Return how many terms the loss's mean over validated `targets` divides by: the labels
+        not ignored for class labels, the positions (N or N*T) for class probabilities, the
+        elements for the elementwise losses (core/losses.py)."""
+        loss = self.spec["loss"]
+        if loss["type"] != "softmax_cross_entropy":
+            return int(targets.size)
+        if targets.ndim == len(output_shape) - 1:  # labels
+            ignore = loss["ignore_index"]
+            return int(targets.size if ignore is None else np.count_nonzero(targets != ignore))
+        return int(targets.size // output_shape[-1])
+
+    def shard(self, x, targets=None, *, grad_output=None, need_input_grad: bool = False) -> Shard:
+        """Return one shard's part of a batch, as train_batch computes it from zeroed gradients
+        (a replica's work: this model's own accumulated gradients are cleared after)."""
+        self.zero_grad()
+        result = self.train_batch(x, targets, grad_output=grad_output, need_input_grad=need_input_grad)
+        terms = None
+        if grad_output is None:
+            terms = self.loss_terms(self.validate_targets(targets, result.outputs.shape), result.outputs.shape)
+        gradients = {name: g.copy() for name, g in self._grads.items()}
+        self.zero_grad()
+        return Shard(terms, result.loss, gradients, result.input_grad, result.outputs)
+
+    def add_shards(self, shards: list[Shard]) -> Backprop:
+        """Add one batch's gradients from its shards, counted as one batch; return the batch's
+        loss, input gradient and outputs.
+
+        Each shard's loss is a mean over its n_i terms, so weights n_i / N give the gradient of
+        the full batch's mean (a shard with no terms adds nothing); gradients from a grad_output
+        add up as they are.
+        """
+        total = sum(s.terms for s in shards) if shards[0].terms is not None else None
+        weights = [1.0 if total is None else (s.terms / total if s.terms else 0.0) for s in shards]
+        with quiet_overflow():
+            for shard, weight in zip(shards, weights):
+                if weight:
+                    for name, g in self._grads.items():
+                        g += weight * shard.gradients[name]
+        self.accumulated += 1
+        loss = None
+        if total is not None:
+            loss = sum(s.loss * s.terms for s in shards if s.terms) / total if total else float("nan")
+        input_grad = None
+        if shards[0].input_grad is not None:
+            input_grad = np.concatenate([weight * s.input_grad for s, weight in zip(shards, weights)])
+        return Backprop(loss, input_grad, np.concatenate([s.outputs for s in shards]))
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         with quiet_overflow():

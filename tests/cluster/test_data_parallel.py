@@ -1,0 +1,142 @@
+"""Data parallel on Ray (DESIGN section 9): a model with "workers": k splits each batch of
+forward_backward, backward and train_step over k worker actors, and gives what the same model
+with workers 1 gives (float64: within 1e-9 relative), for even and uneven splits."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import ray
+from gradserve_client import Client, ServerError, ValidationError
+
+MLP = {"layers": [{"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
+                  {"type": "linear", "out_features": 3}],
+       "loss": {"type": "mse"}, "optimizer": {"type": "adam", "lr": 0.01}, "dtype": "float64", "seed": 7}
+CLASSIFIER = {**MLP, "loss": {"type": "softmax_cross_entropy"}}
+TOKENS = {"layers": [{"type": "embedding", "num_embeddings": 9, "embedding_dim": 4},
+                     {"type": "linear", "out_features": 5}], "input_shape": [6],
+          "loss": {"type": "softmax_cross_entropy", "ignore_index": -1}, "dtype": "float64", "seed": 7}
+
+
+def batch(spec: dict, n: int, seed: int = 0):
+    """Gives (inputs, targets) of n examples for `spec`."""
+    rng = np.random.default_rng(seed)
+    if spec is TOKENS:  # (N, T, C) outputs; shards hold different counts of ignored tokens
+        tokens = rng.integers(0, 5, (n, 6))
+        tokens[rng.random(tokens.shape) < 0.4] = -1
+        return rng.integers(0, 9, (n, 6)), tokens
+    x = rng.standard_normal((n, 6))
+    return x, (rng.integers(0, 3, n) if spec is CLASSIFIER else rng.standard_normal((n, 3)))
+
+
+def assert_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-14, err_msg=name)
+
+
+@pytest.fixture
+def client(ray_server):
+    with Client(ray_server(ray_hosts=1)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("spec", [MLP, CLASSIFIER, TOKENS], ids=["mlp", "classifier", "tokens"])
+def test_forward_backward_in_shards_equals_workers_1(client, spec):
+    x, y = batch(spec, 10)
+    single = client.create_model(spec)
+    want = single.forward_backward(x, y)
+    for workers, n in [(2, 8), (2, 10), (3, 9), (3, 10)]:  # even and uneven splits
+        sharded, single = client.create_model({**spec, "workers": workers}), client.create_model(spec)
+        got, want = sharded.forward_backward(x[:n], y[:n]), single.forward_backward(x[:n], y[:n])
+        assert got.loss == pytest.approx(want.loss, rel=1e-9)
+        assert got.accumulated == 1
+        assert_close(sharded.gradients(), single.gradients())
+
+
+def test_forward_backward_from_grad_output_sums_the_shards(client):
+    x, _ = batch(MLP, 10)
+    g = np.random.default_rng(1).standard_normal((10, 3))
+    sharded, single = client.create_model({**MLP, "workers": 3}), client.create_model(MLP)
+    got = sharded.forward_backward(x, grad_output=g, return_input_grad=True, return_outputs=True)
+    want = single.forward_backward(x, grad_output=g, return_input_grad=True, return_outputs=True)
+    np.testing.assert_allclose(got.input_grad, want.input_grad, rtol=1e-9)
+    np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-9)
+    assert_close(sharded.gradients(), single.gradients())
+
+
+def test_three_adam_train_steps_in_shards_equal_workers_1(client):
+    sharded, single = client.create_model({**CLASSIFIER, "workers": 2}), client.create_model(CLASSIFIER)
+    for seed in range(3):
+        x, y = batch(CLASSIFIER, 11, seed)  # 6 + 5
+        got, want = sharded.train_step(x, y), single.train_step(x, y)
+        assert (got.step, got.loss) == (want.step, pytest.approx(want.loss, rel=1e-9))
+    assert_close(sharded.parameters(), single.parameters())
+    steps = [(x, y) for x, y in (batch(CLASSIFIER, 7, seed) for seed in (3, 4))]
+    assert [r.step for r in sharded.train_steps(steps)] == [r.step for r in single.train_steps(steps)] == [4, 5]
+    assert_close(sharded.parameters(), single.parameters())
+
+
+def test_backward_on_a_kept_tape_equals_workers_1(client):
+    x, y = batch(CLASSIFIER, 10)
+    sharded, single = client.create_model({**CLASSIFIER, "workers": 3}), client.create_model(CLASSIFIER)
+    for model in (sharded, single):
+        _, tape = model.forward(x, keep_tape=True)
+        assert model.backward(tape, targets=y).accumulated == 1
+    assert_close(sharded.gradients(), single.gradients())
+
+
+def test_a_bad_batch_changes_nothing(client):
+    sharded = client.create_model({**MLP, "workers": 2})
+    x, y = batch(MLP, 10)
+    with pytest.raises(ValidationError):
+        sharded.train_step(x, y[:, :2])
+    info = sharded.refresh()
+    assert (info.accumulated, info.version) == (0, 0)
+
+
+def test_shards_run_on_worker_actors_spread_over_the_nodes(ray_server, ray_cluster, request):
+    with Client(ray_server(ray_hosts=1)) as client:
+        client.create_model({**MLP, "workers": 2}).forward_backward(*batch(MLP, 8))
+    workers = [ray.get_actor(f"worker-{i}", namespace=namespace_of(request)) for i in range(2)]
+    nodes = {ray.get(worker.ping.remote()) for worker in workers}
+    assert len(ray_cluster.node_ids()) == 2 and len(nodes) == 2
+
+
+def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, request):
+    sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
+    x, y = batch(MLP, 8)
+    sharded.forward_backward(x, y)
+    ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)))
+    with pytest.raises(ServerError) as unavailable:
+        sharded.forward_backward(x, y)
+    assert (unavailable.value.status, unavailable.value.code) == (503, "model_unavailable")
+    assert sharded.refresh().accumulated == 1  # the failed batch added nothing
+    for _ in range(20):  # as a client retrying 503 would
+        try:
+            sharded.forward_backward(x, y)
+            break
+        except ServerError:
+            time.sleep(0.25)
+    else:
+        pytest.fail("the workers were not placed again")
+    for _ in range(2):
+        single.forward_backward(x, y)
+    assert_close(sharded.gradients(), single.gradients())
+
+
+def namespace_of(request) -> str:
+    """Gives the namespace the ray_server fixture gives this test."""
+    return f"t-{abs(hash(request.node.nodeid)) % 10**8}"
+
+
+@pytest.mark.parametrize("layer", [{"type": "batchnorm"}, {"type": "dropout", "p": 0.5}], ids=["batchnorm", "dropout"])
+def test_workers_with_batchnorm_or_dropout_are_refused_naming_workers(client, layer):
+    spec = {**MLP, "layers": [MLP["layers"][0], layer, MLP["layers"][2]], "workers": 2}
+    with pytest.raises(ValidationError) as refused:
+        client.create_model(spec)
+    [error] = refused.value.errors
+    assert error["loc"] == ["body", "workers"] and layer["type"] in error["msg"]
+    assert client.list_models() == []
