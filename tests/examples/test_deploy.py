@@ -78,6 +78,17 @@ def test_the_image_is_slim_non_root_and_keeps_state_in_a_volume() -> None:
                                         "--data-dir", "/data"]
 
 
+def test_the_cluster_stage_is_the_server_with_the_ray_extra() -> None:
+    stages = dockerfile_stages()
+    assert list(stages).index("cluster") < list(stages).index("server")  # `docker build .` stays embedded
+    cluster, server = dict(lineage("cluster")), image()
+    copies = [[arguments for keyword, arguments in stages[name] if keyword == "COPY"] for name in ("cluster", "server")]
+    assert copies[0] == copies[1]
+    assert "pip install '/src[ray]'" in cluster["RUN"] and cluster["VOLUME"] == server["VOLUME"]
+    assert exec_form(cluster["CMD"]) == ["gradserve", "serve", "--host", "0.0.0.0", "--port", "8000",
+                                         "--ray", "local", "--data-dir", "/data"]
+
+
 def test_what_the_image_copies_exists_and_is_not_docker_ignored() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
@@ -136,10 +147,24 @@ def server_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     return build(list(dockerfile_stages())[-1], tmp_path_factory.mktemp("server-image"))
 
 
-def test_the_image_holds_runtime_dependencies_only(server_image: Image) -> None:
+@pytest.fixture(scope="module")
+def cluster_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The cluster stage (the server with Ray), installed outside Docker."""
+    return build("cluster", tmp_path_factory.mktemp("cluster-image"))
+
+
+@pytest.mark.parametrize("stage", ["server_image", "cluster_image"])
+def test_the_image_holds_runtime_dependencies_only(stage: str, request: pytest.FixtureRequest) -> None:
+    built: Image = request.getfixturevalue(stage)
     for dev_tool in ("pytest", "hypothesis", "schemathesis"):
-        imported = subprocess.run([str(server_image.bin / "python"), "-c", f"import {dev_tool}"], capture_output=True)
-        assert imported.returncode != 0, f"{dev_tool} is in the server image"
+        imported = subprocess.run([str(built.bin / "python"), "-c", f"import {dev_tool}"], capture_output=True)
+        assert imported.returncode != 0, f"{dev_tool} is in the {stage}"
+
+
+def test_the_cluster_image_has_the_ray_and_gradserve_commands(cluster_image: Image) -> None:
+    for command in (["ray", "start", "--help"], ["gradserve", "serve", "--help"]):
+        run = subprocess.run(command, env=environment(cluster_image.bin), capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
 
 
 def serve(image: Image, folder: Path, **settings: str) -> Server:
