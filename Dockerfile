@@ -3,6 +3,7 @@
 #   docker build -t gradserve .                  # the server (the last stage, "server")
 #   docker run -p 8000:8000 -v gradserve-data:/data gradserve
 #   docker build --target trainer -t gradserve-trainer .   # the Python client and examples/
+#   docker build --target cluster -t gradserve-cluster .   # the server with Ray (README: Beyond one machine)
 #
 # Runtime dependencies only: the project without its dev extra, no compilers, no caches.
 
@@ -22,6 +23,22 @@ RUN pip install '/app/clients/python[progress]'
 COPY examples /app/examples
 USER gradserve
 CMD ["python", "examples/train_remote.py"]
+
+
+# The server with the `ray` extra: one image for a Ray head (`ray start --head`), a Ray worker
+# (`ray start --address=HEAD:6379`) and front-ends (`gradserve serve --ray HEAD:6379`); run bare,
+# a server on a Ray instance of its own. No HEALTHCHECK: a Ray node serves no HTTP, so compose
+# gives each service its own. Not the last stage: `docker build .` stays the embedded server.
+FROM base AS cluster
+COPY pyproject.toml README.md /src/
+COPY core /src/core
+COPY service /src/service
+RUN pip install '/src[ray]' && rm -rf /src \
+    && mkdir /data && chown gradserve:gradserve /data
+USER gradserve
+VOLUME /data
+EXPOSE 8000
+CMD ["gradserve", "serve", "--host", "0.0.0.0", "--port", "8000", "--ray", "local", "--data-dir", "/data"]
 
 
 FROM base AS server

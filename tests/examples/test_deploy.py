@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from tests.live_server import REPO, Server, environment, free_port, start, stop
 
 
@@ -78,6 +79,17 @@ def test_the_image_is_slim_non_root_and_keeps_state_in_a_volume() -> None:
                                         "--data-dir", "/data"]
 
 
+def test_the_cluster_stage_is_the_server_with_the_ray_extra() -> None:
+    stages = dockerfile_stages()
+    assert list(stages).index("cluster") < list(stages).index("server")  # `docker build .` stays embedded
+    cluster, server = dict(lineage("cluster")), image()
+    copies = [[arguments for keyword, arguments in stages[name] if keyword == "COPY"] for name in ("cluster", "server")]
+    assert copies[0] == copies[1]
+    assert "pip install '/src[ray]'" in cluster["RUN"] and cluster["VOLUME"] == server["VOLUME"]
+    assert exec_form(cluster["CMD"]) == ["gradserve", "serve", "--host", "0.0.0.0", "--port", "8000",
+                                         "--ray", "local", "--data-dir", "/data"]
+
+
 def test_what_the_image_copies_exists_and_is_not_docker_ignored() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
@@ -136,10 +148,24 @@ def server_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     return build(list(dockerfile_stages())[-1], tmp_path_factory.mktemp("server-image"))
 
 
-def test_the_image_holds_runtime_dependencies_only(server_image: Image) -> None:
+@pytest.fixture(scope="module")
+def cluster_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The cluster stage (the server with Ray), installed outside Docker."""
+    return build("cluster", tmp_path_factory.mktemp("cluster-image"))
+
+
+@pytest.mark.parametrize("stage", ["server_image", "cluster_image"])
+def test_the_image_holds_runtime_dependencies_only(stage: str, request: pytest.FixtureRequest) -> None:
+    built: Image = request.getfixturevalue(stage)
     for dev_tool in ("pytest", "hypothesis", "schemathesis"):
-        imported = subprocess.run([str(server_image.bin / "python"), "-c", f"import {dev_tool}"], capture_output=True)
-        assert imported.returncode != 0, f"{dev_tool} is in the server image"
+        imported = subprocess.run([str(built.bin / "python"), "-c", f"import {dev_tool}"], capture_output=True)
+        assert imported.returncode != 0, f"{dev_tool} is in the {stage}"
+
+
+def test_the_cluster_image_has_the_ray_and_gradserve_commands(cluster_image: Image) -> None:
+    for command in (["ray", "start", "--help"], ["gradserve", "serve", "--help"]):
+        run = subprocess.run(command, env=environment(cluster_image.bin), capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
 
 
 def serve(image: Image, folder: Path, **settings: str) -> Server:
@@ -189,11 +215,58 @@ def docker_compose(*args: str) -> subprocess.CompletedProcess:
                           env=environment())
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None,
-                    reason="docker-compose is not installed (.ci/run installs Debian's package)")
+def compose_services() -> dict[str, dict]:
+    """Gives every service of docker-compose.yml as docker-compose resolves it (anchors merged)."""
+    config = docker_compose("--profile", "demo", "--profile", "cluster", "config")
+    assert config.returncode == 0, config.stderr
+    return yaml.safe_load(config.stdout)["services"]
+
+
+def published(service: dict) -> set[str]:
+    """Gives the ports a service publishes as host_ip:published:target (short or long syntax)."""
+    return {port.removesuffix("/tcp") if isinstance(port, str) else
+            f"{port.get('host_ip', '0.0.0.0')}:{port.get('published')}:{port['target']}"
+            for port in service.get("ports", [])}
+
+
+def mounts(service: dict) -> set[str]:
+    """Gives a service's volumes as source:target (short or long syntax)."""
+    return {":".join(volume.split(":")[:2]) if isinstance(volume, str) else f"{volume['source']}:{volume['target']}"
+            for volume in service.get("volumes", [])}
+
+
+needs_docker_compose = pytest.mark.skipif(shutil.which("docker-compose") is None,
+                                          reason="docker-compose is not installed (.ci/run installs Debian's package)")
+
+
+@needs_docker_compose
 def test_docker_compose_file_is_valid() -> None:
-    check = docker_compose("config", "-q")
-    assert check.returncode == 0, check.stderr
-    services = docker_compose("--profile", "demo", "config", "--services")
-    assert services.returncode == 0, services.stderr
-    assert set(services.stdout.split()) == {"gradserve", "trainer"}
+    for profile in ((), ("--profile", "demo"), ("--profile", "cluster")):
+        check = docker_compose(*profile, "config", "-q")
+        assert check.returncode == 0, check.stderr
+    by_profile: dict[tuple[str, ...], set[str]] = {}
+    for name, service in compose_services().items():
+        by_profile.setdefault(tuple(service.get("profiles", ())), set()).add(name)
+    # `docker compose up` starts the services of no profile: the embedded server only.
+    assert by_profile == {(): {"gradserve"}, ("demo",): {"trainer"},
+                          ("cluster",): {"ray-head", "ray-worker", "gradserve-1", "gradserve-2"}}
+
+
+@needs_docker_compose
+def test_the_cluster_profile_is_a_ray_head_a_worker_and_two_front_ends_on_one_volume() -> None:
+    services = compose_services()
+    cluster = {name: service for name, service in services.items() if service.get("profiles") == ["cluster"]}
+    assert {service["build"]["target"] for service in cluster.values()} == {"cluster"}
+    # One volume at /data for the model hosts and the front-ends, not the embedded server's.
+    assert [mounts(service) for service in cluster.values()] == [{"gradserve-cluster-data:/data"}] * 4
+    assert mounts(services["gradserve"]) == {"gradserve-data:/data"}
+    command = {name: " ".join(service["command"]) for name, service in cluster.items()}
+    assert command["ray-head"].startswith("ray start --head --block --port=6379")
+    assert command["ray-worker"].startswith("ray start --block --address=ray-head:6379")
+    for front_end, port in (("gradserve-1", 8001), ("gradserve-2", 8002)):
+        assert "exec gradserve serve --host 0.0.0.0 --port 8000 --ray ray-head:6379 --data-dir /data" in command[front_end]
+        assert published(cluster[front_end]) == {f"127.0.0.1:{port}:8000"}
+        assert cluster[front_end]["environment"] == services["gradserve"]["environment"]
+    # No Ray port reaches the host: only the servers' 8000, on loopback.
+    assert set().union(*map(published, services.values())) == {"127.0.0.1:8000:8000", "127.0.0.1:8001:8000",
+                                                                "127.0.0.1:8002:8000"}
