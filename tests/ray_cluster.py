@@ -88,7 +88,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         ray.init(address=cluster.address, log_to_driver=False, **_this_checkout())
         yield RayCluster(cluster, cluster.address)
     finally:
-        started = descendants(os.getpid())
+        started = {pid for pid in descendants(os.getpid()) if "ray" in command_of(pid)}  # raylet, ray::...
         ray.shutdown()
         cluster.shutdown()
         wait_gone(started)  # no test leaves a Ray process running
