@@ -34,7 +34,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from core import Model, StoppedError
 from service.blas import POLICY
@@ -414,15 +414,16 @@ async def _tell_when_gone(budget: Budget, host: Any, key: str) -> None:
 
 
 async def _call(ref: Any) -> Any:
-    """Gives what an actor call answers: its own exceptions raised as they are, a dead or
-    restarting actor as 503 model_unavailable."""
+    """Gives what an actor call answers: its own exceptions raised as they are; a failure of
+    Ray's (an actor dead, restarting or not placeable, a node or an object lost, on the way
+    or inside another actor's call) as 503 model_unavailable."""
     try:
         return await ref
     except RayError as exc:
         cause = exc
         while isinstance(cause, RayTaskError):  # an actor's exception, maybe raised through another actor
             cause = cause.cause
-        if not isinstance(cause, RayActorError):
+        if not isinstance(cause, RayError):
             raise cause from None
         raise ServiceError(503, "model_unavailable", "the model's host is restarting or unreachable; its models "
                            f"come back from their last checkpoint: retry ({type(cause).__name__})",

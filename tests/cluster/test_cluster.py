@@ -246,3 +246,24 @@ def test_the_whole_cluster_stopped_and_started_again_brings_every_model_back(tmp
     finally:
         stop(second)
     wait_gone(ray_processes)
+
+
+def test_a_node_lost_moves_its_hosts_and_their_models_come_back(ray_server, ray_cluster):
+    """A third node joins, holds hosts, and is removed: Ray restarts its hosts elsewhere."""
+    extra = ray_cluster.cluster.add_node(num_cpus=2)
+    ray_cluster.cluster.wait_for_nodes()
+    try:
+        url = ray_server(ray_hosts=6)  # two a node, asked for on the nodes in turn
+        on_extra = [host for host in range(6)
+                    if create(url, id_on(host, "lost", 6))["placement"]["node"] == extra.node_id]
+        assert on_extra, "no host was placed on the new node"
+        lost = id_on(on_extra[0], "lost", 6)
+        for i in range(3):
+            httpx.post(f"{url}/v1/models/{lost}/train_step", json=batch(i), timeout=30).raise_for_status()
+    finally:
+        ray_cluster.cluster.remove_node(extra)
+    with gradserve_client.Client(url, max_retries=60) as client:  # 503 model_unavailable, retried
+        info = client.model(lost).info
+    assert info.step == 3 and info.placement["node"] != extra.node_id
+    expected = replay(3).parameters()
+    assert all(np.array_equal(parameters(url, lost)[n], v) for n, v in expected.items())

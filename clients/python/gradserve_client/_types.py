@@ -31,6 +31,8 @@ class ModelInfo:
     step: int
     version: int
     accumulated: int
+    # On a Ray-backed server, where the model lives: {"actor": name, "node": Ray node id}.
+    placement: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
