@@ -201,6 +201,7 @@ def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, req
     sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
     x, y = batch(MLP, 8)
     sharded.forward_backward(x, y)
+    _, tape = sharded.forward(x, keep_tape=True)
     ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)))
     with pytest.raises(ServerError) as unavailable:
         sharded.forward_backward(x, y)
@@ -217,6 +218,9 @@ def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, req
     for _ in range(2):
         single.forward_backward(x, y)
     assert_close(sharded.gradients(), single.gradients())
+    with pytest.raises(APIError) as gone:  # its shards were on the workers placed before
+        sharded.backward(tape, targets=y)
+    assert (gone.value.status, gone.value.code) == (404, "tape_not_found")
 
 
 def namespace_of(request) -> str:
