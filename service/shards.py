@@ -36,7 +36,15 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from core import Backprop, InputError, Model, Shard, StaleTapeError, Tape, TrainStepResult
+from core import (
+    Backprop,
+    InputError,
+    Model,
+    Shard,
+    StaleTapeError,
+    Tape,
+    TrainStepResult,
+)
 from service.blas import POLICY
 from service.errors import ServiceError, invalid
 from service.settings import Settings
@@ -93,9 +101,8 @@ class Sharded:
         k = min(len(workers), len(x))
         parts = np.array_split(x, k)
         token, key, params = secrets.token_urlsafe(12), self._key(), [self._parameters_ref()]
-        outputs = self._gather([worker.forward.remote(key, params, model.spec, token, xi)
-                                         for worker, xi in zip(workers, parts)])
-        outputs = np.concatenate(outputs)
+        outputs = np.concatenate(self._gather([worker.forward.remote(key, params, model.spec, token, xi)
+                                               for worker, xi in zip(workers, parts)]))
         rows = tuple(len(xi) for xi in parts)
         return outputs, ShardedTape(workers[:k], token, rows, model.version, x.shape, outputs.shape)
 
