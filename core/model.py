@@ -51,13 +51,13 @@ class Backprop:
 class Shard:
     """One shard of a batch computed on a replica: the count of terms its loss is the mean of
     (None from a grad_output), that mean, the parameter gradients it gave, and its input
-    gradient (if asked for) and outputs."""
+    gradient (if asked for) and outputs (None from a kept tape's backprop: its forward gave them)."""
 
     terms: int | None
     loss: float | None
     gradients: dict[str, np.ndarray]
     input_grad: np.ndarray | None
-    outputs: np.ndarray
+    outputs: np.ndarray | None
 
 
 @dataclass
@@ -373,16 +373,48 @@ class Model:
         (a replica's work: this model's own accumulated gradients are cleared after)."""
         self.zero_grad()
         result = self.train_batch(x, targets, grad_output=grad_output, need_input_grad=need_input_grad)
+        return self._shard_of(result, targets, grad_output, result.outputs.shape, result.outputs)
+
+    def shard_forward(self, x) -> tuple[np.ndarray, Tape]:
+        """Return (outputs, tape) of one shard of a batch, a training forward on a replica whose
+        tape shard_backprop takes later (a kept tape, split over replicas)."""
+        return self.forward(x, train=True)
+
+    def shard_backprop(self, tape: Tape, outputs: np.ndarray, *, targets=None, grad_output=None,
+                       need_input_grad: bool = False) -> Shard:
+        """Return one shard's part of a backprop through a kept tape, as backprop computes it
+        from zeroed gradients (a replica's work: this model's own accumulated gradients are
+        cleared after). `tape` and `outputs` are shard_forward's, targets or grad_output the
+        rows of that shard. Its outputs are None, as backprop's: the forward gave them.
+
+        Raises StaleTapeError, as backprop, if the parameters changed since the forward; a bad
+        targets or grad_output raises InputError before any gradient changes.
+        """
+        if tape.version != self.version:
+            raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
+                                 f"version {self.version}; run forward again")
+        if grad_output is None:
+            targets = self.validate_targets(targets, tape.output_shape)
+        else:
+            grad_output = self.validate_grad_output(grad_output, tape.output_shape)
+        self.zero_grad()
+        result = self.backprop(tape, outputs, targets=targets, grad_output=grad_output,
+                               need_input_grad=need_input_grad)
+        return self._shard_of(result, targets, grad_output, tape.output_shape, None)
+
+    def _shard_of(self, result: Backprop, targets, grad_output, out_shape: tuple[int, ...],
+                  outputs: np.ndarray | None) -> Shard:
+        """Return the Shard of `result`, a backprop from zeroed gradients, which it then clears."""
         terms = None
         if grad_output is None:
-            terms = self.loss_terms(self.validate_targets(targets, result.outputs.shape), result.outputs.shape)
+            terms = self.loss_terms(self.validate_targets(targets, out_shape), out_shape)
         gradients = {name: g.copy() for name, g in self._grads.items()}
         self.zero_grad()
-        return Shard(terms, result.loss, gradients, result.input_grad, result.outputs)
+        return Shard(terms, result.loss, gradients, result.input_grad, outputs)
 
     def add_shards(self, shards: list[Shard]) -> Backprop:
         """Add one batch's gradients from its shards, counted as one batch; return the batch's
-        loss, input gradient and outputs.
+        loss, input gradient and outputs (None if the shards have none).
 
         Each shard's loss is a mean over its n_i terms, so weights n_i / N give the gradient of
         the full batch's mean (a shard with no terms adds nothing); gradients from a grad_output
@@ -402,7 +434,8 @@ class Model:
         input_grad = None
         if shards[0].input_grad is not None:
             input_grad = np.concatenate([weight * s.input_grad for s, weight in zip(shards, weights)])
-        return Backprop(loss, input_grad, np.concatenate([s.outputs for s in shards]))
+        outputs = None if shards[0].outputs is None else np.concatenate([s.outputs for s in shards])
+        return Backprop(loss, input_grad, outputs)
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         with quiet_overflow():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import ray
-from gradserve_client import Client, ServerError, ValidationError
+from gradserve_client import APIError, Client, ServerError, ValidationError
 
 MLP = {"layers": [{"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
                   {"type": "linear", "out_features": 3}],
@@ -79,13 +79,105 @@ def test_three_adam_train_steps_in_shards_equal_workers_1(client):
     assert_close(sharded.parameters(), single.parameters())
 
 
-def test_backward_on_a_kept_tape_equals_workers_1(client):
-    x, y = batch(CLASSIFIER, 10)
-    sharded, single = client.create_model({**CLASSIFIER, "workers": 3}), client.create_model(CLASSIFIER)
+def tapes_on_workers(request, k: int) -> list[int]:
+    """Gives how many shard tapes each of workers 0..k-1 keeps."""
+    return [ray.get(ray.get_actor(f"worker-{i}", namespace=namespace_of(request)).tapes_held.remote())
+            for i in range(k)]
+
+
+@pytest.mark.parametrize("workers,n", [(3, 9), (3, 10), (2, 7)])  # even and uneven splits
+@pytest.mark.parametrize("source", ["targets", "grad_output"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input_grad", "no_input_grad"])
+def test_backward_on_a_kept_tape_runs_on_the_workers_and_equals_workers_1(client, request, workers, n, source,
+                                                                          input_grad):
+    x, y = batch(CLASSIFIER, n)
+    g = np.random.default_rng(1).standard_normal((n, 3))
+    sharded, single = client.create_model({**CLASSIFIER, "workers": workers}), client.create_model(CLASSIFIER)
+    sent = {"targets": y} if source == "targets" else {"grad_output": g}
+    results = []
     for model in (sharded, single):
-        _, tape = model.forward(x, keep_tape=True)
-        assert model.backward(tape, targets=y).accumulated == 1
+        outputs, tape = model.forward(x, keep_tape=True)
+        if model is sharded:  # each worker ran its shard's forward and keeps its tape
+            assert tapes_on_workers(request, workers) == [1] * workers
+            sharded_outputs = outputs
+        else:
+            np.testing.assert_allclose(sharded_outputs, outputs, rtol=1e-9)
+        results.append(model.backward(tape, return_input_grad=input_grad, **sent))
+    assert tapes_on_workers(request, workers) == [0] * workers  # used up there: the backward ran there
+    got, want = results
+    assert got.accumulated == want.accumulated == 1
+    if source == "targets":
+        assert got.loss == pytest.approx(want.loss, rel=1e-9)
+    else:
+        assert got.loss is None and want.loss is None
+    if input_grad:
+        np.testing.assert_allclose(got.input_grad, want.input_grad, rtol=1e-9, atol=1e-14)
+    else:
+        assert got.input_grad is None and want.input_grad is None
     assert_close(sharded.gradients(), single.gradients())
+
+
+def test_backward_on_a_stale_sharded_tape_answers_409(client, request):
+    sharded = client.create_model({**MLP, "workers": 2})
+    x, y = batch(MLP, 8)
+    _, tape = sharded.forward(x, keep_tape=True)
+    sharded.train_step(x, y)  # the parameters move on
+    with pytest.raises(APIError) as stale:
+        sharded.backward(tape, targets=y)
+    assert (stale.value.status, stale.value.code) == (409, "stale_tape")
+    info = sharded.refresh()
+    assert (info.accumulated, info.version) == (0, 1)
+
+
+def test_bad_targets_on_a_sharded_tape_change_nothing_and_keep_it(client, request):
+    sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
+    x, y = batch(MLP, 9)
+    _, tape = sharded.forward(x, keep_tape=True)
+    for bad in ({"targets": y[:, :2]}, {"grad_output": np.ones((9, 2))}):
+        with pytest.raises(ValidationError):
+            sharded.backward(tape, **bad)
+        assert sharded.refresh().accumulated == 0
+        assert tapes_on_workers(request, 2) == [1, 1]
+    got = sharded.backward(tape, targets=y)  # the corrected request
+    _, single_tape = single.forward(x, keep_tape=True)
+    want = single.backward(single_tape, targets=y)
+    assert (got.accumulated, got.loss) == (1, pytest.approx(want.loss, rel=1e-9))
+    assert_close(sharded.gradients(), single.gradients())
+    with pytest.raises(APIError) as used:
+        sharded.backward(tape, targets=y)
+    assert (used.value.status, used.value.code) == (404, "tape_not_found")
+
+
+def test_a_restarted_worker_answers_404_tape_not_found(client, request):
+    sharded = client.create_model({**MLP, "workers": 2})
+    x, y = batch(MLP, 8)
+    _, tape = sharded.forward(x, keep_tape=True)
+    ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)), no_restart=False)  # Ray restarts it
+    for _ in range(40):
+        try:
+            if tapes_on_workers(request, 2)[1] == 0:
+                break
+        except ray.exceptions.RayActorError:
+            pass
+        time.sleep(0.25)
+    with pytest.raises(APIError) as gone:
+        sharded.backward(tape, targets=y)
+    assert (gone.value.status, gone.value.code) == (404, "tape_not_found")
+    assert sharded.refresh().accumulated == 0
+
+
+def test_a_dead_worker_on_backward_answers_503_and_the_tape_is_gone(client, request):
+    sharded = client.create_model({**MLP, "workers": 2})
+    x, y = batch(MLP, 8)
+    _, tape = sharded.forward(x, keep_tape=True)
+    ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)), no_restart=True)
+    with pytest.raises(APIError) as unavailable:
+        sharded.backward(tape, targets=y)
+    assert (unavailable.value.status, unavailable.value.code) == (503, "model_unavailable")
+    with pytest.raises(APIError) as gone:
+        sharded.backward(tape, targets=y)
+    assert (gone.value.status, gone.value.code) == (404, "tape_not_found")
+    assert sharded.refresh().accumulated == 0
 
 
 def test_a_bad_batch_changes_nothing(client):
@@ -109,6 +201,7 @@ def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, req
     sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
     x, y = batch(MLP, 8)
     sharded.forward_backward(x, y)
+    _, tape = sharded.forward(x, keep_tape=True)
     ray.kill(ray.get_actor("worker-1", namespace=namespace_of(request)))
     with pytest.raises(ServerError) as unavailable:
         sharded.forward_backward(x, y)
@@ -125,6 +218,9 @@ def test_a_dead_worker_answers_503_then_the_workers_are_placed_again(client, req
     for _ in range(2):
         single.forward_backward(x, y)
     assert_close(sharded.gradients(), single.gradients())
+    with pytest.raises(APIError) as gone:  # its shards were on the workers placed before
+        sharded.backward(tape, targets=y)
+    assert (gone.value.status, gone.value.code) == (404, "tape_not_found")
 
 
 def namespace_of(request) -> str:
