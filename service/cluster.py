@@ -24,7 +24,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -94,10 +94,15 @@ class ModelHost:
             held.model = parallel(held.model, self.settings)
         return held
 
-    def _hold(self, held: Held) -> None:
-        self.shelf.held[held.id] = held
+    def _hold(self, held: Held, write: bool = False) -> None:
+        """Holds a model (its lock and incarnation first: a request may find it at once),
+        writing its owner and checkpoint first if new."""
         self.locks[held.id] = threading.Lock()
         self.nonces[held.id] = secrets.token_hex(8)
+        if write:
+            self.shelf.add(held)
+        else:
+            self.shelf.held[held.id] = held
 
     def _held(self, model_id: str, nonce: str | None = None) -> tuple[Held, threading.Lock]:
         held = self.shelf.held.get(model_id)
@@ -118,8 +123,13 @@ class ModelHost:
     def describe(self, model_ids: list[str]) -> list[dict]:
         """Gives the description of each model held, with its placement."""
         placement = {"actor": self.name, "node": self.node}
-        return [{**describe(model_id, self.shelf.held[model_id].model), "placement": placement}
-                for model_id in model_ids if model_id in self.shelf.held]
+        return [{**describe(model_id, held.model), "placement": placement}
+                for model_id in model_ids if (held := self.shelf.held.get(model_id)) is not None]
+
+    def describe_one(self, model_id: str, nonce: str) -> dict:
+        """Gives the description of this incarnation of a model."""
+        self._held(model_id, nonce)
+        return self.describe([model_id])[0]
 
     def run(self, model_id: str, nonce: str, fn: Callable[..., T], args: tuple, save: Save,
             keep_tape: bool | None, stop: tuple[str, float] | None) -> T:
@@ -151,9 +161,7 @@ class ModelHost:
         model = Model.from_spec({**spec, "id": model_id}, **limits) if spec is not None \
             else Model.from_bytes(checkpoint, **limits)
         model.spec["id"] = model_id
-        held = self._parallel(Held(model_id, model, owner))
-        self.shelf.add(held)
-        self._hold(held)
+        self._hold(self._parallel(Held(model_id, model, owner)), write=True)
         return self.describe([model_id])[0]
 
     def remove(self, model_id: str) -> None:
@@ -169,8 +177,9 @@ class ModelHost:
     def flush(self) -> None:
         """Writes every model with steps not yet on disk."""
         for held in list(self.shelf.held.values()):
-            if held.dirty:
-                with self.locks[held.id]:
+            lock = self.locks.get(held.id)
+            if held.dirty and lock is not None:  # (None: removed meanwhile)
+                with lock:
                     if held.dirty and not held.deleted:
                         self.shelf.save(held)
 
@@ -202,13 +211,12 @@ class ClusterRegistry:
         return len(self.hosts)
 
     def count(self) -> int:
-        return len(self.registry)
+        with self.changing:
+            return len(self.registry)
 
     def ids_of(self, owner: str | None) -> list[str]:
-        return self.registry.ids_of(owner)
-
-    def visible(self, model_id: str, owner: str | None) -> bool:
-        return self.registry.visible(model_id, owner)
+        with self.changing:
+            return self.registry.ids_of(owner)
 
     def skip(self, skipped: dict[str, str]) -> None:
         """Takes note of checkpoints a host could not read: their ids stay reserved."""
@@ -219,19 +227,27 @@ class ClusterRegistry:
 
     def create(self, model_id: str | None, owner: str | None, settings: Settings, spec: dict | None = None,
                checkpoint: bytes | None = None) -> dict:
-        """Registers a new model under the calling front-end's limits and builds it on its host."""
+        """Registers a new model under the calling front-end's limits and builds it on its host.
+
+        The id is reserved (and counted) while its host builds it, without holding the lock
+        that other creations and deletions take meanwhile."""
         with self.changing:
             model_id = self.registry.free_id(model_id, owner, settings)
-            host = self.hosts[host_of(model_id, len(self.hosts))]
-            info = ray.get(host.add.remote(model_id, owner, settings, spec, checkpoint))
             self.registry.owners[model_id] = owner
-            return info
+        try:
+            host = self.hosts[host_of(model_id, len(self.hosts))]
+            return ray.get(host.add.remote(model_id, owner, settings, spec, checkpoint))
+        except BaseException:
+            with self.changing:
+                self.registry.owners.pop(model_id, None)
+            raise
 
     def delete(self, model_id: str, owner: str | None) -> None:
         with self.changing:
             if not self.registry.visible(model_id, owner):
                 raise ModelNotFound.of(model_id)
-            ray.get(self.hosts[host_of(model_id, len(self.hosts))].remove.remote(model_id))
+        ray.get(self.hosts[host_of(model_id, len(self.hosts))].remove.remote(model_id))
+        with self.changing:
             self.registry.owners.pop(model_id, None)
 
 
@@ -254,7 +270,8 @@ def _actor(cls: type, name: str, namespace: str, **options: Any):
 
 @dataclass(eq=False)
 class Entry:
-    """What a front-end knows of one model: fixed for this incarnation of it on its host."""
+    """What a front-end knows of one model: fixed for this incarnation of it on its host; and
+    who asks (each request gets its own copy of the cached entry)."""
 
     id: str
     owner: str | None
@@ -263,10 +280,21 @@ class Entry:
     num_parameters: int
     nonce: str
     host: Any  # the host actor's handle
+    caller: str | None = None
+
+    def visible_to(self, caller: str | None) -> bool:
+        return self.owner is None or self.owner == caller
+
+
+CACHED_MODELS = 100_000  # entries a front-end keeps before it starts again from none
 
 
 class ClusterStore:
     """The store of a front-end on Ray: the methods of ModelStore, run on the cluster's actors."""
+
+    # A stream's batches are saved as a train_step's are: a host may die between two of them,
+    # and what the stream answers as completed must not be lost with it.
+    stream_save: Save = "step"
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -335,22 +363,26 @@ class ClusterStore:
     async def get(self, model_id: str, owner: str | None) -> Entry:
         """Gives the model, or 404 if it does not exist or belongs to another key."""
         entry = self._entries.get(model_id)
-        if entry is None:
-            host = self.hosts[host_of(model_id, len(self.hosts))]
-            facts = await _call(host.facts.remote(model_id))
-            entry = Entry(model_id, facts["owner"], facts["dtype"], facts["input_dtype"], facts["num_parameters"],
-                          facts["nonce"], host)
-            self._entries[model_id] = entry
-        if entry.owner is not None and entry.owner != owner:
+        if entry is None or not entry.visible_to(owner):  # unknown here, or maybe a stale view of it
+            entry = await self._look_up(model_id)
+        if not entry.visible_to(owner):
             raise ModelNotFound.of(model_id)
+        return replace(entry, caller=owner)
+
+    async def _look_up(self, model_id: str) -> Entry:
+        """Gives the model's entry as its host holds it now, and caches it."""
+        self._entries.pop(model_id, None)
+        host = self.hosts[host_of(model_id, len(self.hosts))]
+        facts = await _call(host.facts.remote(model_id))
+        if len(self._entries) >= CACHED_MODELS:
+            self._entries.clear()
+        entry = self._entries[model_id] = Entry(model_id, facts["owner"], facts["dtype"], facts["input_dtype"],
+                                                facts["num_parameters"], facts["nonce"], host)
         return entry
 
     async def info(self, entry: Entry) -> dict:
         """Gives the model's description, with its placement."""
-        described = await _call(entry.host.describe.remote([entry.id]))
-        if not described:
-            raise ModelNotFound.of(entry.id)
-        return described[0]
+        return await self._on_host(entry, "describe_one")
 
     async def list(self, owner: str | None) -> list[dict]:
         ids = await _call(self.registry.ids_of.remote(owner))
@@ -372,7 +404,7 @@ class ClusterStore:
                                                        checkpoint=checkpoint))
 
     async def delete(self, entry: Entry) -> None:
-        await _call(self.registry.delete.remote(entry.id, entry.owner))
+        await _call(self.registry.delete.remote(entry.id, entry.caller))
         self._entries.pop(entry.id, None)
 
     # -- running the engine ------------------------------------------------------------
@@ -398,12 +430,18 @@ class ClusterStore:
         return await self._on_host(entry, "run_on_tape", tape_id, fn, args)
 
     async def _on_host(self, entry: Entry, method: str, *args: Any) -> Any:
-        """Gives the host's answer; looks the model up again once if the cached view is stale."""
+        """Gives the host's answer; if the entry was of another incarnation of the model (the
+        host restarted, or the model was deleted and created again), looks it up again once."""
         try:
             return await _call(getattr(entry.host, method).remote(entry.id, entry.nonce, *args))
         except Moved:
+            pass
+        except ModelNotFound:
             self._entries.pop(entry.id, None)
-        fresh = await self.get(entry.id, entry.owner)
+            raise
+        fresh = await self._look_up(entry.id)
+        if not fresh.visible_to(entry.caller):
+            raise ModelNotFound.of(entry.id)
         return await _call(getattr(fresh.host, method).remote(entry.id, fresh.nonce, *args))
 
 

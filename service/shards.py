@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core import (
@@ -65,7 +65,10 @@ def parallel(model: Model, settings: Settings) -> "Sharded":
 
 class Sharded:
     """A core Model whose training batches are computed in shards by worker actors; anything
-    else is the model's own (attributes and methods are delegated to it)."""
+    else is the model's own: attributes are read from it and written to it (core's methods
+    called with a Sharded as self, `Model.zero_grad(sharded)`, change the model)."""
+
+    OWN = frozenset({"model", "settings", "incarnation", "workers", "_shipped"})
 
     def __init__(self, model: Model, settings: Settings):
         self.model, self.settings = model, settings
@@ -77,6 +80,12 @@ class Sharded:
         if name == "model":  # not set yet (unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.model, name, value)
 
     def train_batch(self, x, targets=None, *, grad_output=None, need_input_grad: bool = False) -> Backprop:
         """Model.train_batch, its batch split over the workers; everything is checked before."""
@@ -164,13 +173,12 @@ class Sharded:
         """Gives the workers' answers to `calls`."""
         try:
             return ray.get(calls)
-        except RayActorError:
+        except (RayActorError, ActorUnschedulableError):  # dead, or its node gone (it is pinned there)
             # A worker's node may be gone, and a worker is pinned to its node: the next batch
-            # places them all again on the nodes alive then. This one answers 503
-            # model_unavailable (nothing was added), to be retried; a kept tape's shards are
-            # gone with them.
-            for worker in self.workers or []:
-                ray.kill(worker, no_restart=True)
+            # looks the workers up again, and places those gone on the nodes alive then (the
+            # others, shared with other models, are left alone). This one answers 503
+            # model_unavailable (nothing was added), to be retried; a kept tape's shards may
+            # be gone with them.
             self.workers = None
             raise
 

@@ -134,7 +134,9 @@ class Shelf:
         return held.tapes
 
     def pending_tapes(self) -> int:
-        return sum(len(self.pending(held)) for held in list(self.held.values()))
+        """Gives the tapes not yet expired; only counts (it may run beside a model's work)."""
+        oldest = time.monotonic() - self.settings.tape_ttl_seconds
+        return sum(made >= oldest for held in list(self.held.values()) for _, made in list(held.tapes.values()))
 
     def save(self, held: Held) -> None:
         self.checkpoints.save(held.id, held.model.to_bytes())

@@ -56,6 +56,10 @@ class Entry(Held):
 class ModelStore:
     """Every model of the server, in this process, keyed by id."""
 
+    # A train_steps stream's batches only mark the model dirty; the stream saves once at its
+    # end (under durability "step", before its answer): the process that answers holds the model.
+    stream_save: Save = "later"
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = Registry()

@@ -1,14 +1,16 @@
 """Forward, backward, accumulation, optimizer steps and evaluation on one model."""
 
 import asyncio
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import asdict
-from contextlib import suppress
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from core import Backprop, Model, Evaluation, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult, TrainStepResult
+from core import (
+    Backprop, Evaluation, Model, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StepResult,
+    TrainStepResult,
+)
 from core import evaluate as evaluate_model
 from service.deps import Call, EntryDep, StoreDep
 from service.body import frames, validated
@@ -134,8 +136,8 @@ def _train_step(model: Model, body: TrainStepRequest) -> dict:
     return _step_answer(model.train_step(body.inputs, body.targets, body.lr))
 
 
-def _nothing(model: Model) -> None:
-    pass
+def _saved(model: Model) -> None:
+    """Nothing: the work of a request that only writes the checkpoint."""
 
 
 def _step_answer(result: StepResult) -> dict:
@@ -201,7 +203,7 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
                 if isinstance(body, Exception):
                     raise body
                 completed.append(await _counting_steps(metrics, store.run(
-                    entry, _train_step, body, save="later", rows=inline_rows(body.inputs))))
+                    entry, _train_step, body, save=store.stream_save, rows=inline_rows(body.inputs))))
             except Exception as exc:
                 if answer_for(exc) is None:
                     raise
@@ -209,10 +211,10 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
                 stopped.set()
         await reader
     finally:
-        reader.cancel()  # applied steps ("later") reach the disk at the latest with the next flush,
-    if completed:      # and under durability "step" before the answer
+        reader.cancel()  # steps saved "later" reach the disk at the latest with the next flush,
+    if completed and store.stream_save == "later":  # and under durability "step" before the answer
         with suppress(ModelNotFound):  # deleted meanwhile
-            await store.run(entry, _nothing, save="step")
+            await store.run(entry, _saved, save="step")
     if failure is None:
         return respond({"steps": completed})
     status, code, detail = answer_for(failure)

@@ -236,3 +236,25 @@ def test_workers_with_batchnorm_or_dropout_are_refused_naming_workers(client, la
     [error] = refused.value.errors
     assert error["loc"] == ["body", "workers"] and layer["type"] in error["msg"]
     assert client.list_models() == []
+
+
+def test_zero_grad_and_new_parameters_reach_a_sharded_model(client):
+    sharded, single = client.create_model({**MLP, "workers": 2}), client.create_model(MLP)
+    x, y = batch(MLP, 8)
+    for model in (sharded, single):
+        model.forward_backward(x, y)
+        assert model.zero_grad().accumulated == 0
+        with pytest.raises(APIError) as nothing:
+            model.step()
+        assert (nothing.value.status, nothing.value.code) == (409, "nothing_to_step")
+    _, tape = sharded.forward(x, keep_tape=True)
+    moved = {name: value + 0.5 for name, value in single.parameters().items()}
+    for model in (sharded, single):
+        assert model.load_parameters(moved).version == 1
+    with pytest.raises(APIError) as stale:
+        sharded.backward(tape, targets=y)
+    assert (stale.value.status, stale.value.code) == (409, "stale_tape")
+    for model in (sharded, single):  # the workers compute at the new parameters
+        model.train_step(x, y)
+    assert_close(sharded.parameters(), single.parameters())
+    assert sharded.refresh().version == single.refresh().version == 2

@@ -101,3 +101,15 @@ def test_a_valid_spec_round_trips_through_its_normalized_form():
 @pytest.mark.parametrize("delta", ["1", -1, 0, True, float("inf")])
 def test_a_huber_delta_must_be_a_positive_number(delta):
     assert errors_of({"layers": MLP, "loss": {"type": "huber", "delta": delta}})[0]["loc"] == ["loss", "delta"]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 65, 2.0, "2", True])
+def test_workers_is_an_integer_from_1_to_64(workers):
+    with pytest.raises(SpecError) as e:
+        Model.from_spec({"layers": MLP, "workers": workers})
+    assert [error["loc"] for error in e.value.errors] == [["workers"]]
+
+
+def test_workers_stays_in_the_spec_only_when_given():
+    assert "workers" not in Model.from_spec({"layers": MLP}).spec
+    assert Model.from_spec({"layers": MLP, "workers": 4}).spec["workers"] == 4

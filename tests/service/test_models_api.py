@@ -85,3 +85,20 @@ def test_importing_garbage_is_422_and_an_existing_id_409(api):
     info = create(api)
     checkpoint = api.get(f"/v1/models/{info['id']}/checkpoint").content
     assert api.post("/v1/models/import", content=checkpoint).status_code == 409
+
+
+def test_workers_need_a_ray_backed_server(client):
+    response = client.post("/v1/models", json={**MLP, "id": fresh_id(), "workers": 2})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "workers"] and "--ray" in error["msg"]
+    single = client.post("/v1/models", json={**MLP, "id": fresh_id(), "workers": 1})
+    assert single.status_code == 201 and single.json()["spec"]["workers"] == 1
+    assert client.get("/readyz").json()["models"] == 1  # the refused one was never registered
+
+
+def test_a_checkpoint_asking_for_workers_is_refused_by_the_embedded_server(client):
+    spec = {**MLP, "id": "parallel", "workers": 3}
+    response = client.post("/v1/models/import", content=Model.from_spec(spec).to_bytes(),
+                           headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "workers"]
