@@ -34,7 +34,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnschedulableError, RayError, RayTaskError
 
 from core import Model, StoppedError
 from service.blas import POLICY
@@ -44,6 +44,7 @@ from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
 from service.shelf import Held, Save, Shelf, describe
+from service.threads import off_loop
 
 log = logging.getLogger("gradserve")
 
@@ -65,7 +66,11 @@ class Moved(Exception):
 
 
 class ModelHost:
-    """A Ray actor holding the models whose ids hash to it, on a Shelf."""
+    """A Ray actor holding the models whose ids hash to it, on a Shelf.
+
+    An async actor: a request waits for its model's asyncio lock without holding a thread, and
+    computes on a worker thread (service/threads.py), so a crowd on one model never keeps the
+    host's other models waiting."""
 
     def __init__(self, index: int, hosts: int, settings: Settings):
         self.name, self.settings = f"host-{index}", settings
@@ -73,16 +78,15 @@ class ModelHost:
         checkpoints = Checkpoints(settings.data_dir)
         self.shelf = Shelf(settings, checkpoints)
         loaded, skipped = checkpoints.load_all(keep=lambda model_id: host_of(model_id, hosts) == index)
-        self.locks: dict[str, threading.Lock] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
         self.nonces: dict[str, str] = {}
         for item in loaded:
             self._hold(self._parallel(Held(item.id, item.model, item.owner)))
         self.node = ray.get_runtime_context().get_node_id()
         self.stopped: set[str] = set()  # budgets whose clients have gone
+        self._flusher: asyncio.Task | None = None
         if skipped:
             ray.get_actor(REGISTRY, namespace=settings.ray_namespace).skip.remote(skipped)
-        if settings.durability == "interval":
-            threading.Thread(target=self._flush_every, daemon=True).start()
         log.info("%s: %d models loaded, %d skipped", self.name, len(loaded), len(skipped))
 
     def _parallel(self, held: Held) -> Held:
@@ -97,14 +101,14 @@ class ModelHost:
     def _hold(self, held: Held, write: bool = False) -> None:
         """Holds a model (its lock and incarnation first: a request may find it at once),
         writing its owner and checkpoint first if new."""
-        self.locks[held.id] = threading.Lock()
+        self.locks[held.id] = asyncio.Lock()
         self.nonces[held.id] = secrets.token_hex(8)
         if write:
             self.shelf.add(held)
         else:
             self.shelf.held[held.id] = held
 
-    def _held(self, model_id: str, nonce: str | None = None) -> tuple[Held, threading.Lock]:
+    def _held(self, model_id: str, nonce: str | None = None) -> tuple[Held, asyncio.Lock]:
         held = self.shelf.held.get(model_id)
         if held is None:
             raise ModelNotFound.of(model_id)
@@ -131,67 +135,81 @@ class ModelHost:
         self._held(model_id, nonce)
         return self.describe([model_id])[0]
 
-    def run(self, model_id: str, nonce: str, fn: Callable[..., T], args: tuple, save: Save,
-            keep_tape: bool | None, stop: tuple[str, float] | None) -> T:
+    async def run(self, model_id: str, nonce: str, fn: Callable[..., T], args: tuple, save: Save,
+                  keep_tape: bool | None, stop: tuple[str, float] | None) -> T:
+        self._wake()
         held, lock = self._held(model_id, nonce)
-        with lock:
+        async with lock:
             if stop is None:
-                return self.shelf.work(held, fn, args, save, keep_tape)
+                return await off_loop(self.shelf.work, held, fn, args, save, keep_tape)
             key, deadline = stop
             should_stop = lambda: key in self.stopped or time.time() > deadline  # noqa: E731
             try:
-                return self.shelf.work(held, partial(fn, should_stop=should_stop), args, save, keep_tape)
+                return await off_loop(self.shelf.work, held, partial(fn, should_stop=should_stop), args, save,
+                                      keep_tape)
             finally:
                 self.stopped.discard(key)
 
-    def run_on_tape(self, model_id: str, nonce: str, tape_id: str, fn: Callable[..., T], args: tuple) -> T:
+    async def run_on_tape(self, model_id: str, nonce: str, tape_id: str, fn: Callable[..., T], args: tuple) -> T:
+        self._wake()
         held, lock = self._held(model_id, nonce)
-        with lock:
-            return self.shelf.work_on_tape(held, tape_id, fn, args)
+        async with lock:
+            return await off_loop(self.shelf.work_on_tape, held, tape_id, fn, args)
 
     def stop(self, key: str) -> None:
         """Tells the work of budget `key` to stop: its client has gone."""
         self.stopped.add(key)
 
-    def add(self, model_id: str, owner: str | None, settings: Settings, spec: dict | None,
-            checkpoint: bytes | None) -> dict:
+    async def add(self, model_id: str, owner: str | None, settings: Settings, spec: dict | None,
+                  checkpoint: bytes | None) -> dict:
         """Builds a model from a spec or a checkpoint (under the front-end's limits), writes it and holds it."""
-        s = settings
-        limits = {"max_parameters": s.max_parameters, "max_layers": s.max_layers}
-        model = Model.from_spec({**spec, "id": model_id}, **limits) if spec is not None \
-            else Model.from_bytes(checkpoint, **limits)
-        model.spec["id"] = model_id
-        self._hold(self._parallel(Held(model_id, model, owner)), write=True)
+        limits = {"max_parameters": settings.max_parameters, "max_layers": settings.max_layers}
+
+        def build() -> None:
+            model = Model.from_spec({**spec, "id": model_id}, **limits) if spec is not None \
+                else Model.from_bytes(checkpoint, **limits)
+            model.spec["id"] = model_id
+            self._hold(self._parallel(Held(model_id, model, owner)), write=True)
+
+        await off_loop(build)
         return self.describe([model_id])[0]
 
-    def remove(self, model_id: str) -> None:
+    async def remove(self, model_id: str) -> None:
         held, lock = self._held(model_id)
-        with lock:
-            self.shelf.remove(held)
+        async with lock:
+            await off_loop(self.shelf.remove, held)
             self.locks.pop(model_id, None)
             self.nonces.pop(model_id, None)
 
-    def pending_tapes(self) -> int:
+    async def pending_tapes(self) -> int:
+        self._wake()
         return self.shelf.pending_tapes()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Writes every model with steps not yet on disk."""
         for held in list(self.shelf.held.values()):
             lock = self.locks.get(held.id)
             if held.dirty and lock is not None:  # (None: removed meanwhile)
-                with lock:
+                async with lock:
                     if held.dirty and not held.deleted:
-                        self.shelf.save(held)
+                        await off_loop(self.shelf.save, held)
 
-    def _flush_every(self) -> None:
+    def _wake(self) -> None:
+        """Starts the interval flusher (durability "interval") from within the actor's event
+        loop: a restarted host starts it at its first request, or a front-end's first refresh."""
+        if self.settings.durability == "interval" and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
+
+    async def _flush_every(self) -> None:
         while True:
-            time.sleep(self.settings.durability_interval_seconds)
+            await asyncio.sleep(self.settings.durability_interval_seconds)
             try:
-                self.flush()
+                await self.flush()
             except Exception:
                 log.exception("interval checkpoint failed")
 
-    def ping(self) -> str:
+    async def ping(self) -> str:
+        self._wake()
         return self.node
 
 
@@ -200,15 +218,31 @@ class ClusterRegistry:
     creates and deletes models on their hosts."""
 
     def __init__(self, settings: Settings):
-        self.settings, ns = settings, settings.ray_namespace
+        self.settings = settings
         self.registry = Registry()
         self.registry.owners.update(Checkpoints(settings.data_dir).ids())
         self.changing = threading.Lock()
-        self.hosts = [_actor(ModelHost, f"host-{i}", ns, scheduling_strategy=spread(i))
-                      .remote(i, settings.ray_hosts, settings) for i in range(settings.ray_hosts)]
+        self.hosts = [self._host(i) for i in range(settings.ray_hosts)]
+
+    def _host(self, index: int) -> Any:
+        """Gives host `index`, started on the nodes alive now unless it runs (or restarts)."""
+        s = self.settings
+        return _actor(ModelHost, f"host-{index}", s.ray_namespace, scheduling_strategy=spread(index),
+                      max_concurrency=1000).remote(index, s.ray_hosts, s)
 
     def host_count(self) -> int:
         return len(self.hosts)
+
+    def revive(self, index: int) -> None:
+        """Places host `index` again if it died for good (its node gone); it reloads its models."""
+        with self.changing:
+            try:
+                ray.get(self.hosts[index].ping.remote())
+            except (ActorDiedError, ActorUnschedulableError):
+                log.warning("host-%d is gone with its node: placing it again", index)
+                self.hosts[index] = self._host(index)
+            except RayError:
+                pass  # restarting: Ray brings it back
 
     def count(self) -> int:
         with self.changing:
@@ -252,17 +286,22 @@ class ClusterRegistry:
 
 
 def spread(index: int) -> NodeAffinitySchedulingStrategy:
-    """Gives the placement of the `index`-th actor of a kind: the nodes in turn (soft: another
-    node if that one is full or gone, where Ray restarts it)."""
+    """Gives the placement of the `index`-th actor of a kind: the nodes alive in turn.
+
+    Pinned (a hard affinity): a soft one let Ray put every host on one node of two, one run in
+    a few. A pinned actor whose node is gone dies for good (ActorUnschedulableError, then
+    ActorDiedError) instead of restarting elsewhere: whoever meets that places it again
+    (ClusterRegistry.revive for a host, Sharded._gather for a worker)."""
     nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
-    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True)
+    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=False)
 
 
 def _actor(cls: type, name: str, namespace: str, **options: Any):
-    """Gives the Ray actor class for `cls`, named, detached and restarted by Ray when it dies."""
-    return ray.remote(cls).options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-                                   max_restarts=-1, max_task_retries=0, max_concurrency=64, num_cpus=0,
-                                   **options)
+    """Gives the Ray actor class for `cls`, named, detached and restarted by Ray when it dies
+    (a threaded actor of 64 threads unless `options` say otherwise)."""
+    return ray.remote(cls).options(**{"name": name, "namespace": namespace, "lifetime": "detached",
+                                      "get_if_exists": True, "max_restarts": -1, "max_task_retries": 0,
+                                      "max_concurrency": 64, "num_cpus": 0, **options})
 
 
 # -- the front-end's store -------------------------------------------------------------------
@@ -279,7 +318,7 @@ class Entry:
     input_dtype: Any
     num_parameters: int
     nonce: str
-    host: Any  # the host actor's handle
+    host: int  # the index of its host
     caller: str | None = None
 
     def visible_to(self, caller: str | None) -> bool:
@@ -314,7 +353,7 @@ class ClusterStore:
         self.registry = _actor(ClusterRegistry, REGISTRY, s.ray_namespace).remote(s)
         hosts = await self.registry.host_count.remote()
         self.hosts = [ray.get_actor(f"host-{i}", namespace=s.ray_namespace) for i in range(hosts)]
-        await asyncio.gather(*(host.ping.remote() for host in self.hosts))  # every model loaded
+        await asyncio.gather(*(self._ask(i, "ping") for i in range(hosts)))  # every model loaded
         await self._refresh()
         self._refresher = asyncio.create_task(self._refresh_every(1.0))
         self.ready = True
@@ -338,11 +377,12 @@ class ClusterStore:
             await asyncio.to_thread(ray.shutdown)
 
     async def flush(self) -> None:
-        await asyncio.gather(*(_call(host.flush.remote()) for host in self.hosts))
+        await asyncio.gather(*(self._ask(i, "flush") for i in range(len(self.hosts))))
 
     async def _refresh(self) -> None:
         self._counts["models"] = await self.registry.count.remote()
-        self._counts["tapes"] = sum(await asyncio.gather(*(host.pending_tapes.remote() for host in self.hosts)))
+        self._counts["tapes"] = sum(await asyncio.gather(*(self._ask(i, "pending_tapes")
+                                                           for i in range(len(self.hosts)))))
 
     async def _refresh_every(self, seconds: float) -> None:
         while True:
@@ -372,8 +412,8 @@ class ClusterStore:
     async def _look_up(self, model_id: str) -> Entry:
         """Gives the model's entry as its host holds it now, and caches it."""
         self._entries.pop(model_id, None)
-        host = self.hosts[host_of(model_id, len(self.hosts))]
-        facts = await _call(host.facts.remote(model_id))
+        host = host_of(model_id, len(self.hosts))
+        facts = await self._ask(host, "facts", model_id)
         if len(self._entries) >= CACHED_MODELS:
             self._entries.clear()
         entry = self._entries[model_id] = Entry(model_id, facts["owner"], facts["dtype"], facts["input_dtype"],
@@ -389,7 +429,7 @@ class ClusterStore:
         by_host: dict[int, list[str]] = {}
         for model_id in ids:
             by_host.setdefault(host_of(model_id, len(self.hosts)), []).append(model_id)
-        described = await asyncio.gather(*(_call(self.hosts[i].describe.remote(held)) for i, held in by_host.items()))
+        described = await asyncio.gather(*(self._ask(i, "describe", held) for i, held in by_host.items()))
         found = {info["id"]: info for infos in described for info in infos}
         return [found[model_id] for model_id in ids if model_id in found]
 
@@ -417,7 +457,7 @@ class ClusterStore:
         if budget.expired():
             raise budget.refusal("the request waited for the model and was not started")
         key = secrets.token_hex(8)
-        watcher = asyncio.create_task(_tell_when_gone(budget, entry.host, key))
+        watcher = asyncio.create_task(_tell_when_gone(budget, self.hosts[entry.host], key))
         try:
             return await self._on_host(entry, "run", fn, args, save, keep_tape,
                                        (key, time.time() + budget.deadline - time.monotonic()))
@@ -433,7 +473,7 @@ class ClusterStore:
         """Gives the host's answer; if the entry was of another incarnation of the model (the
         host restarted, or the model was deleted and created again), looks it up again once."""
         try:
-            return await _call(getattr(entry.host, method).remote(entry.id, entry.nonce, *args))
+            return await self._ask(entry.host, method, entry.id, entry.nonce, *args)
         except Moved:
             pass
         except ModelNotFound:
@@ -442,13 +482,34 @@ class ClusterStore:
         fresh = await self._look_up(entry.id)
         if not fresh.visible_to(entry.caller):
             raise ModelNotFound.of(entry.id)
-        return await _call(getattr(fresh.host, method).remote(entry.id, fresh.nonce, *args))
+        return await self._ask(fresh.host, method, entry.id, fresh.nonce, *args)
+
+    async def _ask(self, index: int, method: str, *args: Any) -> Any:
+        """Gives host `index`'s answer to `method(*args)`. A host gone for good (its node lost)
+        answers 503 and is placed again, for the retry."""
+        try:
+            return await _call(getattr(self.hosts[index], method).remote(*args))
+        except Unavailable as exc:
+            if exc.gone:
+                await _call(self.registry.revive.remote(index))
+                self.hosts[index] = ray.get_actor(f"host-{index}", namespace=self.settings.ray_namespace)
+            raise
 
 
 async def _tell_when_gone(budget: Budget, host: Any, key: str) -> None:
     while not budget.client_gone:
         await asyncio.sleep(0.05)
     host.stop.remote(key)
+
+
+class Unavailable(ServiceError):
+    """503 model_unavailable: a failure of Ray's; `gone` if an actor died for good."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(503, "model_unavailable", "the model's host is restarting or unreachable; its models "
+                         f"come back from their last checkpoint: retry ({type(cause).__name__})",
+                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        self.gone = isinstance(cause, ActorDiedError | ActorUnschedulableError)
 
 
 async def _call(ref: Any) -> Any:
@@ -463,6 +524,4 @@ async def _call(ref: Any) -> Any:
             cause = cause.cause
         if not isinstance(cause, RayError):
             raise cause from None
-        raise ServiceError(503, "model_unavailable", "the model's host is restarting or unreachable; its models "
-                           f"come back from their last checkpoint: retry ({type(cause).__name__})",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        raise Unavailable(cause) from None

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core import (
     Backprop,
@@ -151,13 +150,10 @@ class Sharded:
 
     def _workers(self) -> list[Any]:
         """Gives the handles of workers 0..k-1, created where they are not: worker i on the
-        i-th node alive (mod the nodes). Pinned (a hard node affinity): with "SPREAD", or a soft
-        affinity, Ray put two workers of two on one node of two, one time in three."""
-        from service.cluster import _actor  # cluster imports this module
+        i-th node alive (mod the nodes), pinned there (service.cluster.spread)."""
+        from service.cluster import _actor, spread  # cluster imports this module
 
-        nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
-        return [_actor(ShardWorker, f"worker-{i}", self.settings.ray_namespace,
-                       scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False))
+        return [_actor(ShardWorker, f"worker-{i}", self.settings.ray_namespace, scheduling_strategy=spread(i))
                 .remote(self.settings) for i in range(self.model.spec["workers"])]
 
     def _current_workers(self) -> list[Any]:
