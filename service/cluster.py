@@ -368,12 +368,16 @@ class ClusterStore:
         self._started_ray = True
 
     async def close(self) -> None:
-        """Writes what the hosts have not (a local instance stops with this front-end)."""
+        """Writes every step the hosts hold unwritten, as the embedded store does at shutdown
+        (a local instance then stops with this front-end)."""
         self.ready = False
         if self._refresher is not None:
             self._refresher.cancel()
-        if self._started_ray and self.settings.ray_address == "local":
+        try:
             await self.flush()
+        except ServiceError:
+            log.warning("a host could not be flushed at shutdown (it is restarting or gone)")
+        if self._started_ray and self.settings.ray_address == "local":
             await asyncio.to_thread(ray.shutdown)
 
     async def flush(self) -> None:

@@ -15,7 +15,9 @@ import numpy as np
 
 from core import Model
 from service.cluster import host_of
-from tests.live_server import BIN, Server, free_port, start, stop
+from service.main import create_app
+from service.settings import Settings
+from tests.live_server import BIN, Server, free_port, start, stop, uvicorn_in_thread
 from tests.ray_cluster import command_of, descendants, import_ray, listening_off_loopback, wait_gone
 from tests.service.wire import read_binary
 
@@ -266,3 +268,17 @@ def test_a_node_lost_moves_its_hosts_and_their_models_come_back(ray_server, ray_
     assert info.step == 3 and info.placement["node"] != doomed.node_id
     expected = replay(3).parameters()
     assert all(np.array_equal(parameters(url, lost)[n], v) for n, v in expected.items())
+
+
+def test_a_front_ends_shutdown_writes_what_durability_none_kept_in_memory(ray_server, ray_cluster, tmp_path):
+    url = ray_server(durability="none")
+    create(url, "unwritten")
+    for i in range(2):
+        httpx.post(f"{url}/v1/models/unwritten/train_step", json=batch(i), timeout=30).raise_for_status()
+    on_disk = Model.from_bytes((tmp_path / "data" / "models" / "unwritten.safetensors").read_bytes())
+    assert on_disk.step_count == 0  # only the creation is written
+    settings = Settings(data_dir=tmp_path / "data", ray_address=ray_cluster.address, durability="none",
+                        ray_namespace=ray_server.namespace, ray_hosts=2)
+    with uvicorn_in_thread(create_app(settings)):  # a second front-end of the cluster, stopped
+        pass
+    assert Model.from_bytes((tmp_path / "data" / "models" / "unwritten.safetensors").read_bytes()).step_count == 2
