@@ -380,6 +380,17 @@ class Model:
         tape shard_backprop takes later (a kept tape, split over replicas)."""
         return self.forward(x, train=True)
 
+    def check_tape(self, tape, targets=None, grad_output=None) -> tuple:
+        """Return (targets, grad_output) checked for a backprop through `tape` (anything with a
+        tape's `version` and `output_shape`, a sharded one too): StaleTapeError if the
+        parameters changed since its forward, InputError if they do not fit its outputs."""
+        if tape.version != self.version:
+            raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
+                                 f"version {self.version}; run forward again")
+        if grad_output is None:
+            return self.validate_targets(targets, tape.output_shape), None
+        return targets, self.validate_grad_output(grad_output, tape.output_shape)
+
     def shard_backprop(self, tape: Tape, outputs: np.ndarray, *, targets=None, grad_output=None,
                        need_input_grad: bool = False) -> Shard:
         """Return one shard's part of a backprop through a kept tape, as backprop computes it
@@ -390,13 +401,7 @@ class Model:
         Raises StaleTapeError, as backprop, if the parameters changed since the forward; a bad
         targets or grad_output raises InputError before any gradient changes.
         """
-        if tape.version != self.version:
-            raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
-                                 f"version {self.version}; run forward again")
-        if grad_output is None:
-            targets = self.validate_targets(targets, tape.output_shape)
-        else:
-            grad_output = self.validate_grad_output(grad_output, tape.output_shape)
+        targets, grad_output = self.check_tape(tape, targets, grad_output)
         self.zero_grad()
         result = self.backprop(tape, outputs, targets=targets, grad_output=grad_output,
                                need_input_grad=need_input_grad)

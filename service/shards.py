@@ -40,7 +40,6 @@ from core import (
     InputError,
     Model,
     Shard,
-    StaleTapeError,
     Tape,
     TrainStepResult,
 )
@@ -122,13 +121,7 @@ class Sharded:
         if not isinstance(tape, ShardedTape):
             return model.backprop(tape, outputs, targets=targets, grad_output=grad_output,
                                   need_input_grad=need_input_grad)
-        if tape.version != model.version:  # core's rule (Model.backprop)
-            raise StaleTapeError(f"the tape was made at version {tape.version}, the parameters are now at "
-                                 f"version {model.version}; run forward again")
-        if grad_output is None:
-            targets = model.validate_targets(targets, tape.output_shape)
-        else:
-            grad_output = model.validate_grad_output(grad_output, tape.output_shape)
+        targets, grad_output = model.check_tape(tape, targets, grad_output)
         if self.workers is None or any(a is not b for a, b in zip(tape.workers, self.workers)):
             raise _tape_gone("its workers were placed again since the forward")
         cuts = np.cumsum(tape.rows)[:-1]
