@@ -145,6 +145,8 @@ class ModelHost:
             key, deadline = stop
             should_stop = lambda: key in self.stopped or time.time() > deadline  # noqa: E731
             try:
+                if should_stop():
+                    raise StoppedError("the request waited for the model and was not started")
                 return await off_loop(self.shelf.work, held, partial(fn, should_stop=should_stop), args, save,
                                       keep_tape)
             finally:
