@@ -10,6 +10,7 @@ from . import memory
 from .errors import (
     CheckpointError,
     CoreError,
+    ExportError,
     InputError,
     NonFiniteGradientError,
     NonFiniteUpdateError,
@@ -28,5 +29,5 @@ memory.keep_heap_pad()
 __all__ = [
     "Model", "Tape", "Shard", "ID_PATTERN", "ID_RE", "ID_RULE", "Backprop", "StepResult", "TrainStepResult", "gradcheck", "GradcheckReport", "evaluate", "Evaluation",
     "CoreError", "SpecError", "InputError", "StaleTapeError", "NothingToStepError",
-    "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError",
+    "NonFiniteGradientError", "NonFiniteUpdateError", "CheckpointError", "StoppedError", "ExportError",
 ]

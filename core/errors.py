@@ -8,7 +8,8 @@
     ├── NothingToStepError             step with no accumulated gradients
     ├── NonFiniteGradientError         step refused: NaN/Inf in the gradients
     ├── NonFiniteUpdateError           step refused: the update would leave NaN/Inf parameters
-    └── StoppedError                   long work stopped early because its caller asked
+    ├── StoppedError                   long work stopped early because its caller asked
+    └── ExportError                    an export cannot be made (its package is not installed)
 
 `.errors` is a list of ``{"loc": [...], "msg": str, "type": str}``, FastAPI's shape for 422s,
 so a service can pass it on unchanged.
@@ -65,3 +66,7 @@ class NonFiniteUpdateError(CoreError):
 
 class StoppedError(CoreError):
     """Long work (a gradient check) was stopped before it finished because `should_stop` said so."""
+
+
+class ExportError(CoreError):
+    """The model cannot be exported: the format's package is missing (the message says what to install)."""

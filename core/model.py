@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import checkpoint, diagnostics, losses, spec as specs
+from . import checkpoint, diagnostics, losses, onnx_export, spec as specs
 from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StaleTapeError
 from .layers import Layer, ShapeError, build, output_shape, walk
 from .layers.norm import BatchNorm
@@ -145,6 +145,15 @@ class Model:
     @classmethod
     def from_bytes(cls, data: bytes, **limits) -> "Model":
         return checkpoint.from_bytes(data, **limits)
+
+    def to_onnx(self) -> bytes:
+        """Return the eval-mode forward as a serialized ONNX model (input `inputs`, output `outputs`,
+        batch axis dynamic); ExportError when the onnx package is not installed."""
+        return onnx_export.to_onnx(self)
+
+    def to_onnx_model(self):
+        """Return the eval-mode forward as an onnx.ModelProto, checked by onnx.checker."""
+        return onnx_export.to_onnx_model(self)
 
     # ---- state ---------------------------------------------------------------------------
 

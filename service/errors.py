@@ -9,6 +9,7 @@
     core.NothingToStepError 409 nothing_to_step
     core.NonFiniteGradientError 409 non_finite_gradient
     core.NonFiniteUpdateError   409 non_finite_update
+    core.ExportError        501 export_unavailable    (the export's package is not installed)
     RequestValidationError  422 validation_error      (FastAPI's, without echoing input)
     HTTPException           its status (404 unknown route, 405, ...)
     anything else           500 internal_error, logged with its traceback, bare message
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import (
     CheckpointError,
+    ExportError,
     InputError,
     NonFiniteGradientError,
     NonFiniteUpdateError,
@@ -45,6 +47,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NothingToStepError: (409, "nothing_to_step"),
     NonFiniteGradientError: (409, "non_finite_gradient"),
     NonFiniteUpdateError: (409, "non_finite_update"),
+    ExportError: (501, "export_unavailable"),
 }
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",

@@ -1,6 +1,6 @@
 """Creating, listing, deleting, exporting and importing models."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -59,3 +59,15 @@ async def get_checkpoint(entry: EntryDep, store: StoreDep,
     checkpoint = await store.run(entry, Model.to_bytes, include_optimizer)
     return Response(checkpoint, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{entry.id}.safetensors"'})
+
+
+@router.get("/{model_id}/export", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "An ONNX model: input `inputs`, output `outputs`, batch axis dynamic."},
+                       501: {"description": "The onnx package is not installed: pip install 'gradserve[onnx]'."}})
+async def export_model(entry: EntryDep, store: StoreDep,
+                       format: Annotated[Literal["onnx"], Query(description="The export format.")] = "onnx") -> Response:
+    """Gives the model's eval-mode forward as an ONNX file."""
+    exported = await store.run(entry, Model.to_onnx)
+    return Response(exported, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{entry.id}.onnx"'})

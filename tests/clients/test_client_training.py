@@ -174,3 +174,19 @@ def test_a_batch_that_fails_mid_stream_is_raised_at_that_batch(client, blobs, cl
     assert model.refresh().step == 2  # the two batches before it were applied, nothing after
     results = model.train_steps([(x[:16], y[:16]), (x[16:32], y[16:32])])
     assert [r.step for r in results] == [3, 4]
+
+
+def test_export_onnx_writes_a_file_onnxruntime_runs_as_the_model(client, server, tmp_path, blobs, classifier):
+    ort = pytest.importorskip("onnxruntime")
+    x, y = blobs(32, seed=8)
+    model = client.create_model(classifier)
+    model.train_step(x, y)
+    path = model.export_onnx(tmp_path / "m.onnx")
+    (outputs,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["outputs"], {"inputs": x})
+    np.testing.assert_allclose(outputs, model.forward(x), rtol=1e-5, atol=1e-5)
+
+    async def export_async():
+        async with gs.AsyncClient(server.url) as async_client:
+            return await (await async_client.model(model.id)).export_onnx(tmp_path / "async.onnx")
+
+    assert asyncio.run(export_async()).read_bytes() == path.read_bytes()

@@ -55,6 +55,22 @@ def test_curl_example_trains_xor(open_server: Server, tmp_path: Path) -> None:
     assert httpx.get(f"{open_server.url}/v1/models/xor").status_code == 404  # deleted at the end
 
 
+def test_onnx_example_serves_the_export(open_server: Server, tmp_path: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    from gradserve_client import Client
+
+    monkeypatch.chdir(tmp_path)
+    layers = [{"type": "linear", "in_features": 2, "out_features": 32}, {"type": "relu"},
+              {"type": "linear", "out_features": 2}]
+    with Client(open_server.url) as client:
+        model = client.create_model(layers=layers, loss={"type": "softmax_cross_entropy"})
+        exec(example("onnx"), {"model": model})
+        x = np.random.default_rng(1).normal(size=(5, 2)).astype("float32")
+        assert capsys.readouterr().out.strip() == str(model.predict(x).argmax(axis=1))
+        model.delete()
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
 def test_docs_link_answers(open_server: Server) -> None:
     assert "http://127.0.0.1:8000/docs" in README
     assert httpx.get(f"{open_server.url}/docs").status_code == 200

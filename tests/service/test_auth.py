@@ -34,7 +34,7 @@ def test_a_model_is_invisible_to_other_keys(keyed):
     model_id = response.json()["id"]
     assert keyed.get(f"/v1/models/{model_id}", headers=ALICE).status_code == 200
     for method, path in [("GET", ""), ("DELETE", ""), ("POST", "/step"), ("GET", "/parameters"),
-                         ("GET", "/checkpoint"), ("POST", "/forward")]:
+                         ("GET", "/checkpoint"), ("GET", "/export"), ("POST", "/forward")]:
         response = keyed.request(method, f"/v1/models/{model_id}{path}", headers=BOB, json={"inputs": [[0, 0, 0, 0]]})
         assert response.status_code == 404, (method, path)
     assert keyed.get("/v1/models", headers=BOB).json()["models"] == []

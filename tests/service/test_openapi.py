@@ -22,7 +22,7 @@ ROUTES = [
     ("post", "/v1/models/{model_id}/evaluate"), ("post", "/v1/models/{model_id}/train_steps"),
     ("post", "/v1/models/{model_id}/gradcheck"), ("get", "/v1/models/{model_id}/parameters"),
     ("put", "/v1/models/{model_id}/parameters"), ("get", "/v1/models/{model_id}/gradients"),
-    ("get", "/v1/models/{model_id}/diagnostics"),
+    ("get", "/v1/models/{model_id}/diagnostics"), ("get", "/v1/models/{model_id}/export"),
 ]
 
 

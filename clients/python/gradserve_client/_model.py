@@ -193,13 +193,19 @@ class ModelCalls:
     def _diagnostics_call(self) -> Call:
         return Call("GET", self._path("/diagnostics"), idempotent=True)
 
-    def _checkpoint_call(self, path: str | Path, include_optimizer: bool) -> Call:
+    def _download_call(self, route: str, path: str | Path, params: dict[str, str]) -> Call:
+        """A GET of a file the server gives (a checkpoint, an export), written to `path`."""
         def read(content: bytes) -> Path:
             Path(path).write_bytes(content)
             return Path(path)
 
-        params = {"include_optimizer": str(include_optimizer).lower()}
-        return Call("GET", self._path("/checkpoint"), params=params, idempotent=True, raw=True, read=read)
+        return Call("GET", self._path(route), params=params, idempotent=True, raw=True, read=read)
+
+    def _checkpoint_call(self, path: str | Path, include_optimizer: bool) -> Call:
+        return self._download_call("/checkpoint", path, {"include_optimizer": str(include_optimizer).lower()})
+
+    def _export_call(self, path: str | Path, format: str) -> Call:
+        return self._download_call("/export", path, {"format": format})
 
     def _delete_call(self) -> Call:
         return Call("DELETE", self._path(), idempotent=True, read=lambda body: None)
@@ -325,6 +331,14 @@ class RemoteModel(ModelCalls):
         ``include_optimizer=False`` leaves out the optimizer state: a plain PyTorch state_dict.
         """
         return self._client._call(self._checkpoint_call(path, include_optimizer))
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """Returns ``path`` after writing the model's eval-mode forward there as an ONNX file
+        (input ``inputs``, output ``outputs``, batch axis dynamic), for onnxruntime and the like.
+
+        A server without the onnx package answers 501 (:class:`ServerError`).
+        """
+        return self._client._call(self._export_call(path, "onnx"))
 
     def delete(self) -> None:
         """Deletes the model on the server."""
@@ -475,6 +489,14 @@ class AsyncRemoteModel(ModelCalls):
         ``include_optimizer=False`` leaves out the optimizer state: a plain PyTorch state_dict.
         """
         return await self._client._call(self._checkpoint_call(path, include_optimizer))
+
+    async def export_onnx(self, path: str | Path) -> Path:
+        """Returns ``path`` after writing the model's eval-mode forward there as an ONNX file
+        (input ``inputs``, output ``outputs``, batch axis dynamic), for onnxruntime and the like.
+
+        A server without the onnx package answers 501 (:class:`ServerError`).
+        """
+        return await self._client._call(self._export_call(path, "onnx"))
 
     async def delete(self) -> None:
         """Deletes the model on the server."""
