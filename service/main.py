@@ -25,6 +25,9 @@ also accepts the binary form: `Content-Type: application/octet-stream`, the head
 `"parameters": {"binary_data_size": <bytes>}` and the raw little-endian bytes after the JSON part.
 `"binary_data_output": true` (or `?binary_data_output=true` on GET) answers the same way.
 
+Under `/v2`, every model also answers the Open Inference Protocol (KServe V2) as Triton's clients
+speak it: metadata, health and `infer` (an eval-mode forward), errors as `{"error": "<message>"}`.
+
 Try it: create the example model with `POST /v1/models`, then use `xor-mlp` as `model_id`.
 """
 

@@ -144,6 +144,18 @@ def test_infer_answers_json_with_the_id_and_changes_nothing(api):
     assert (after["version"], after["step"], after["accumulated"]) == (info["version"], 0, 0)
 
 
+def test_a_token_model_takes_int64_inputs_as_v1_does(api):
+    model_id = create(api, {"layers": [{"type": "embedding", "num_embeddings": 10, "embedding_dim": 4},
+                                       {"type": "lstm", "hidden_size": 3}], "seed": 0})["id"]
+    assert api.get(f"/v2/models/{model_id}").json()["inputs"] == [
+        {"name": "inputs", "datatype": "INT64", "shape": [-1, -1]}]
+    tokens = np.array([[1, 2, 3], [9, 0, 4]], np.int64)
+    response = api.post(f"/v2/models/{model_id}/infer", json=v2_infer(tokens))
+    np.testing.assert_array_equal(array(response.json()["outputs"][0]), forward(api, model_id, tokens))
+    as_floats = v2_infer(tokens.astype(np.float32))  # a datatype the model does not take: 422, as on /v1
+    assert "INT64" in error_of(api.post(f"/v2/models/{model_id}/infer", json=as_floats), 422)
+
+
 def test_binary_outputs_as_the_output_or_else_the_request_asks(api):
     model_id = create(api, MLP)["id"]
     x = RNG.standard_normal((2, 4)).astype(np.float32)
