@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from wire import HEADER, MLP, array, binary_body, create, fresh_id, tensor
+from wire import HEADER, MLP, array, binary_body, create, fresh_id, read_binary, tensor
 
 KEY = "alice-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -183,6 +183,19 @@ def test_binary_inputs_without_a_content_type(api):
     response = api.post(f"/v2/models/{model_id}/infer", content=head + x.tobytes(), headers={HEADER: str(len(head))})
     assert response.status_code == 200, response.text
     np.testing.assert_array_equal(array(response.json()["outputs"][0]), forward(api, model_id, x))
+
+
+def test_a_big_batch_is_encoded_off_the_event_loop_alike(api):
+    model_id = create(api, MLP)["id"]
+    x = RNG.standard_normal((30_000, 4)).astype(np.float32)  # 90k outputs: over OFFLOAD_ELEMENTS
+    body, headers = binary_body({"binary_data_output": True}, {"inputs": x})
+    expected = read_binary(api.post(f"/v1/models/{model_id}/forward", content=body, headers=headers))[1]["outputs"]
+    head = orjson.dumps({"inputs": [{"name": "inputs", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}})
+    response = api.post(f"/v2/models/{model_id}/infer", content=head + x.tobytes(), headers={HEADER: str(len(head))})
+    length = int(response.headers[HEADER])
+    np.testing.assert_array_equal(np.frombuffer(response.content[length:], np.float32).reshape(30_000, 3), expected)
 
 
 def error_of(response: httpx.Response, status: int) -> str:
