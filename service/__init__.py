@@ -5,6 +5,7 @@
 
     settings.py      Settings: every GRADSERVE_* variable, with its default
     errors.py        the one mapping from failures (core's and ours) to {"detail", "code"}
+                     ({"error": ...} under /v2)
     tensor_object.py the tensor object of the wire (KServe V2), as pydantic models
     tensors.py       the one tensor codec: tensor objects <-> arrays, list and binary form
     listform.py      big list-form bodies parsed without a Python float per element
@@ -20,5 +21,6 @@
     metrics.py       Prometheus registry and the request-recording middleware
     deps.py          typed dependencies: Call[X] (a model, its decoded body X), Body[X], StoreDep, ...
     protocol.py      uvicorn's httptools protocol with a deadline on request heads
-    routes/          one APIRouter per file: ops, models, training, inspection
+    routes/          one APIRouter per file: ops, models, training, inspection, v2 (the
+                     Open Inference Protocol, for Triton and KServe clients)
 """

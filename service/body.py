@@ -152,7 +152,7 @@ def validated(message: dict, binary: memoryview, model: type[M], decoder: Decode
 
 
 def decode_fields(body: BaseModel, decoder: Decoder) -> None:
-    """Replaces each tensor field of `body` (and each tensor of a dict field) by its array.
+    """Replaces each tensor field of `body` (and each tensor of a dict or list field) by its array.
 
     `targets` are labels: integer data without a datatype becomes INT64 class indices.
     """
@@ -162,3 +162,5 @@ def decode_fields(body: BaseModel, decoder: Decoder) -> None:
             setattr(body, name, decoder(value, name, labels=name == "targets"))
         elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Tensor):
             setattr(body, name, {key: decoder(tensor, (name, key)) for key, tensor in value.items()})
+        elif isinstance(value, list) and value and isinstance(value[0], Tensor):
+            setattr(body, name, [decoder(tensor, (name, index)) for index, tensor in enumerate(value)])

@@ -1,4 +1,5 @@
-"""The one mapping from failures to HTTP answers: `{"detail": ..., "code": ...}`.
+"""The one mapping from failures to HTTP answers: `{"detail": ..., "code": ...}`, and under
+/v2 the Open Inference Protocol's `{"error": "<message>"}` with the same status.
 
     ServiceError            raised by the service itself (400, 401, 404, 409, 413, 422; 499 for a
                             client gone mid-request, 503 deadline_exceeded for work past its budget)
@@ -78,10 +79,23 @@ def invalid(loc: Sequence[str | int], msg: str, type: str = "value_error") -> Se
     return ServiceError(422, "validation_error", [{"loc": list(loc), "msg": msg, "type": type}])
 
 
-def error_response(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> Response:
-    """Gives the JSON error body every failure is answered with."""
-    body = orjson.dumps({"detail": detail, "code": code})
+def error_response(status: int, code: str, detail: Any, headers: dict[str, str] | None = None,
+                   path: str = "") -> Response:
+    """Gives the JSON error body every failure on `path` is answered with: `{"detail", "code"}`,
+    or `{"error": "<message>"}` under /v2 (the protocol's form: Triton clients read `error`)."""
+    if path == "/v2" or path.startswith("/v2/"):
+        body = orjson.dumps({"error": message_of(detail)})
+    else:
+        body = orjson.dumps({"detail": detail, "code": code})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def message_of(detail: Any) -> str:
+    """Gives a detail as one line: a list of {loc, msg} as "body.inputs.0.data: msg; ..."."""
+    if not isinstance(detail, list):
+        return str(detail)
+    return "; ".join(f"{'.'.join(map(str, error.get('loc', ())))}: {error.get('msg', '')}"
+                     if isinstance(error, dict) else str(error) for error in detail)
 
 
 def field_errors(errors: Sequence[dict], prefix: Sequence[str | int] = ()) -> list[dict]:
@@ -114,23 +128,23 @@ def answer_for(exc: Exception) -> tuple[int, str, Any] | None:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.code, exc.detail, exc.headers)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers, request.url.path)
 
 
 async def _core_error(request: Request, exc: Exception) -> Response:
     answer = answer_for(exc)
     if answer is None:
         raise exc
-    return error_response(*answer)
+    return error_response(*answer, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return error_response(422, "validation_error", field_errors(exc.errors()))
+    return error_response(422, "validation_error", field_errors(exc.errors()), path=request.url.path)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None), request.url.path)
 
 
 class CatchUnhandled:
@@ -155,7 +169,7 @@ class CatchUnhandled:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            response = error_response(500, "internal_error", "Internal Server Error")
+            response = error_response(500, "internal_error", "Internal Server Error", path=scope.get("path", ""))
             await response(scope, receive, send)
 
 

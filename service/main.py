@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from service import errors
 from service.metrics import Metrics, RecordRequests
-from service.routes import inspection, models, ops, training
+from service.routes import inspection, models, ops, training, v2
 from service.deps import body_models
 from service.schemas import add_links, add_request_bodies
 from service.settings import Settings
@@ -24,6 +24,9 @@ also accepts the binary form: `Content-Type: application/octet-stream`, the head
 `Inference-Header-Content-Length: <bytes of the JSON part>`, tensor objects with
 `"parameters": {"binary_data_size": <bytes>}` and the raw little-endian bytes after the JSON part.
 `"binary_data_output": true` (or `?binary_data_output=true` on GET) answers the same way.
+
+Under `/v2`, every model also answers the Open Inference Protocol (KServe V2) as Triton's clients
+speak it: metadata, health and `infer` (an eval-mode forward), errors as `{"error": "<message>"}`.
 
 Try it: create the example model with `POST /v1/models`, then use `xor-mlp` as `model_id`.
 """
@@ -57,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(RecordRequests, metrics=metrics)
     # Routes are matched in order: the training routes, the most frequent by far, first.
-    for router in (training.router, inspection.router, models.router, ops.router):
+    for router in (training.router, inspection.router, models.router, ops.router, v2.router):
         app.include_router(router)
 
     generate = app.openapi

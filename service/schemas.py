@@ -219,6 +219,90 @@ class StreamErrorBody(ErrorBody):
     completed: list[TrainStepResult] = Field(description="The steps applied before it.")
 
 
+# -- Open Inference Protocol V2 (/v2) ----------------------------------------------------
+
+EXAMPLE_INFER = {"id": "1", "inputs": [{"name": "inputs", **EXAMPLE_INPUTS}],
+                 "outputs": [{"name": "outputs", "parameters": {"binary_data": False}}]}
+
+
+class InferInput(Tensor):
+    """A request's input tensor: the protocol names it and always gives its shape and datatype."""
+
+    name: Literal["inputs"] = Field(description="A gradserve model has one input, `inputs`.")
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(
+        description="As /v1: float data is cast to the model's dtype; INT64 for a model that starts with an embedding.")
+
+
+class OutputParameters(BaseModel):
+    binary_data: bool | None = Field(None, description="This output in binary form (Triton's extension).")
+
+
+class RequestedOutput(BaseModel):
+    model_config = STRICT
+    name: Literal["outputs"] = Field(description="A gradserve model has one output, `outputs`.")
+    parameters: OutputParameters | None = None
+
+
+class InferParameters(BaseModel):
+    """Request parameters; those gradserve does not use (priority, timeout, ...) are ignored."""
+
+    binary_data_output: bool = Field(False, description="Every output in binary form, unless it says otherwise.")
+
+
+class InferRequest(BaseModel):
+    model_config = _example(EXAMPLE_INFER)
+    id: str | None = Field(None, max_length=256, description="Echoed in the answer.")
+    parameters: InferParameters | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=1, description="Absent: every output (`outputs`).")
+
+    @property
+    def binary_output(self) -> bool:
+        """Gives whether `outputs` goes back in binary form: as the output asks, else as the request does."""
+        asked = self.outputs[0].parameters.binary_data if self.outputs and self.outputs[0].parameters else None
+        return asked if asked is not None else bool(self.parameters and self.parameters.binary_data_output)
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for the batch axis and any size the model takes at any length.")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] = Field(description="The one version a model has: its optimizer step count.")
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class InferOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str = Field(description="The step the outputs were computed at.")
+    id: str | None = None
+    outputs: list[InferOutput]
+
+
+class InferenceError(BaseModel):
+    error: str
+
+
 # -- OpenAPI -----------------------------------------------------------------------------
 
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in [
@@ -226,6 +310,10 @@ ERRORS = {status: {"model": ErrorBody, "description": description} for status, d
     (409, "State conflict: stale tape, nothing to step, non-finite gradient or update, id taken"),
     (413, "Body or tensor over the limit"), (422, "Invalid spec or tensor"),
 ]}
+
+
+INFERENCE_ERRORS = {status: {"model": InferenceError, "description": answer["description"]}
+                    for status, answer in ERRORS.items()}
 
 
 def add_request_bodies(openapi: dict, bodies: dict[tuple[str, str], type[BaseModel]]) -> dict:

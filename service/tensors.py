@@ -78,7 +78,13 @@ def _binary_tensors(message: dict) -> Iterator[tuple[list, dict]]:
         if isinstance(parameters, dict) and "binary_data_size" in parameters:
             yield loc, node
             continue
-        children = [([*loc, key], value) for key, value in node.items() if isinstance(value, dict)]
+        children = []
+        for key, value in node.items():
+            if isinstance(value, dict):
+                children.append(([*loc, key], value))
+            elif isinstance(value, list) and value and isinstance(value[0], dict):  # /v2's lists of tensors;
+                children.extend(([*loc, key, index], item)  # a list of numbers is never walked
+                                for index, item in enumerate(value) if isinstance(item, dict))
         stack.extend(reversed(children))
 
 
@@ -259,13 +265,19 @@ def _elements(node: dict) -> int:
 
 def respond(payload: dict, *, binary: bool = False, status_code: int = 200) -> Response:
     """Gives the response for `payload`, a dict whose ndarray values become tensor objects."""
-    if not binary:
-        body = orjson.dumps(_encode(payload, None), option=orjson.OPT_SERIALIZE_NUMPY)
+    chunks: list[memoryview] | None = [] if binary else None
+    return message(_encode(payload, chunks), chunks, status_code=status_code)
+
+
+def message(head: dict, chunks: list[memoryview] | None, *, status_code: int = 200) -> Response:
+    """Gives the response of an encoded JSON part: JSON alone (chunks None), or binary form, the
+    JSON part then the bytes `encode_tensor` appended to `chunks`."""
+    if chunks is None:
+        body = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
         return Response(body, status_code=status_code, media_type="application/json")
-    chunks: list[memoryview] = []
-    head = orjson.dumps(_encode(payload, chunks))
-    return Response(b"".join([head, *chunks]), status_code=status_code, media_type="application/octet-stream",
-                    headers={HEADER: str(len(head))})
+    json_part = orjson.dumps(head)
+    return Response(b"".join([json_part, *chunks]), status_code=status_code, media_type="application/octet-stream",
+                    headers={HEADER: str(len(json_part))})
 
 
 def _encode(node: dict, chunks: list[memoryview] | None) -> dict:

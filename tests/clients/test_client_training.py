@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradserve_client as gs
+from tests.optional import need
 
 
 def test_fit_learns_three_blobs_to_95_percent(client, blobs, classifier):
@@ -177,7 +178,7 @@ def test_a_batch_that_fails_mid_stream_is_raised_at_that_batch(client, blobs, cl
 
 
 def test_export_onnx_writes_a_file_onnxruntime_runs_as_the_model(client, server, tmp_path, blobs, classifier):
-    ort = pytest.importorskip("onnxruntime")
+    ort = need("onnxruntime")
     x, y = blobs(32, seed=8)
     model = client.create_model(classifier)
     model.train_step(x, y)

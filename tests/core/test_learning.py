@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from core import Model
+from tests.optional import need
 
 
 def spiral(points_per_class: int = 100, classes: int = 3, seed: int = 0):
@@ -95,7 +95,7 @@ def test_rnn_learns_the_sign_of_a_running_sum():
 
 
 def test_a_small_cnn_reads_sklearn_digits():
-    datasets = pytest.importorskip("sklearn.datasets", reason="the digits ship with scikit-learn (the dev extra)")
+    datasets = need("sklearn.datasets")  # the digits ship with scikit-learn (the dev extra)
     digits = datasets.load_digits()  # 1797 8x8 images, no download
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
     y = digits.target

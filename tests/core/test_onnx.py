@@ -7,9 +7,10 @@ import pytest
 
 from core import ExportError, Model
 from core.layers import LAYERS
+from tests.optional import need
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = need("onnx")
+ort = need("onnxruntime")
 
 CONV = {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3}
 

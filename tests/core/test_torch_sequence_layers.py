@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from core import Model
+from tests.optional import need
 
-torch = pytest.importorskip("torch", reason="the torch oracle tests need PyTorch: pip install torch==2.13.0")
+torch = need("torch", "pip install torch==2.13.0 (a CPU build; .ci/run installs it)")
 nn = torch.nn
 
 TORCH_RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.live_server import REPO, Server, environment
+from tests.live_server import REPO, Server, environment, uvicorn_in_thread
 from safetensors.numpy import load_file
 
 from service.main import create_app
@@ -56,7 +56,6 @@ def test_curl_example_trains_xor(open_server: Server, tmp_path: Path) -> None:
 
 
 def test_onnx_example_serves_the_export(open_server: Server, tmp_path: Path, monkeypatch, capsys) -> None:
-    pytest.importorskip("onnxruntime")
     from gradserve_client import Client
 
     monkeypatch.chdir(tmp_path)
@@ -69,6 +68,24 @@ def test_onnx_example_serves_the_export(open_server: Server, tmp_path: Path, mon
         assert capsys.readouterr().out.strip() == str(model.predict(x).argmax(axis=1))
         model.delete()
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_tritonclient_example_queries_v2(tmp_path: Path) -> None:
+    # A server of this tree's code in this process: only the example runs apart, as a user's script.
+    xor = {"id": "xor", "layers": [{"type": "linear", "in_features": 2, "out_features": 8}, {"type": "tanh"},
+                                   {"type": "linear", "out_features": 1}], "seed": 0}
+    with uvicorn_in_thread(create_app(Settings(data_dir=tmp_path / "data"))) as url:
+        assert httpx.post(f"{url}/v1/models", json=xor).status_code == 201
+        script = tmp_path / "triton.py"
+        script.write_text(example("tritonclient").replace("127.0.0.1:8000", url.removeprefix("http://")))
+        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=environment(),
+                             capture_output=True, text=True, timeout=120)
+        forward = httpx.post(f"{url}/v1/models/xor/forward", json={"inputs": [[0, 0], [0, 1], [1, 0], [1, 1]]})
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    metadata, printed = run.stdout.split("\n", 1)
+    assert "'versions': ['0']" in metadata and "'shape': [-1, 2]" in metadata
+    outputs = np.array([float(value) for value in re.findall(r"-?\d+\.\d*(?:e-?\d+)?", printed)], np.float32)
+    np.testing.assert_array_equal(outputs, np.array(forward.json()["outputs"]["data"], np.float32))
 
 
 def test_docs_link_answers(open_server: Server) -> None:

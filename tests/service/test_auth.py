@@ -24,7 +24,7 @@ def test_missing_or_wrong_key_is_401(keyed, headers):
 
 
 def test_health_and_metrics_need_no_key(keyed):
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
         assert keyed.get(path).status_code == 200
 
 
@@ -83,11 +83,12 @@ def test_one_key_cannot_take_every_slot_of_a_shared_server(make_live):
         assert live.post("/v1/models", json=MLP, headers=ALICE).status_code == 201  # a freed slot is usable again
 
 
-def test_every_v1_route_needs_a_key(keyed):
-    """Whatever dependencies a route takes, none under /v1 answers without a key (401, not 404 or 422)."""
+def test_every_v1_and_v2_model_route_needs_a_key(keyed):
+    """Whatever dependencies a route takes, none under /v1 or /v2/models answers without a key
+    (401, not 404 or 422); /v2's server health and metadata stay open, as /healthz does."""
     paths = keyed.get("/openapi.json").json()["paths"]
     for path, item in paths.items():
-        if path.startswith("/v1"):
+        if path.startswith(("/v1", "/v2/models")):
             for method in item:
                 response = keyed.request(method.upper(), path.replace("{model_id}", "some-model"), json={})
                 assert response.status_code == 401, (method, path, response.status_code)

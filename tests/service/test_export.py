@@ -3,11 +3,11 @@
 import sys
 
 import numpy as np
-import pytest
 
 from wire import array, create, tensor
+from tests.optional import need
 
-ort = pytest.importorskip("onnxruntime")
+ort = need("onnxruntime")
 
 # Batchnorm's running statistics and dropout make eval differ from training: the export is eval.
 SPEC = {

@@ -23,6 +23,8 @@ ROUTES = [
     ("post", "/v1/models/{model_id}/gradcheck"), ("get", "/v1/models/{model_id}/parameters"),
     ("put", "/v1/models/{model_id}/parameters"), ("get", "/v1/models/{model_id}/gradients"),
     ("get", "/v1/models/{model_id}/diagnostics"), ("get", "/v1/models/{model_id}/export"),
+    ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"), ("get", "/v2/models/{model_id}"),
+    ("get", "/v2/models/{model_id}/ready"), ("post", "/v2/models/{model_id}/infer"),
 ]
 
 
