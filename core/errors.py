@@ -69,4 +69,5 @@ class StoppedError(CoreError):
 
 
 class ExportError(CoreError):
-    """The model cannot be exported: the format's package is missing (the message says what to install)."""
+    """The model cannot be exported: the format's package is missing (the message says what to
+    install), or a layer has no rule in that format (the message names it)."""

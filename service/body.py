@@ -77,7 +77,12 @@ async def frames(request: Request, limit: int) -> AsyncIterator[tuple[dict, memo
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Gives the raw body, refusing with 413 as soon as it is known to exceed `limit` bytes."""
+    """Gives the raw body, refusing with 413 as soon as it is known to exceed `limit` bytes, and
+    with 415 a compressed one (it would be read as garbage: a byte count that does not add up)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise ServiceError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; "
+                           f"send the body uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)

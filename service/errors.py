@@ -10,7 +10,8 @@
     core.NothingToStepError 409 nothing_to_step
     core.NonFiniteGradientError 409 non_finite_gradient
     core.NonFiniteUpdateError   409 non_finite_update
-    core.ExportError        501 export_unavailable    (the export's package is not installed)
+    core.ExportError        501 export_unavailable    (the export's package is not installed, or a
+                                                      layer has no rule in the format)
     RequestValidationError  422 validation_error      (FastAPI's, without echoing input)
     HTTPException           its status (404 unknown route, 405, ...)
     anything else           500 internal_error, logged with its traceback, bare message
@@ -90,6 +91,12 @@ def error_response(status: int, code: str, detail: Any, headers: dict[str, str] 
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def app_path(scope: dict) -> str:
+    """Gives the request's path within the app (without the root_path it is mounted under)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def message_of(detail: Any) -> str:
     """Gives a detail as one line: a list of {loc, msg} as "body.inputs.0.data: msg; ..."."""
     if not isinstance(detail, list):
@@ -128,23 +135,23 @@ def answer_for(exc: Exception) -> tuple[int, str, Any] | None:
 
 
 async def _service_error(request: Request, exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.code, exc.detail, exc.headers, request.url.path)
+    return error_response(exc.status, exc.code, exc.detail, exc.headers, app_path(request.scope))
 
 
 async def _core_error(request: Request, exc: Exception) -> Response:
     answer = answer_for(exc)
     if answer is None:
         raise exc
-    return error_response(*answer, path=request.url.path)
+    return error_response(*answer, path=app_path(request.scope))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    return error_response(422, "validation_error", field_errors(exc.errors()), path=request.url.path)
+    return error_response(422, "validation_error", field_errors(exc.errors()), path=app_path(request.scope))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     code = HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None), request.url.path)
+    return error_response(exc.status_code, code, exc.detail, getattr(exc, "headers", None), app_path(request.scope))
 
 
 class CatchUnhandled:
@@ -169,7 +176,7 @@ class CatchUnhandled:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            response = error_response(500, "internal_error", "Internal Server Error", path=scope.get("path", ""))
+            response = error_response(500, "internal_error", "Internal Server Error", path=app_path(scope))
             await response(scope, receive, send)
 
 

@@ -235,6 +235,10 @@ class InferInput(Tensor):
 
 
 class OutputParameters(BaseModel):
+    """What an output may ask for; anything else (Triton's `classification`, say) is refused,
+    rather than answered as if it had not been asked."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
     binary_data: bool | None = Field(None, description="This output in binary form (Triton's extension).")
 
 
@@ -247,6 +251,7 @@ class RequestedOutput(BaseModel):
 class InferParameters(BaseModel):
     """Request parameters; those gradserve does not use (priority, timeout, ...) are ignored."""
 
+    model_config = STRICT
     binary_data_output: bool = Field(False, description="Every output in binary form, unless it says otherwise.")
 
 

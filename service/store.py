@@ -175,8 +175,8 @@ class ModelStore:
         marks the model dirty); save="always" writes it whatever the durability; "later" only
         marks it dirty. With `keep_tape` (True or False) fn gives (result, tape) and run gives
         (result, the tape's id if kept, else None). With a `budget`, fn is called with
-        `should_stop=budget.expired`; work that waited past it never starts, and work that core stops for it (StoppedError) answers 503, or
-        499 when the client has gone. Work on `rows` examples that costs less than a thread
+        `should_stop=budget.expired`; work that waited past it never starts, and work that core
+        stops for it (StoppedError) answers 503, or 499 when the client has gone. Work on `rows` examples that costs less than a thread
         hop (INLINE_WORK) runs on the event loop itself.
         """
         shelf = self._shelf

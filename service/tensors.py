@@ -170,6 +170,7 @@ class Decoder:
 # non-finite outputs name what they stand for, and are refused later as non-finite inputs.
 _STRICT = ConfigDict(strict=True)
 _NAMED_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+MAX_RANK = 32  # numpy's limit is 64; no layer takes more than 4 axes
 
 
 @lru_cache(maxsize=None)
@@ -188,6 +189,9 @@ def _check_numbers(data: list, dtype: np.dtype | None, loc: list) -> None:
     while isinstance(first, list):
         depth += 1
         first = first[0] if first else None
+    if depth > MAX_RANK:
+        raise invalid(loc, f"tensor data is nested {depth} lists deep; a tensor has at most {MAX_RANK} axes",
+                      "too_deep")
     try:
         _numbers(depth, integers).validate_python(data)
     except ValidationError as exc:

@@ -4,10 +4,14 @@ import logging
 import time
 import tracemalloc
 
+import anyio
+import httpx
 import numpy as np
 import pytest
 
 from core import Model
+from service.main import create_app
+from service.settings import Settings
 from wire import HEADER, MLP, create, fresh_id, tensor
 
 X = np.zeros((2, 4), np.float32)
@@ -162,3 +166,16 @@ def test_a_bug_is_a_bare_logged_500_and_the_server_carries_on(client, monkeypatc
     assert response.json() == {"detail": "Internal Server Error", "code": "internal_error"}
     assert "secret internal detail" in caplog.text and "Traceback" in caplog.text
     assert client.get(f"/v1/models/{info['id']}").status_code == 200
+
+
+def test_v2_errors_keep_their_form_under_a_root_path(tmp_path):
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+
+    async def ask() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, root_path="/api")
+            async with httpx.AsyncClient(transport=transport, base_url="http://asgi") as client:
+                return await client.post("/api/v2/models/nope/infer", json={})
+
+    response = anyio.run(ask)
+    assert response.status_code == 404 and set(response.json()) == {"error"}

@@ -1,6 +1,7 @@
 """The Open Inference Protocol V2 (/v2): Triton's own client against a real uvicorn (embedded and
 Ray), and the raw protocol: metadata fields, errors as {"error": ...}, the binary framing."""
 
+import functools
 from collections.abc import Iterator
 
 import httpx
@@ -243,3 +244,20 @@ def test_bad_binary_framing_is_422(api):
                                            headers={HEADER: str(len(wrong_size))}), 422)
     body, headers = binary_body({}, {"inputs": x})  # /v1's binary framing, without the protocol's name
     assert "body.inputs" in error_of(api.post(url, content=body, headers=headers), 422)
+
+
+def test_what_v2_does_not_do_is_refused_not_ignored(api):
+    info = create(api, MLP)
+    infer = {"inputs": [{"name": "inputs", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
+    classify = {**infer, "outputs": [{"name": "outputs", "parameters": {"classification": 1}}]}
+    assert api.post(f"/v2/models/{info['id']}/infer", json=classify).status_code == 422
+    loose = {**infer, "outputs": [{"name": "outputs", "parameters": {"binary_data": "true"}}]}
+    assert api.post(f"/v2/models/{info['id']}/infer", json=loose).status_code == 422
+    loose = {**infer, "parameters": {"binary_data_output": 1}}
+    assert api.post(f"/v2/models/{info['id']}/infer", json=loose).status_code == 422
+    gzipped = api.post(f"/v2/models/{info['id']}/infer", content=b"\x1f\x8b...", headers={"Content-Encoding": "gzip"})
+    assert gzipped.status_code == 415 and "gzip" in gzipped.json()["error"]
+    nested = functools.reduce(lambda inner, _: [inner], range(300), [0.0])  # 301 lists deep
+    deep = {"inputs": [{"name": "inputs", "shape": [1], "datatype": "FP32", "data": nested}]}
+    response = api.post(f"/v2/models/{info['id']}/infer", json=deep)
+    assert response.status_code == 422 and "at most 32 axes" in response.json()["error"]
