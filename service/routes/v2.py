@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from core import Model
 from service.deps import Call, EntryDep, StoreDep
+from service.errors import ServiceError
 from service.schemas import INFERENCE_ERRORS, InferRequest, InferResponse, ModelMetadata, ServerMetadata
 from service.store import inline_rows
 from service.tensor_object import DATATYPE_OF
@@ -51,7 +52,21 @@ async def model_metadata(entry: EntryDep, store: StoreDep) -> ModelMetadata:
     return ModelMetadata(name=entry.id, platform="gradserve", **await store.run(entry, _metadata))
 
 
-def _metadata(model: Model) -> dict:
+@router.get("/models/{model_id}/versions/{version}", response_model=ModelMetadata)
+async def model_version_metadata(entry: EntryDep, store: StoreDep, version: str) -> ModelMetadata:
+    """The model's metadata, if `version` is its version now (its step); else 404."""
+    return ModelMetadata(name=entry.id, platform="gradserve", **await store.run(entry, _metadata, version))
+
+
+def _at(model: Model, version: str | None) -> None:
+    """Refuses a version the model is not at: it has one, its step, which moves as it trains."""
+    if version is not None and version != str(model.step_count):
+        raise ServiceError(404, "version_not_found", f"model {model.spec.get('id')!r} has no version {version!r}; "
+                           f"its one version is its step, now {model.step_count}")
+
+
+def _metadata(model: Model, version: str | None = None) -> dict:
+    _at(model, version)
     rule = model.input_rule  # one example's shape, None where any size goes; or flattened features
     inputs = (None, *(rule.shape if rule.shape is not None else (rule.features,)))
     return {"versions": [str(model.step_count)],
@@ -69,6 +84,13 @@ async def model_ready(entry: EntryDep) -> dict:
     return {"name": entry.id, "ready": True}
 
 
+@router.get("/models/{model_id}/versions/{version}/ready")
+async def model_version_ready(entry: EntryDep, store: StoreDep, version: str) -> dict:
+    """Gives 200 when the model is there at `version` (its step now), else 404."""
+    await store.run(entry, _at, version)
+    return {"name": entry.id, "ready": True}
+
+
 @router.post("/models/{model_id}/infer", response_model=InferResponse)
 async def infer(call: Call[InferRequest]) -> Response:
     """Gives the outputs of an eval-mode forward: no tape, no state change.
@@ -78,14 +100,25 @@ async def infer(call: Call[InferRequest]) -> Response:
     binary form when the requested output says `"parameters": {"binary_data": true}`, or, if it
     says nothing, when the request's `parameters.binary_data_output` is true.
     """
+    return await _infer_answer(call)
+
+
+@router.post("/models/{model_id}/versions/{version}/infer", response_model=InferResponse)
+async def infer_version(call: Call[InferRequest], version: str) -> Response:
+    """`infer`, if `version` is the model's version now (its step); else 404."""
+    return await _infer_answer(call, version)
+
+
+async def _infer_answer(call, version: str | None = None) -> Response:
     body = call.body
     inputs = body.inputs[0]
-    outputs, step = await call.store.run(call.entry, _infer, inputs, rows=inline_rows(inputs))
+    outputs, step = await call.store.run(call.entry, _infer, inputs, version, rows=inline_rows(inputs))
     encode = partial(_answer, call.entry.id, str(step), body.id, outputs, body.binary_output)
     return await off_loop(encode) if outputs.size > OFFLOAD_ELEMENTS else encode()
 
 
-def _infer(model: Model, inputs: np.ndarray) -> tuple[np.ndarray, int]:
+def _infer(model: Model, inputs: np.ndarray, version: str | None) -> tuple[np.ndarray, int]:
+    _at(model, version)
     outputs, _ = model.forward(inputs, train=False)
     return outputs, model.step_count
 

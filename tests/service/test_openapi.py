@@ -25,6 +25,8 @@ ROUTES = [
     ("get", "/v1/models/{model_id}/diagnostics"), ("get", "/v1/models/{model_id}/export"),
     ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"), ("get", "/v2/models/{model_id}"),
     ("get", "/v2/models/{model_id}/ready"), ("post", "/v2/models/{model_id}/infer"),
+    ("get", "/v2/models/{model_id}/versions/{version}"), ("get", "/v2/models/{model_id}/versions/{version}/ready"),
+    ("post", "/v2/models/{model_id}/versions/{version}/infer"),
 ]
 
 

@@ -45,6 +45,25 @@ def infer(client: triton.InferenceServerClient, model_id: str, x: np.ndarray, bi
     return result.as_numpy("outputs")
 
 
+def test_tritonclient_asks_for_the_version_the_model_is_at(served):
+    client, http = served
+    model_id = create(http, MLP)["id"]
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    inputs = triton.InferInput("inputs", [3, 4], "FP32")
+    inputs.set_data_from_numpy(x)
+    assert client.get_model_metadata(model_id, model_version="0", headers=key())["versions"] == ["0"]
+    assert client.is_model_ready(model_id, model_version="0", headers=key())
+    at_0 = client.infer(model_id, [inputs], model_version="0", headers=key())
+    np.testing.assert_array_equal(at_0.as_numpy("outputs"), forward(http, model_id, x))
+    step = {"inputs": tensor(x), "targets": tensor(RNG.integers(0, 3, 3))}
+    assert http.post(f"/v1/models/{model_id}/train_step", json=step).json()["step"] == 1
+    with pytest.raises(InferenceServerException) as moved_on:  # version 0 is gone: the model trained
+        client.infer(model_id, [inputs], model_version="0", headers=key())
+    assert moved_on.value.status() == "404" and "now 1" in moved_on.value.message()
+    assert not client.is_model_ready(model_id, model_version="0", headers=key())
+    assert client.infer(model_id, [inputs], model_version="1", headers=key()).get_response()["model_version"] == "1"
+
+
 def forward(http: httpx.Client, model_id: str, x: np.ndarray) -> np.ndarray:
     response = http.post(f"/v1/models/{model_id}/forward", json={"inputs": tensor(x)})
     assert response.status_code == 200, response.text
