@@ -200,6 +200,13 @@ class Model:
 
     # ---- validation ----------------------------------------------------------------------
 
+    def signature(self) -> tuple[tuple, tuple]:
+        """Return the shapes of a batch's inputs and outputs, None for the batch axis and for
+        sizes known at run time only (a model that flattens inputs of any rank: (N, D))."""
+        rule = self.input_rule
+        inputs = (None, *(rule.shape if rule.shape is not None else (rule.features,)))
+        return inputs, self.output_shape(inputs)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Return the shape forward gives for inputs of `input_shape`."""
         try:

@@ -16,7 +16,6 @@ Recurrent layers run time-major, as onnxruntime runs ONNX's RNN/LSTM/GRU only wi
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from .errors import ExportError
 from .layers import (LAYERS, ELU, GELU, GRU, LSTM, RNN, Attention, AvgPool2d, BatchNorm, Conv2d, Dropout, Embedding,
                      Flatten, LayerNorm, LeakyReLU, Linear, MaxPool2d, Positional, ReLU, Residual, Sigmoid, Softplus,
-                     Tanh, output_shape)
+                     Tanh)
 
 # Gelu with approximate="tanh" is in opset 20; onnxruntime 1.32 runs every op used here at it.
 OPSET = 20
@@ -251,14 +250,9 @@ def _dims(shape: tuple, names: list[str | None]) -> list:
 def _signature(model) -> tuple[list | None, list]:
     """Return the dims of `inputs` and of `outputs`."""
     rule = model.input_rule
-    if rule.shape is None:  # the engine takes any rank here; ONNX wants one: (N, D), flattened
-        start = (None, rule.features)
-        in_dims = [BATCH, rule.features]
-    else:
-        start = (None, *rule.shape)
-        letters = rule.layout.split(", ") if not rule.exact else [None] * len(start)
-        in_dims = _dims(start, [BATCH, *letters[1:]])
-    out = output_shape(copy.deepcopy(model.spec["layers"]), start)
+    start, out = model.signature()  # any rank flattened: the engine takes it, ONNX wants one, (N, D)
+    letters = rule.layout.split(", ") if rule.shape is not None and not rule.exact else [None] * len(start)
+    in_dims = _dims(start, [BATCH, *letters[1:]])
     # The time axis carries through a sequence model (rnn sequences, attention, embedding): named alike.
     steps = "T" if len(in_dims) > 1 and in_dims[1] == "T" else None
     out_names = [BATCH] + [steps if i == 1 and len(out) >= 3 else None for i in range(1, len(out))]

@@ -67,11 +67,10 @@ def _at(model: Model, version: str | None) -> None:
 
 def _metadata(model: Model, version: str | None = None) -> dict:
     _at(model, version)
-    rule = model.input_rule  # one example's shape, None where any size goes; or flattened features
-    inputs = (None, *(rule.shape if rule.shape is not None else (rule.features,)))
+    inputs, outputs = model.signature()
     return {"versions": [str(model.step_count)],
             "inputs": [_tensor_metadata("inputs", model.input_dtype, inputs)],
-            "outputs": [_tensor_metadata("outputs", model.dtype, model.output_shape(inputs))]}
+            "outputs": [_tensor_metadata("outputs", model.dtype, outputs)]}
 
 
 def _tensor_metadata(name: str, dtype: np.dtype, shape: tuple) -> dict:

@@ -113,3 +113,9 @@ def test_workers_is_an_integer_from_1_to_64(workers):
 def test_workers_stays_in_the_spec_only_when_given():
     assert "workers" not in Model.from_spec({"layers": MLP}).spec
     assert Model.from_spec({"layers": MLP, "workers": 4}).spec["workers"] == 4
+
+
+def test_signature_gives_a_batchs_shapes_with_none_for_sizes_known_at_run_time():
+    assert Model.from_spec({"layers": MLP}).signature() == ((None, 784), (None, 10))
+    lstm = [{"type": "lstm", "input_size": 3, "hidden_size": 5, "return_sequences": True}]
+    assert Model.from_spec({"layers": lstm}).signature() == ((None, None, 3), (None, None, 5))
