@@ -44,6 +44,7 @@ from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
 from service.shelf import Held, Save, Shelf, describe
+from service.store import flush_dirty, flush_every
 from service.threads import off_loop
 
 log = logging.getLogger("gradserve")
@@ -189,26 +190,14 @@ class ModelHost:
 
     async def flush(self) -> None:
         """Writes every model with steps not yet on disk."""
-        for held in list(self.shelf.held.values()):
-            lock = self.locks.get(held.id)
-            if held.dirty and lock is not None:  # (None: removed meanwhile)
-                async with lock:
-                    if held.dirty and not held.deleted:
-                        await off_loop(self.shelf.save, held)
+        await flush_dirty(self.shelf, lambda held: self.locks.get(held.id))
 
     def _wake(self) -> None:
         """Starts the interval flusher (durability "interval") from within the actor's event
         loop: a restarted host starts it at its first request, or a front-end's first refresh."""
         if self.settings.durability == "interval" and self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
-
-    async def _flush_every(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.durability_interval_seconds)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("interval checkpoint failed")
+            self._flusher = asyncio.get_running_loop().create_task(
+                flush_every(self.settings.durability_interval_seconds, self.flush))
 
     async def ping(self) -> str:
         self._wake()

@@ -11,7 +11,7 @@ the model is.
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +44,27 @@ def inline_rows(inputs: Any) -> int | None:
     if isinstance(inputs, np.ndarray) and inputs.ndim == 2 and inputs.dtype.kind == "f":
         return inputs.shape[0]
     return None
+
+
+async def flush_dirty(shelf: Shelf, lock_of: Callable[[Held], asyncio.Lock | None]) -> None:
+    """Writes every model of `shelf` with steps not yet on disk, each under its lock (None: the
+    model is gone meanwhile)."""
+    for held in list(shelf.held.values()):
+        lock = lock_of(held)
+        if held.dirty and lock is not None:
+            async with lock:
+                if held.dirty and not held.deleted:
+                    await off_loop(shelf.save, held)
+
+
+async def flush_every(seconds: float, flush: Callable[[], Awaitable[None]]) -> None:
+    """Runs `flush` every `seconds` (durability "interval"), logging what fails."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await flush()
+        except Exception:
+            log.exception("interval checkpoint failed")
 
 
 @dataclass(eq=False)
@@ -80,7 +101,7 @@ class ModelStore:
             self._shelf.held[item.id] = Entry(item.id, item.model, item.owner)
             self.registry.owners[item.id] = item.owner
         if self.settings.durability == "interval":
-            self._flusher = asyncio.create_task(self._flush_every(self.settings.durability_interval_seconds))
+            self._flusher = asyncio.create_task(flush_every(self.settings.durability_interval_seconds, self.flush))
         self.ready = True
         log.info("data in %s: %d models loaded, %d skipped, durability=%s", self.settings.data_dir.resolve(),
                  len(loaded), len(self.registry.skipped), self.settings.durability)
@@ -96,19 +117,7 @@ class ModelStore:
 
     async def flush(self) -> None:
         """Writes every model that has steps not yet on disk."""
-        for entry in list(self._shelf.held.values()):
-            if entry.dirty:
-                async with entry.lock:
-                    if entry.dirty and not entry.deleted:
-                        await off_loop(self._shelf.save, entry)
-
-    async def _flush_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("interval checkpoint failed")
+        await flush_dirty(self._shelf, lambda entry: entry.lock)
 
     def count(self) -> int:
         """Gives the number of models."""

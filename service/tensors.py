@@ -208,7 +208,8 @@ def _from_list(data: list, dtype: np.dtype | None, loc: list) -> np.ndarray:
     _check_numbers(data, dtype, loc)
     try:
         if dtype is not None and dtype.kind == "f":
-            return np.asarray(data, dtype=dtype)
+            with np.errstate(over="ignore"):  # past the dtype's range: inf, refused as non-finite later
+                return np.asarray(data, dtype=dtype)
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as exc:
         raise invalid(loc, f"not a (rectangular) list of numbers: {_first_line(exc)}") from None

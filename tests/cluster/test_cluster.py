@@ -282,3 +282,15 @@ def test_a_front_ends_shutdown_writes_what_durability_none_kept_in_memory(ray_se
     with uvicorn_in_thread(create_app(settings)):  # a second front-end of the cluster, stopped
         pass
     assert Model.from_bytes((tmp_path / "data" / "models" / "unwritten.safetensors").read_bytes()).step_count == 2
+
+
+def test_durability_interval_writes_on_the_hosts(ray_server, tmp_path):
+    url = ray_server(durability="interval", durability_interval_seconds=0.2)
+    create(url, "flushed")
+    for i in range(2):
+        httpx.post(f"{url}/v1/models/flushed/train_step", json=batch(i), timeout=30).raise_for_status()
+    checkpoint = tmp_path / "data" / "models" / "flushed.safetensors"
+    deadline = time.monotonic() + 20
+    while Model.from_bytes(checkpoint.read_bytes()).step_count != 2:
+        assert time.monotonic() < deadline, "the host's interval flusher did not write the steps"
+        time.sleep(0.1)

@@ -119,7 +119,10 @@ def test_stateful_fuzzing_follows_the_links_past_the_404s(make_live):
                                   database=None, suppress_health_check=list(HealthCheck)))
     ok = {(method, path) for (method, path, status), _ in reached.items() if 200 <= status < 300}
     assert len({path for _, path in ok if "{model_id}" in path}) >= 8, sorted(reached.items())
-    assert ("POST", "/v1/models/{model_id}/forward") in ok, sorted(reached.items())
+    # Past the 404s to a computation on a model that exists. Which one the exploration reaches
+    # moves with the schema and with what ran before in the session (derandomized, not fixed).
+    computed = {path.rsplit("/", 1)[-1] for method, path in ok if method == "POST" and "{model_id}/" in path}
+    assert computed & {"forward", "forward_backward", "train_step", "evaluate", "infer"}, sorted(reached.items())
 
 
 def test_the_documented_links_lead_where_they_say(client, openapi):
