@@ -265,36 +265,25 @@ def run(args) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     sessions: list[str] = []
     with ExitStack() as stack:
-        # embedded
-        print("embedded server ...", flush=True)
-        server = serve(folder / "embedded")
-        stack.callback(stop, server)
-        res["latency"]["embedded (in-process)"] = per_request(server.url, data, args.tiny, args.mnist, "e")
-        time.sleep(args.settle)
-        res["throughput"]["embedded (one process)"] = throughput([server.url], data, 8, args.seconds, "e",
-                                                                [server.process.pid])
-        stack.pop_all().close()
-        # the same with one BLAS thread, as Ray's actors get (Ray sets OMP_NUM_THREADS=1 in num_cpus=0 actors)
-        server = serve(folder / "embedded1", GRADSERVE_BLAS_THREADS="1")
-        stack.callback(stop, server)
-        res["latency"]["embedded, GRADSERVE_BLAS_THREADS=1"] = per_request(server.url, data, args.tiny, args.mnist, "e1")
-        time.sleep(args.settle)
-        res["throughput"]["embedded, GRADSERVE_BLAS_THREADS=1"] = throughput([server.url], data, 8, args.seconds, "e1",
-                                                                            [server.process.pid])
-        stack.pop_all().close()
+        def measure(server: Process, latency: str, rate: str, tag: str) -> None:
+            """Per-request cost, then 8 trainers' rate, of one server (its processes stopped after)."""
+            stack.callback(stop, server)
+            res["latency"][latency] = per_request(server.url, data, args.tiny, args.mnist, tag)
+            time.sleep(args.settle)
+            res["throughput"][rate] = throughput([server.url], data, 8, args.seconds, tag, [server.process.pid])
+            stack.pop_all().close()
 
-        # one Ray node
+        print("embedded server ...", flush=True)
+        measure(serve(folder / "embedded"), "embedded (in-process)", "embedded (one process)", "e")
+        # the same with one BLAS thread, as Ray's actors get (Ray sets OMP_NUM_THREADS=1 in num_cpus=0 actors)
+        measure(serve(folder / "embedded1", GRADSERVE_BLAS_THREADS="1"), "embedded, GRADSERVE_BLAS_THREADS=1",
+                "embedded, GRADSERVE_BLAS_THREADS=1", "e1")
+
         print("1-node Ray cluster ...", flush=True)
         one = RayCluster(1)
         sessions.append(one.session)
         stack.callback(one.shutdown)
-        front = serve(folder / "ray1", one.address, "bench1")
-        stack.callback(stop, front)
-        res["latency"]["Ray, 1 node"] = per_request(front.url, data, args.tiny, args.mnist, "r1")
-        time.sleep(args.settle)
-        res["throughput"]["Ray, 1 node, 1 front-end"] = throughput([front.url], data, 8, args.seconds, "r1",
-                                                                  [front.process.pid])
-        stack.pop_all().close()
+        measure(serve(folder / "ray1", one.address, "bench1"), "Ray, 1 node", "Ray, 1 node, 1 front-end", "r1")
 
         # two Ray nodes
         print("2-node Ray cluster ...", flush=True)
