@@ -162,6 +162,8 @@ def test_a_killed_host_answers_503_for_its_models_only_then_reloads_them(ray_ser
     got = parameters(url, doomed)
     assert all(np.array_equal(got[name], value) for name, value in expected.items())
     assert httpx.post(f"{url}/v1/models/{doomed}/train_step", json=batch(step), timeout=30).json()["step"] == step + 1
+    # The history came back with the checkpoint: every step once, none beyond it.
+    assert httpx.get(f"{url}/v1/models/{doomed}/history", timeout=30).json()["step"] == list(range(1, step + 2))
 
 
 def test_a_front_end_killed_loses_nothing(ray_server, ray_cluster, tmp_path):
