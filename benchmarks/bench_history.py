@@ -1,15 +1,19 @@
-"""What recording the history costs a train step (DESIGN section 10: at most 5%), and how
-fast a long history reads.
+"""What recording the history costs a train step (DESIGN section 10: at most 5%), in-process
+and over HTTP, and how fast a long history reads.
 
     .venv/bin/python benchmarks/bench_history.py [--rounds 30] [--steps 20] [--records 100000]
 
 A 784-256-10 batch-256 Adam train_step run as the server runs it, through a Shelf
 (service/shelf.py: the work, then the step's record, then the checkpoint as the durability
 says), with the history on and off (GRADSERVE_HISTORY), under durability "none" (records
-written 256 at a time) and "step" (record and checkpoint fsynced before the answer). Rounds
-alternate on and off so that load from elsewhere touches both alike; medians per step.
+written 256 at a time: a round is 256 steps, so that each holds one such write) and "step"
+(record and checkpoint fsynced before the answer). Rounds alternate on and off so that load
+from elsewhere touches both alike; means per step over the rounds.
 
-Then a history of `--records` steps of that model (real records, written as training writes
+Then the same train step over HTTP, binary form, against two real servers (`gradserve
+serve`, history on and off) under each durability, requests alternating between them.
+
+Last, a history of `--records` steps of that model (real records, written as training writes
 them) is read as the dashboard reads it: downsampled to 1,000 points and encoded as JSON (the
 first load of a chart), and the records after the last one shown (each poll).
 """
@@ -22,8 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_service import Process, binary_body, call, interleaved, lean, ms  # noqa: E402
 
 from core import Model  # noqa: E402
 from service.persistence import Checkpoints  # noqa: E402
@@ -79,8 +87,8 @@ def long_history(records: int) -> None:
         history.flush()
         written = time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(folder).iterdir()) / 2**20
-        first = timed(lambda: to_json(history.read(points=1000)))
-        poll = timed(lambda: to_json(history.read(since=records - 1)))
+        first = timed(lambda: to_json(history.snapshot().read(points=1000)))
+        poll = timed(lambda: to_json(history.snapshot().read(since=records - 1)))
         history.close()
     print(f"\n{records:,} records of 784-256-10 ({len(history.columns)} columns): written in {written:.1f} s "
           f"({1e6 * written / records:.0f} us each), {size:.0f} MiB on disk")
@@ -88,18 +96,46 @@ def long_history(records: int) -> None:
           f"the records after the last one shown: {poll * 1e3:.2f} ms")
 
 
+def over_http(rounds: int) -> None:
+    rng = np.random.default_rng(0)
+    body, headers = binary_body(rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256))
+    spec = orjson.dumps({**MNIST, "id": "mnist"})
+    print("\n784-256-10 b256 train_step over HTTP (binary form, http.client), median of "
+          f"{rounds} rounds of 10 requests each")
+    print("| durability | history off ms | history on ms | cost |")
+    print("|---|---|---|---|")
+    for durability in ("none", "step"):
+        with tempfile.TemporaryDirectory() as folder:
+            servers = {history: Process([sys.executable, "-m", "service.cli", "serve", "--port", "0", "--data-dir",
+                                         f"{folder}/{history}", "--durability", durability],
+                                        r"listening on (http://[\d.]+:\d+)", {"GRADSERVE_HISTORY": history})
+                       for history in ("false", "true")}
+            try:
+                connections = {history: lean(server.url) for history, server in servers.items()}
+                for connection in connections.values():
+                    call(connection, "POST", "/v1/models", spec, {"Content-Type": "application/json"})
+                times = interleaved({history: (lambda c=c: call(c, "POST", "/v1/models/mnist/train_step", body,
+                                                                 headers), 10)
+                                     for history, c in connections.items()}, rounds, settle=0.0)
+            finally:
+                for server in servers.values():
+                    server.stop()
+        off_ms, on_ms = ms(times["false"]), ms(times["true"])
+        print(f"| {durability} | {off_ms:.3f} | {on_ms:.3f} | {100 * (on_ms / off_ms - 1):+.1f}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=20, help="steps per round (durability step: a fifth)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=256, help="steps per round (durability step: a tenth)")
     parser.add_argument("--records", type=int, default=100_000, help="records of the long history read")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256)
-    print(f"784-256-10 b256 train_step through a Shelf; median of {args.rounds} alternating rounds")
+    print(f"784-256-10 b256 train_step through a Shelf; mean of {args.rounds} alternating rounds")
     print("| durability | history off ms | history on ms | cost |")
     print("|---|---|---|---|")
-    for durability, steps in (("none", args.steps), ("step", max(1, args.steps // 5))):
+    for durability, steps in (("none", args.steps), ("step", max(1, args.steps // 10))):
         with tempfile.TemporaryDirectory() as off_dir, tempfile.TemporaryDirectory() as on_dir:
             off = shelf_with_a_model(Path(off_dir), False, durability)
             on = shelf_with_a_model(Path(on_dir), True, durability)
@@ -110,8 +146,9 @@ def main() -> None:
                 for name, (shelf, held) in (("off", off), ("on", on)):
                     times[name].append(per_step(shelf, held, x, y, steps))
             on[0].close()
-        off_ms, on_ms = (statistics.median(times[k]) * 1e3 for k in ("off", "on"))
+        off_ms, on_ms = (statistics.mean(times[k]) * 1e3 for k in ("off", "on"))
         print(f"| {durability} | {off_ms:.3f} | {on_ms:.3f} | {100 * (on_ms / off_ms - 1):+.1f}% |")
+    over_http(args.rounds * 4)
     long_history(args.records)
 
 

@@ -3,8 +3,8 @@
 Tensors: the parameters and buffers under their torch state_dict names ("0.weight",
 "1.running_mean", ...), so `torch_model.load_state_dict(tensors, strict=False)` takes them
 as they are; optimizer state as "optimizer.<parameter>.<slot>"; accumulated gradients as
-"grad.<parameter>". Metadata (strings): the spec, step, version, accumulated count and the
-dropout generator's state. Nothing is unpickled; everything read is checked against the spec.
+"grad.<parameter>". Metadata (strings): the spec, step, version, accumulated count (with the
+sum and count of the accumulated batches' losses) and the dropout generator's state. Nothing is unpickled; everything read is checked against the spec.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def state_metadata(model: "Model", include_optimizer: bool = True) -> dict[str, 
     if include_optimizer:
         meta["accumulated"] = str(model.accumulated)
         meta["rng"] = json.dumps(model.rng.bit_generator.state)
+        if model.history.losses:  # the losses of the accumulated batches: the next step's loss is their mean
+            meta["losses"] = json.dumps([model.history.loss_sum, model.history.losses])
     return meta
 
 
@@ -147,6 +149,9 @@ def load_state(model: "Model", tensors: dict[str, np.ndarray], meta: dict[str, s
         model.step_count = int(meta.get("step", 0))
         model.version = int(meta.get("version", 0))
         model.accumulated = int(meta.get("accumulated", 0)) if grads else 0
+        if grads and "losses" in meta:
+            loss_sum, losses = json.loads(meta["losses"])
+            model.history.loss_sum, model.history.losses = float(loss_sum), int(losses)
         if "rng" in meta:
             model.rng.bit_generator.state = json.loads(meta["rng"])
     except (ValueError, TypeError, KeyError) as e:

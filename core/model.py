@@ -51,13 +51,16 @@ class Backprop:
 class Shard:
     """One shard of a batch computed on a replica: the count of terms its loss is the mean of
     (None from a grad_output), that mean, the parameter gradients it gave, and its input
-    gradient (if asked for) and outputs (None from a kept tape's backprop: its forward gave them)."""
+    gradient (if asked for) and outputs (None from a kept tape's backprop: its forward gave them);
+    its examples and the activation statistics of its training forward."""
 
     terms: int | None
     loss: float | None
     gradients: dict[str, np.ndarray]
     input_grad: np.ndarray | None
     outputs: np.ndarray | None
+    rows: int = 0
+    activations: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -403,7 +406,8 @@ class Model:
         (a replica's work: this model's own accumulated gradients are cleared after)."""
         self.zero_grad()
         result = self.train_batch(x, targets, grad_output=grad_output, need_input_grad=need_input_grad)
-        return self._shard_of(result, targets, grad_output, result.outputs.shape, result.outputs)
+        return self._shard_of(result, targets, grad_output, result.outputs.shape, result.outputs,
+                              self.history.activations)
 
     def shard_forward(self, x) -> tuple[np.ndarray, Tape]:
         """Return (outputs, tape) of one shard of a batch, a training forward on a replica whose
@@ -435,17 +439,18 @@ class Model:
         self.zero_grad()
         result = self.backprop(tape, outputs, targets=targets, grad_output=grad_output,
                                need_input_grad=need_input_grad)
-        return self._shard_of(result, targets, grad_output, tape.output_shape, None)
+        activations = dict(_activation_stats(self.layers, tape.caches)) if tape.train else {}
+        return self._shard_of(result, targets, grad_output, tape.output_shape, None, activations)
 
     def _shard_of(self, result: Backprop, targets, grad_output, out_shape: tuple[int, ...],
-                  outputs: np.ndarray | None) -> Shard:
+                  outputs: np.ndarray | None, activations: dict) -> Shard:
         """Return the Shard of `result`, a backprop from zeroed gradients, which it then clears."""
         terms = None
         if grad_output is None:
             terms = self.loss_terms(self.validate_targets(targets, out_shape), out_shape)
         gradients = {name: g.copy() for name, g in self._grads.items()}
         self.zero_grad()
-        return Shard(terms, result.loss, gradients, result.input_grad, outputs)
+        return Shard(terms, result.loss, gradients, result.input_grad, outputs, out_shape[0], dict(activations))
 
     def add_shards(self, shards: list[Shard]) -> Backprop:
         """Add one batch's gradients from its shards, counted as one batch; return the batch's
@@ -471,6 +476,8 @@ class Model:
             input_grad = np.concatenate([weight * s.input_grad for s, weight in zip(shards, weights)])
         outputs = None if shards[0].outputs is None else np.concatenate([s.outputs for s in shards])
         self.history.add_loss(loss)
+        if shards[0].activations:
+            self.history.activations = _combined_activations(shards)
         return Backprop(loss, input_grad, outputs)
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
@@ -536,6 +543,18 @@ def _activation_stats(layers: list[Layer], caches: list, prefix: str = ""):
             yield f"{prefix}{i}", layer.activation_stats(cache)
         if layer.sublayers():
             yield from _activation_stats(layer.sublayers(), cache, f"{prefix}{i}.block.")
+
+
+def _combined_activations(shards: list[Shard]) -> dict[str, dict[str, float]]:
+    """Return the activation statistics of a batch from those of its shards: a fraction of
+    values (saturation) is the row-weighted mean; a unit is dead for the batch only if it is
+    dead in every shard, so its dead_fraction is at most the smallest shard's, which it takes."""
+    rows = sum(s.rows for s in shards)
+    combined = {}
+    for name, first in shards[0].activations.items():
+        combined[name] = {key: min(s.activations[name][key] for s in shards) if key == "dead_fraction"
+                          else sum(s.activations[name][key] * s.rows for s in shards) / rows for key in first}
+    return combined
 
 
 def _class_labels(t: np.ndarray, output_shape: tuple[int, ...], ignore_index: int | None) -> np.ndarray:

@@ -164,7 +164,8 @@ class ModelHost:
         self._wake()
         held, lock = self._held(model_id, nonce)
         async with lock:
-            return await off_loop(self.shelf.history, held, since, limit, points)
+            snapshot = await off_loop(self.shelf.snapshot, held)
+        return await off_loop(self.shelf.read, held, snapshot, since, limit, points)
 
     def stop(self, key: str) -> None:
         """Tells the work of budget `key` to stop: its client has gone."""

@@ -21,6 +21,7 @@ import io
 import math
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import orjson
 
 # Records buffered before they are written even if no checkpoint is (durability none/interval).
 BUFFERED = 256
+CHUNK = 65_536  # records read at a time
 TOP = ("time", "lr", "loss", "grad_norm", "update_norm")  # a record's own numbers, after `step`
 GROUPS = ("parameters", "activations")  # nested: {name: {statistic: value}}
 
@@ -48,31 +50,36 @@ def flatten(record: dict) -> dict[str, float | None]:
 
 
 class History:
-    """The records of one model, in its own SQLite file."""
+    """The records of one model, in its own SQLite file. Its owner calls it one request at a
+    time (under the model's lock); reads go through a Snapshot, outside the lock."""
 
     def __init__(self, path: Path, steps_kept: int):
         """Opens (or creates) the file at `path`, deleting any record beyond step `steps_kept`:
-        the model's checkpoint holds that many steps."""
+        the model's checkpoint holds that many steps. Raises sqlite3.DatabaseError for a file
+        that is not a history."""
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False)  # used by one request at a time
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed record survives a power loss
-        self._db.executescript(SCHEMA)
-        with self._db:
-            self._db.execute("DELETE FROM steps WHERE step > ?", (steps_kept,))
-        self.columns = [name for (name,) in self._db.execute("SELECT name FROM columns ORDER BY position")]
+        self._db = _connect(path)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed record survives a power loss
+            self._db.executescript(SCHEMA)
+            with self._db:
+                self._db.execute("DELETE FROM steps WHERE step > ?", (steps_kept,))
+            self.columns = [name for (name,) in self._db.execute("SELECT name FROM columns ORDER BY position")]
+            last = self._db.execute("SELECT record, flags FROM steps ORDER BY step DESC LIMIT 1").fetchone()
+        except BaseException:
+            self._db.close()
+            raise
         self._position = {name: i for i, name in enumerate(self.columns)}
         self._new_columns: list[str] = []
         self._buffer: list[tuple[int, bytes, str]] = []
         self.last: dict = {"loss": None, "flags": []}
-        row = self._db.execute("SELECT record, flags FROM steps ORDER BY step DESC LIMIT 1").fetchone()
-        if row is not None:
-            values = np.frombuffer(row[0])
-            loss = values[self._position["loss"]]
-            self.last = {"loss": None if math.isnan(loss) else float(loss), "flags": row[1].split()}
+        if last is not None:
+            self.last = {"loss": _none(float(np.frombuffer(last[0])[self._position["loss"]])),
+                         "flags": last[1].split()}
 
     def append(self, record: dict) -> None:
-        """Buffers the record of a step just taken (written by the next flush)."""
+        """Buffers the record of a step just taken; writes the buffer once it holds BUFFERED."""
         flat = flatten({**record, "time": time.time()})
         for name in flat:
             if name not in self._position:
@@ -83,9 +90,8 @@ class History:
         for name, value in flat.items():
             if value is not None:
                 values[self._position[name]] = value
-        flags = " ".join(record["flags"])
-        self._buffer.append((record["step"], values.tobytes(), flags))
-        self.last = {"loss": record["loss"], "flags": record["flags"]}
+        self._buffer.append((record["step"], values.tobytes(), " ".join(record["flags"])))
+        self.last = {"loss": _none(record["loss"]), "flags": record["flags"]}
         if len(self._buffer) >= BUFFERED:
             self.flush()
 
@@ -95,44 +101,80 @@ class History:
         return len(self._buffer)
 
     def flush(self) -> None:
-        """Writes the buffered records in one transaction (synced to disk before it returns)."""
+        """Writes the buffered records in one transaction (synced to disk before it returns);
+        if the write fails they stay buffered."""
         if not self._buffer:
             return
-        with self._db:  # one transaction
-            if self._new_columns:
-                start = len(self.columns) - len(self._new_columns)
+        buffer, new_columns = self._buffer, self._new_columns
+        self._buffer, self._new_columns = [], []
+        try:
+            with self._db:  # one transaction
                 self._db.executemany("INSERT INTO columns VALUES (?, ?)",
-                                     enumerate(self._new_columns, start))
-            self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", self._buffer)
-        self._new_columns, self._buffer = [], []
+                                     ((self._position[name], name) for name in new_columns))
+                self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", buffer)
+        except BaseException:
+            self._buffer, self._new_columns = buffer + self._buffer, new_columns + self._new_columns
+            raise
+
+    def snapshot(self) -> "Snapshot":
+        """Writes what is buffered and gives what a reader needs to read every record so far."""
+        self.flush()
+        return Snapshot(self.path, tuple(self.columns))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A model's history file and its columns as of a moment, read on a connection of its
+    own (WAL: beside the writer, which may go on appending)."""
+
+    path: Path
+    columns: tuple[str, ...]
 
     def read(self, since: int | None = None, limit: int | None = None, points: int | None = None) -> dict:
         """Gives the records with step > `since` (all if None), the first `limit` of them,
         downsampled to at most `points`: {"step": ints, "flags": [[str]], "columns": {flat
         name: float64 array}, "total": records after `since`, "downsampled": bool}."""
-        self.flush()
         after = -1 if since is None else since
-        rows = self._db.execute("SELECT step, record, flags FROM steps WHERE step > ? ORDER BY step LIMIT ?",
-                                (after, -1 if limit is None else limit)).fetchall()
-        total = len(rows) if limit is None or len(rows) < limit else \
-            self._db.execute("SELECT count(*) FROM steps WHERE step > ?", (after,)).fetchone()[0]
-        steps, blobs, flag_texts = zip(*rows) if rows else ((), (), ())
-        steps = np.array(steps, dtype=np.int64)
-        values = _matrix(blobs, len(self.columns))
-        flags = [text.split() if text else [] for text in flag_texts]
-        downsampled = points is not None and len(rows) > points
+        db = _connect(self.path)
+        try:
+            total = db.execute("SELECT count(*) FROM steps WHERE step > ?", (after,)).fetchone()[0]
+            n = total if limit is None else min(total, limit)
+            steps = np.empty(n, np.int64)
+            values = np.full((len(self.columns), n), np.nan)  # one row per column: each a contiguous array
+            flagged: dict[int, str] = {}  # record index -> its flags, for the few that have any
+            cursor = db.execute("SELECT step, record, flags FROM steps WHERE step > ? ORDER BY step LIMIT ?",
+                                (after, n))
+            done = 0
+            while done < n and (rows := cursor.fetchmany(CHUNK)):
+                rows = rows[:n - done]  # records appended since the count are not this read's
+                chunk_steps, blobs, texts = zip(*rows)
+                steps[done:done + len(rows)] = chunk_steps
+                _fill(values[:, done:done + len(rows)], blobs)
+                flagged.update((done + i, text) for i, text in enumerate(texts) if text)
+                done += len(rows)
+        finally:
+            db.close()
+        steps, values = steps[:done], values[:, :done]
+        downsampled = points is not None and done > points
         if downsampled:
-            steps, values, flags = downsample(steps, values, flags, points)
-        columns = dict(zip(self.columns, np.ascontiguousarray(values.T)))
-        return {"step": steps, "flags": flags, "columns": columns, "total": total, "downsampled": downsampled}
+            steps, values, flags = downsample(steps, values, flagged, points)
+        else:
+            flags = [flagged[i].split() if i in flagged else [] for i in range(done)]
+        return {"step": steps, "flags": flags, "columns": dict(zip(self.columns, values)), "total": total,
+                "downsampled": downsampled}
 
-    def close(self) -> None:
-        self._db.close()
 
-    def remove(self) -> None:
-        """Closes the file and deletes it."""
-        self.close()
-        remove(self.path)
+def _connect(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False: the worker threads take turns (History under its model's lock).
+    return sqlite3.connect(path, check_same_thread=False, timeout=10)
+
+
+def _none(loss: float | None) -> float | None:
+    """Gives a loss as a record keeps it: NaN is none (no loss)."""
+    return None if loss is None or math.isnan(loss) else loss
 
 
 def remove(path: Path) -> None:
@@ -141,46 +183,42 @@ def remove(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _matrix(blobs: tuple[bytes, ...], width: int) -> np.ndarray:
-    """Gives records' float64 blobs as rows of a (records, width) matrix, NaN where a record
-    predates a column."""
-    if blobs and len(blobs[0]) == len(blobs[-1]) == 8 * width:  # no column added since the first: one read
-        return np.frombuffer(b"".join(blobs)).reshape(len(blobs), width)
-    out = np.full((len(blobs), width), np.nan)
-    by_width: dict[int, list[int]] = {}
+def _fill(out: np.ndarray, blobs: tuple[bytes, ...]) -> None:
+    """Writes records' float64 blobs into the columns of `out` (columns, records); a record
+    that predates a column leaves it NaN."""
+    width = out.shape[0]
+    if len(blobs[0]) == len(blobs[-1]) == 8 * width:  # columns only grow: every record has them all
+        out[:] = np.frombuffer(b"".join(blobs)).reshape(len(blobs), width).T
+        return
     for i, blob in enumerate(blobs):
-        by_width.setdefault(len(blob) // 8, []).append(i)
-    for columns, rows in by_width.items():
-        out[rows, :columns] = np.frombuffer(b"".join(blobs[i] for i in rows)).reshape(len(rows), columns)
-    return out
+        record = np.frombuffer(blob)
+        out[:len(record), i] = record
 
 
-def downsample(steps: np.ndarray, values: np.ndarray, flags: list[list[str]], points: int):
-    """Gives at most `points` rows for (steps, values, flags): consecutive records in points // 2
-    buckets, each giving two rows, at its first and its last step, where every column holds its
-    bucket's minimum and maximum in the order they came (NaN ignored), and the flags of the whole
-    bucket."""
+def downsample(steps: np.ndarray, columns: np.ndarray, flagged: dict[int, str], points: int):
+    """Gives at most `points` records of (steps, columns (C, N), flags by record index):
+    consecutive records in points // 2 buckets, each giving two records, at its first and its
+    last step, where every column holds its bucket's minimum and maximum in the order they came
+    (NaN ignored), and both hold the flags of the whole bucket."""
     n = len(steps)
     buckets = max(1, points // 2)
     starts = np.linspace(0, n, buckets + 1).astype(np.int64)[:-1]
-    ends = np.append(starts[1:], n) - 1
-    low = np.fmin.reduceat(values, starts, axis=0)
-    high = np.fmax.reduceat(values, starts, axis=0)
-    # Where each column's minimum and maximum first occur in their bucket.
-    row = np.arange(n)[:, None]
-    spread = np.repeat(np.arange(buckets), np.diff(np.append(starts, n)))
-    first_low = np.minimum.reduceat(np.where(values == low[spread], row, n), starts, axis=0)
-    first_high = np.minimum.reduceat(np.where(values == high[spread], row, n), starts, axis=0)
-    low_first = first_low <= first_high
-    out = np.empty((2 * buckets, values.shape[1]))
-    out[0::2] = np.where(low_first, low, high)
-    out[1::2] = np.where(low_first, high, low)
+    sizes = np.diff(np.append(starts, n))
+    index = np.arange(n)
+    out = np.empty((len(columns), 2 * buckets))
+    for k, column in enumerate(columns):  # column by column: temporaries of N, not C x N
+        low, high = np.fmin.reduceat(column, starts), np.fmax.reduceat(column, starts)
+        first_low = np.minimum.reduceat(np.where(column == np.repeat(low, sizes), index, n), starts)
+        first_high = np.minimum.reduceat(np.where(column == np.repeat(high, sizes), index, n), starts)
+        low_first = first_low <= first_high
+        out[k, 0::2] = np.where(low_first, low, high)
+        out[k, 1::2] = np.where(low_first, high, low)
     out_steps = np.empty(2 * buckets, np.int64)
-    out_steps[0::2], out_steps[1::2] = steps[starts], steps[ends]
-    out_flags = []
-    for start, end in zip(starts, ends):
-        union = sorted({flag for row_flags in flags[start:end + 1] for flag in row_flags})
-        out_flags += [union, union]
+    out_steps[0::2], out_steps[1::2] = steps[starts], steps[starts + sizes - 1]
+    unions: list[set[str]] = [set() for _ in range(buckets)]
+    for i, text in flagged.items():
+        unions[np.searchsorted(starts, i, side="right") - 1].update(text.split())
+    out_flags = [sorted(union) for union in unions for _ in range(2)]
     return out_steps, out, out_flags
 
 
@@ -214,15 +252,22 @@ def to_json(read: dict) -> bytes:
     return orjson.dumps(nested(read), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def to_csv(read: dict) -> str:
-    """Gives the records as CSV: a header of flat column names (step, then TOP's, then the
-    parameters' and activations', then flags), one row per record; an empty field is none, a
-    flags field holds the flags separated by spaces."""
+def csv_names(read: dict) -> list[str]:
+    """Gives the CSV columns of a read, after `step` and before `flags`: TOP's, then the
+    parameters' and activations'."""
+    return [*TOP, *(name for name in read["columns"] if name not in TOP)]
+
+
+def to_csv(read: dict, names: list[str] | None = None, header: bool = True) -> str:
+    """Gives the records as CSV (columns `names`, csv_names if None), a header row first if
+    asked: one row per record; an empty field is none, a flags field holds the flags separated
+    by spaces."""
     columns = read["columns"]
-    names = [*TOP, *(name for name in columns if name not in TOP)]
+    names = csv_names(read) if names is None else names
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["step", *names, "flags"])
+    if header:
+        writer.writerow(["step", *names, "flags"])
     table = [columns[name].tolist() if name in columns else [math.nan] * len(read["step"]) for name in names]
     for i, step in enumerate(read["step"].tolist()):
         writer.writerow([step, *(None if math.isnan(column[i]) else column[i] for column in table),

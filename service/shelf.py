@@ -7,28 +7,28 @@ calls on one model (an asyncio lock there, a thread lock here); the Shelf itself
 locking.
 """
 
+import logging
 import secrets
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from core import InputError, Model
 from service.blas import POLICY
 from service.errors import ModelNotFound, ServiceError
-from service.history import History
+from service.history import BUFFERED, History, Snapshot
 from service.history import remove as remove_history
 from service.persistence import Checkpoints
 from service.settings import Settings
 from service.tensors import number
 
+log = logging.getLogger("gradserve")
+
 T = TypeVar("T")
 Save = Literal["no", "later", "step", "always"]
-# History commits run here, beside the checkpoint write of the same save (Shelf.save); a thread
-# of their own: a save already runs on a worker thread of service/threads.py.
-_COMMITS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gradserve-history")
 
 
 @dataclass(eq=False)
@@ -77,9 +77,15 @@ class Shelf:
         self.histories.mkdir(parents=True, exist_ok=True)
 
     def hold(self, held: Held) -> None:
-        """Holds a model read from its checkpoint, with its history up to the checkpoint's step."""
+        """Holds a model read from its checkpoint, with its history up to the checkpoint's step
+        (a history file that cannot be read is set aside and a new one started: it must never
+        keep the model from being served)."""
         if self.settings.history:
-            held.history = History(self._history_path(held.id), held.model.step_count)
+            path = self._history_path(held.id)
+            try:
+                held.history = History(path, held.model.step_count)
+            except (sqlite3.Error, OSError) as exc:
+                held.history = _start_over(held, path, exc)
         self.held[held.id] = held
 
     def add(self, held: Held) -> None:
@@ -104,12 +110,22 @@ class Shelf:
             if held.history is not None:
                 held.history.close()
 
-    def history(self, held: Held, since: int | None, limit: int | None, points: int | None) -> dict:
-        """Gives the model's records (History.read), or 404 with GRADSERVE_HISTORY=false."""
+    def snapshot(self, held: Held) -> Snapshot:
+        """Gives what reading the model's history needs (called under its lock; the read is
+        not), or 404 with GRADSERVE_HISTORY=false."""
         self.alive(held)
         if held.history is None:
             raise ServiceError(404, "history_off", "this server keeps no history (GRADSERVE_HISTORY=false)")
-        return held.history.read(since, limit, points)
+        return held.history.snapshot()
+
+    @staticmethod
+    def read(held: Held, snapshot: Snapshot, since: int | None, limit: int | None, points: int | None) -> dict:
+        """Gives the records of a snapshot (Snapshot.read); 404 if the model was deleted meanwhile."""
+        try:
+            return snapshot.read(since, limit, points)
+        except sqlite3.Error:
+            Shelf.alive(held)
+            raise
 
     def _history_path(self, model_id: str):
         return self.histories / f"{model_id}.sqlite"
@@ -182,18 +198,30 @@ class Shelf:
     def save(self, held: Held) -> None:
         """Writes the model's history and its checkpoint, the new checkpoint replacing the old
         only once the history is on disk (never a checkpoint ahead of its history)."""
-        checkpoint = held.model.to_bytes()
-        if held.history is None or not held.history.buffered:
-            self.checkpoints.save(held.id, checkpoint)
-        else:  # the two fsyncs at once: a record costs a step no extra wait for the disk
-            written = _COMMITS.submit(held.history.flush)
-            self.checkpoints.save(held.id, checkpoint, before_replace=written.result)
+        history = held.history
+        self.checkpoints.save(held.id, held.model.to_bytes(),
+                              beside=history.flush if history is not None and history.buffered else None)
         held.dirty = False
 
     @staticmethod
     def alive(held: Held) -> None:
         if held.deleted:
             raise ModelNotFound.of(held.id)
+
+
+def _start_over(held: Held, path, error: Exception) -> History | None:
+    """Gives a new history for a model whose history file could not be opened, the old file
+    moved aside; None (no history kept) if that fails too."""
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    log.error("history of %s unreadable (%s: %s): moved to %s, starting a new one", held.id,
+              type(error).__name__, error, aside.name)
+    try:
+        path.replace(aside)
+        remove_history(path)
+        return History(path, held.model.step_count)
+    except (sqlite3.Error, OSError):
+        log.exception("no history for %s", held.id)
+        return None
 
 
 def compute(fn: Callable[..., T], *args: Any) -> T:

@@ -26,6 +26,7 @@ from service.errors import ModelNotFound, invalid
 from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
+from service.history import BUFFERED
 from service.shelf import Held, Save, Shelf, describe
 from service.threads import off_loop
 
@@ -211,12 +212,14 @@ class ModelStore:
             return await off_loop(self._shelf.work_on_tape, entry, tape_id, fn, args)
 
     async def history(self, entry: Entry, since: int | None, limit: int | None, points: int | None) -> dict:
-        """Gives the model's history records (Shelf.history)."""
+        """Gives the model's history records (Snapshot.read), read without holding its lock."""
         async with entry.lock:
-            return await off_loop(self._shelf.history, entry, since, limit, points)
+            snapshot = await off_loop(self._shelf.snapshot, entry)
+        return await off_loop(self._shelf.read, entry, snapshot, since, limit, points)
 
     def _inline(self, entry: Entry, rows: int, save: Save) -> bool:
-        return not self._shelf.writes(save) and rows * entry.num_parameters <= INLINE_WORK
+        full = entry.history is not None and entry.history.buffered >= BUFFERED - 1  # its step writes them
+        return not self._shelf.writes(save) and not full and rows * entry.num_parameters <= INLINE_WORK
 
 
 def _single_process(model: Model) -> None:

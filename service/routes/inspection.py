@@ -3,13 +3,13 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from core import Model
 from core import gradcheck as check_gradients
 from service.budget import watched
 from service.deps import Call, EntryDep, StoreDep
-from service.history import to_csv, to_json
+from service.history import csv_names, to_csv, to_json
 from service.schemas import (
     ERRORS, GradcheckRequest, GradcheckResponse, Gradients, History, ModelInfo, Parameters, ParametersBody,
 )
@@ -60,7 +60,8 @@ async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
 
 @router.get("/history", response_model=History, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 async def history(entry: EntryDep, store: StoreDep,
-                  since: Annotated[int | None, Query(ge=0, description="Only records of later steps.")] = None,
+                  since: Annotated[int | None, Query(ge=0, le=2**63 - 1,
+                                                     description="Only records of later steps.")] = None,
                   limit: Annotated[int | None, Query(ge=1, le=1_000_000, description="At most this many "
                                                      "records, the first after `since` (unset: 100,000, or all of "
                                                      "them with `points`).")] = None,
@@ -70,13 +71,27 @@ async def history(entry: EntryDep, store: StoreDep,
                                                                   "row per record.")] = "json") -> Response:
     """One record per applied step: loss, lr, global and per-parameter norms, update/parameter
     ratios, dead and saturated fractions, flags."""
+    if format == "csv":
+        headers = {"Content-Disposition": f'attachment; filename="{entry.id}-history.csv"'}
+        if limit is None and points is None:  # every record, a page at a time
+            return StreamingResponse(_csv_pages(store, entry, since), media_type="text/csv", headers=headers)
+        return Response(await off_loop(to_csv, await store.history(entry, since, limit, points)),
+                        media_type="text/csv", headers=headers)
     if limit is None and points is None:
         limit = PAGE
-    read = await store.history(entry, since, limit, points)
-    if format == "csv":
-        return Response(await off_loop(to_csv, read), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{entry.id}-history.csv"'})
-    return Response(await off_loop(to_json, read), media_type="application/json")
+    return Response(await off_loop(to_json, await store.history(entry, since, limit, points)),
+                    media_type="application/json")
+
+
+async def _csv_pages(store, entry, since: int | None):
+    """Yields the CSV of every record after `since`, PAGE records at a time, under the columns
+    of the first page."""
+    page = await store.history(entry, since, PAGE, None)
+    names = csv_names(page)
+    yield await off_loop(to_csv, page, names)
+    while len(page["step"]) < page["total"]:
+        page = await store.history(entry, int(page["step"][-1]), PAGE, None)
+        yield await off_loop(to_csv, page, names, False)
 
 
 @router.post("/gradcheck", response_model=GradcheckResponse)

@@ -79,6 +79,24 @@ def test_three_adam_train_steps_in_shards_equal_workers_1(client):
     assert_close(sharded.parameters(), single.parameters())
 
 
+def test_the_history_of_a_sharded_model_holds_its_activations(client):
+    relu = {**CLASSIFIER, "layers": [{"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
+                                     {"type": "linear", "out_features": 8}, {"type": "relu"},
+                                     {"type": "linear", "out_features": 3}]}
+    sharded, single = client.create_model({**relu, "workers": 2}), client.create_model(relu)
+    for seed in range(3):
+        x, y = batch(CLASSIFIER, 11, seed)
+        sharded.train_step(5 * x, y), single.train_step(5 * x, y)  # 5x: some tanh units saturate
+    got, want = sharded.history(), single.history()
+    assert (want["activations.1.saturated_fraction"] > 0).all()
+    np.testing.assert_allclose(got.loss, want.loss, rtol=1e-9)
+    # A fraction of values is exact over shards; a unit is dead for the batch only if dead in
+    # every shard, so a sharded model's dead fraction is at least the batch's.
+    np.testing.assert_allclose(got["activations.1.saturated_fraction"], want["activations.1.saturated_fraction"],
+                               rtol=1e-12)
+    assert (got["activations.3.dead_fraction"] >= want["activations.3.dead_fraction"]).all()
+
+
 def tapes_on_workers(request, k: int) -> list[int]:
     """Gives how many shard tapes each of workers 0..k-1 keeps."""
     return [ray.get(ray.get_actor(f"worker-{i}", namespace=namespace_of(request)).tapes_held.remote())

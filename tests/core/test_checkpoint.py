@@ -101,6 +101,7 @@ def test_checkpoint_with_pending_gradients_resumes_the_same(tmp_path):
         model.forward_backward(*data[2])  # accumulates onto the pending gradients
         model.step()
     assert_bit_identical(full_state(saved), full_state(straight))
+    assert saved.step_record()["loss"] == straight.step_record()["loss"]  # the mean of both batches' losses
 
 
 def test_bytes_round_trip_keeps_everything():

@@ -1,6 +1,7 @@
 """The training history over the API: one record per applied step, paged, downsampled, CSV."""
 
 import csv
+import errno
 import io
 import math
 import time
@@ -8,8 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from core import Model
 from service.history import downsample
-from wire import array, create, tensor
+from service.persistence import Checkpoints
+from service.settings import Settings
+from service.shelf import Held, Shelf
+from wire import MLP, array, create, tensor
 
 X = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
 Y = np.array([0, 1, 2, 1, 0, 2])
@@ -110,12 +115,12 @@ def test_points_downsample_keeping_every_columns_extremes(api):
 
 def test_a_bucket_gives_its_minimum_and_maximum_in_the_order_they_came():
     steps = np.arange(1, 9)
-    values = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [1, 2, np.nan, 4, np.nan, np.nan, np.nan, np.nan]], float).T
-    flags = [[], ["a"], [], [], [], ["b"], ["a"], []]
-    out_steps, out, out_flags = downsample(steps, values, flags, 4)
+    columns = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [1, 2, np.nan, 4, np.nan, np.nan, np.nan, np.nan]], float)
+    flagged = {1: "a", 5: "b", 6: "a"}  # by record index: the records with flags
+    out_steps, out, out_flags = downsample(steps, columns, flagged, 4)
     assert out_steps.tolist() == [1, 4, 5, 8]
-    assert out[:, 0].tolist() == [1, 4, 9, 2]  # bucket 1..4: min first; bucket 5..8: max first
-    assert out[:2, 1].tolist() == [1, 4] and np.isnan(out[2:, 1]).all()  # NaN ignored; all NaN stays NaN
+    assert out[0].tolist() == [1, 4, 9, 2]  # bucket 1..4: min first; bucket 5..8: max first
+    assert out[1, :2].tolist() == [1, 4] and np.isnan(out[1, 2:]).all()  # NaN ignored; all NaN stays NaN
     assert out_flags == [["a"], ["a"], ["a", "b"], ["a", "b"]]
 
 
@@ -188,3 +193,54 @@ def test_history_can_be_turned_off(make_client):
     response = client.get(f"/v1/models/{model_id}/history")
     assert response.status_code == 404 and response.json()["code"] == "history_off"
     assert client.get(f"/v1/models/{model_id}").json()["step"] == 2
+
+
+def test_csv_without_a_limit_streams_every_record_page_by_page(api, monkeypatch):
+    monkeypatch.setattr("service.routes.inspection.PAGE", 4)  # pages of 4 records; every server of this test runs in this process
+    model_id = create(api)["id"]
+    train(api, model_id, 10)
+    rows = list(csv.DictReader(io.StringIO(api.get(f"/v1/models/{model_id}/history?format=csv").text)))
+    assert [int(row["step"]) for row in rows] == list(range(1, 11))
+    page = history(api, model_id)  # JSON without a limit: one page, and how many there are
+    assert page["step"] == [1, 2, 3, 4] and page["total"] == 10
+
+
+def test_a_since_past_any_step_is_422_not_a_server_error(api):
+    model_id = create(api)["id"]
+    response = api.get(f"/v1/models/{model_id}/history", params={"since": 2**63})
+    assert response.status_code == 422 and "since" in response.text
+
+
+def test_an_unreadable_history_file_is_set_aside_and_the_model_still_served(open_client, tmp_path):
+    with open_client() as first:
+        model_id = create(first)["id"]
+        train(first, model_id, 2)
+    folder = tmp_path / "data" / "history"
+    (folder / f"{model_id}.sqlite").write_bytes(b"not a database" * 100)
+    with open_client() as second:
+        assert second.get(f"/v1/models/{model_id}").json()["step"] == 2
+        assert history(second, model_id)["step"] == []
+        train(second, model_id, 1)
+        assert history(second, model_id)["step"] == [3]
+    assert len(list(folder.glob(f"{model_id}.sqlite.unreadable-*"))) == 1
+
+
+def test_a_checkpoint_write_that_fails_loses_no_record(tmp_path, monkeypatch):
+    shelf = Shelf(Settings(data_dir=tmp_path, durability="step"), Checkpoints(tmp_path))
+    held = Held("m", Model.from_spec(MLP), None)
+    shelf.add(held)
+
+    def step(model):
+        return model.train_step(X, Y)
+
+    def disk_full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("service.persistence.os.write", disk_full)
+        with pytest.raises(OSError):
+            shelf.work(held, step, (), "step")
+    for _ in range(2):
+        shelf.work(held, step, (), "step")
+    assert shelf.snapshot(held).read()["step"].tolist() == [1, 2, 3]
+    shelf.close()
