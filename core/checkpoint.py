@@ -4,7 +4,8 @@ Tensors: the parameters and buffers under their torch state_dict names ("0.weigh
 "1.running_mean", ...), so `torch_model.load_state_dict(tensors, strict=False)` takes them
 as they are; optimizer state as "optimizer.<parameter>.<slot>"; accumulated gradients as
 "grad.<parameter>". Metadata (strings): the spec, step, version, accumulated count (with the
-sum and count of the accumulated batches' losses) and the dropout generator's state. Nothing is unpickled; everything read is checked against the spec.
+sum and count of the accumulated batches' losses) and the dropout generator's state. Nothing
+is unpickled; everything read is checked against the spec.
 """
 
 from __future__ import annotations

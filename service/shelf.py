@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from core import InputError, Model
 from service.blas import POLICY
 from service.errors import ModelNotFound, ServiceError
-from service.history import BUFFERED, History, Snapshot
+from service.history import History, Snapshot
 from service.history import remove as remove_history
 from service.persistence import Checkpoints
 from service.settings import Settings

@@ -58,7 +58,8 @@ async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
     return await store.run(entry, Model.diagnostics)
 
 
-@router.get("/history", response_model=History, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
+@router.get("/history", response_model=History,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 async def history(entry: EntryDep, store: StoreDep,
                   since: Annotated[int | None, Query(ge=0, le=2**63 - 1,
                                                      description="Only records of later steps.")] = None,

@@ -43,7 +43,8 @@ def test_each_record_holds_what_its_step_answered(api):
     # Two batches accumulated, then one step: its loss is their mean.
     losses = [api.post(f"/v1/models/{model_id}/forward_backward", json={"inputs": tensor(X * k), "targets": tensor(Y)})
               .json()["loss"] for k in (1, 2)]
-    answers.append({**api.post(f"/v1/models/{model_id}/step", json={"lr": 0.001}).json(), "loss": (losses[0] + losses[1]) / 2})
+    stepped = api.post(f"/v1/models/{model_id}/step", json={"lr": 0.001}).json()
+    answers.append({**stepped, "loss": (losses[0] + losses[1]) / 2})
     # Only a grad_output: the step has no loss.
     assert api.post(f"/v1/models/{model_id}/forward_backward", json={
         "inputs": tensor(X), "grad_output": tensor(np.ones((6, 3), np.float32))}).status_code == 200
@@ -55,7 +56,8 @@ def test_each_record_holds_what_its_step_answered(api):
         assert record[name] == [answer[name] for answer in answers], name
     assert record["lr"][3:] == [0.001, 0.001]
     assert started <= record["time"][0] <= record["time"][-1] <= time.time()
-    parameters = {name: array(t) for name, t in api.get(f"/v1/models/{model_id}/parameters").json()["parameters"].items()}
+    served = api.get(f"/v1/models/{model_id}/parameters").json()["parameters"]
+    parameters = {name: array(t) for name, t in served.items()}
     assert set(record["parameters"]) == set(parameters) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     for name, value in parameters.items():
         stats = record["parameters"][name]
@@ -196,7 +198,8 @@ def test_history_can_be_turned_off(make_client):
 
 
 def test_csv_without_a_limit_streams_every_record_page_by_page(api, monkeypatch):
-    monkeypatch.setattr("service.routes.inspection.PAGE", 4)  # pages of 4 records; every server of this test runs in this process
+    # Pages of 4 records: every server of this test runs in this process.
+    monkeypatch.setattr("service.routes.inspection.PAGE", 4)
     model_id = create(api)["id"]
     train(api, model_id, 10)
     rows = list(csv.DictReader(io.StringIO(api.get(f"/v1/models/{model_id}/history?format=csv").text)))
