@@ -1,0 +1,264 @@
+// GET /ui/models/{id}: one model's training history as charts against step, and its flags
+// with what to try. Loads the history downsampled by the server to about one point per pixel,
+// then polls every second for the steps after the last one shown and appends them; once the
+// appended points pass twice the width, it loads the downsampled history again.
+
+import { getJSON } from "./api.js";
+import { Chart, PALETTE } from "./charts.js";
+import { explainFlag, formatCount, formatNumber, layerAt, layersLine, numeric } from "./format.js";
+
+const POLL_MS = 1000;
+const LIVE_MS = 5000; // a model whose step moved this recently is shown as training
+const RULE_OF_THUMB = 1e-3; // update/parameter ratio of healthy training (Karpathy's rule of thumb)
+
+const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const base = `/v1/models/${encodeURIComponent(id)}`;
+const $ = (elementId) => document.getElementById(elementId);
+
+// Everything the page shows; tests read it (window.dashboard.charts.loss.uplot.data).
+const state = { id, info: null, history: null, points: 0, thresholds: {}, charts: {}, loaded: false,
+                step: null, movedAt: 0, gone: false };
+window.dashboard = state;
+
+const SCALARS = ["step", "time", "lr", "loss", "grad_norm", "update_norm"];
+
+/** Gives the history of the API with every number a JS number (non-finite strings too). */
+function normalize(history) {
+  const out = { flags: history.flags ?? [], total: history.total, downsampled: history.downsampled,
+                parameters: {}, activations: {} };
+  for (const key of SCALARS) out[key] = (history[key] ?? []).map(numeric);
+  for (const group of ["parameters", "activations"]) {
+    for (const [name, metrics] of Object.entries(history[group] ?? {})) {
+      out[group][name] = Object.fromEntries(Object.entries(metrics).map(([m, values]) => [m, values.map(numeric)]));
+    }
+  }
+  return out;
+}
+
+/** Appends the records of `fresh` to `history`, a column that one of them lacks padded with nulls. */
+function append(history, fresh) {
+  const before = history.step.length;
+  const added = fresh.step.length;
+  const pad = (n) => new Array(n).fill(null);
+  for (const key of SCALARS) history[key] = history[key].concat(fresh[key]);
+  history.flags = history.flags.concat(fresh.flags.length ? fresh.flags : pad(added).map(() => []));
+  for (const group of ["parameters", "activations"]) {
+    const names = new Set([...Object.keys(history[group]), ...Object.keys(fresh[group])]);
+    for (const name of names) {
+      const into = (history[group][name] ??= {});
+      const from = fresh[group][name] ?? {};
+      for (const metric of new Set([...Object.keys(into), ...Object.keys(from)])) {
+        into[metric] = (into[metric] ?? pad(before)).concat(from[metric] ?? pad(added));
+      }
+    }
+  }
+}
+
+function historyURL(since) {
+  const query = since === undefined ? `points=${state.points}` : `since=${since}`;
+  return `${base}/history?${query}&format=json`;
+}
+
+// --- the charts ---------------------------------------------------------------------------
+
+function isWeight(name) {
+  return (state.info?.parameter_shapes?.[name]?.length ?? 2) >= 2;
+}
+
+/** Gives one series per parameter: a colour per layer, weights solid, biases and scales dashed. */
+function parameterSeries(metric) {
+  const layers = [];
+  return Object.entries(state.history.parameters).map(([name, metrics]) => {
+    const layer = name.slice(0, name.lastIndexOf("."));
+    if (!layers.includes(layer)) layers.push(layer);
+    const weight = isWeight(name);
+    return { label: name, values: metrics[metric] ?? [], color: PALETTE[layers.indexOf(layer) % PALETTE.length],
+             dash: weight ? undefined : [6, 4], width: weight ? 2 : 1.5 };
+  });
+}
+
+function activationSeries() {
+  const series = [];
+  for (const [name, metrics] of Object.entries(state.history.activations)) {
+    const type = layerAt(state.info?.spec?.layers, name)?.type ?? "";
+    for (const [metric, values] of Object.entries(metrics)) {
+      const what = metric.replace("_fraction", "");
+      series.push({ label: `${name} ${type}: ${what}`, values, color: PALETTE[series.length % PALETTE.length],
+                    dash: what === "saturated" ? [6, 4] : undefined });
+    }
+  }
+  return series;
+}
+
+function makeCharts() {
+  const t = state.thresholds;
+  const box = $("charts");
+  const chart = (name, options) => (state.charts[name] = new Chart(box, options));
+  chart("loss", { title: "Loss", yLabel: "loss", note: "mean training loss of each step's batches" });
+  chart("lr", { title: "Learning rate", yLabel: "learning rate", note: "the lr each step applied" });
+  chart("norms", { title: "Global gradient and update norms", yLabel: "L2 norm",
+                   note: "over all parameters: ‖∇θ‖ of each step's gradients, ‖Δθ‖ of its update",
+                   guides: t.exploding_norm ? [{ value: t.exploding_norm, color: "#c0392b",
+                                                 label: `exploding: ${formatNumber(t.exploding_norm)}` }] : [] });
+  chart("ratios", { title: "Update / parameter ratio", yLabel: "‖Δw‖ / ‖w‖", log: true,
+                    note: "per parameter, log scale; healthy training sits near 1e-3 (the band: 3e-4 to 3e-3); " +
+                      "biases and norm scales dashed",
+                    guides: [{ band: [3e-4, 3e-3], fill: "rgba(89, 161, 79, 0.16)" },
+                             { value: RULE_OF_THUMB, extend: true, color: "#2e7d32", label: "1e-3 rule of thumb" },
+                             ...(t.exploding_update_ratio ? [{ value: t.exploding_update_ratio, color: "#c0392b",
+                               label: `exploding: ${formatNumber(t.exploding_update_ratio)}` }] : [])] });
+  chart("grads", { title: "Gradient norm per parameter", yLabel: "‖∇w‖ (L2)", log: true,
+                   note: "per parameter, log scale; biases and norm scales dashed" });
+  const limit = t.dead_fraction ?? 0.5;
+  chart("activations", { title: "Dead ReLU and saturated units", yLabel: "fraction of units", log: false, range: [0, 1],
+                         note: "per activation layer: dead = zero for the whole batch; saturated = within 0.01 of " +
+                           "tanh/sigmoid's bounds",
+                         guides: [{ value: limit, color: "#c0392b", label: `flagged above ${limit}` }] });
+}
+
+function drawCharts() {
+  const h = state.history;
+  const { charts } = state;
+  charts.loss.setData(h.step, [{ label: "loss", values: h.loss, color: PALETTE[0] }]);
+  charts.lr.setData(h.step, [{ label: "lr", values: h.lr, color: PALETTE[4] }]);
+  charts.norms.setData(h.step, [{ label: "‖∇θ‖ gradient", values: h.grad_norm, color: PALETTE[2] },
+                                { label: "‖Δθ‖ update", values: h.update_norm, color: PALETTE[0] }]);
+  charts.ratios.setData(h.step, parameterSeries("update_to_param"));
+  charts.grads.setData(h.step, parameterSeries("grad_norm"));
+  charts.activations.setData(h.step, activationSeries());
+}
+
+// --- the summary and the flags ------------------------------------------------------------
+
+function showSummary(info) {
+  const spec = info.spec ?? {};
+  $("summary").hidden = false;
+  $("model-id").textContent = info.id;
+  document.title = `gradserve · ${info.id}`;
+  $("layers").textContent = layersLine(spec.layers);
+  $("step").textContent = formatCount(info.step);
+  const lastLoss = "last_loss" in info ? info.last_loss : state.history?.loss.at(-1);
+  $("last-loss").textContent = formatNumber(lastLoss);
+  $("parameters").textContent = formatCount(info.num_parameters);
+  $("loss-type").textContent = spec.loss?.type ?? "–";
+  const optimizer = spec.optimizer ?? {};
+  $("optimizer").textContent = optimizer.type ? `${optimizer.type}, lr ${formatNumber(optimizer.lr)}` : "–";
+  if (info.step !== state.step) {
+    if (state.step !== null) state.movedAt = Date.now();
+    state.step = info.step;
+  }
+  const training = Date.now() - state.movedAt < LIVE_MS;
+  $("live").textContent = training ? "● training" : "idle";
+  $("live").className = training ? "live on" : "live";
+}
+
+function showFlags(info) {
+  const h = state.history;
+  const flags = h?.step.length ? h.flags.at(-1) ?? [] : info.flags ?? [];
+  const list = $("flag-list");
+  $("flags").hidden = false;
+  $("flags").className = flags.length ? "flags raised" : "flags";
+  const key = JSON.stringify(flags);
+  if (list.dataset.flags === key) return;
+  list.dataset.flags = key;
+  if (!flags.length) {
+    const item = document.createElement("li");
+    item.className = "ok";
+    item.textContent = info.step ? "None: gradients, updates and activations are within the thresholds."
+      : "None yet: the model has not stepped.";
+    list.replaceChildren(item);
+    return;
+  }
+  list.replaceChildren(...flags.map((flag) => {
+    const { title, why, advice } = explainFlag(flag, info.spec?.layers, state.thresholds);
+    const item = document.createElement("li");
+    const name = document.createElement("strong");
+    name.textContent = title;
+    item.append(name, why ? `: ${why}.` : "");
+    if (advice) {
+      const tip = document.createElement("div");
+      tip.className = "advice";
+      tip.textContent = `Try: ${advice}.`;
+      item.append(tip);
+    }
+    return item;
+  }));
+}
+
+function showHistoryNote() {
+  const h = state.history;
+  const shown = h.step.length;
+  $("history-note").textContent = shown === 0 ? "No steps recorded yet: the charts fill in as the model trains."
+    : `${formatCount(shown)} records, steps ${h.step[0]} to ${h.step.at(-1)}` +
+      (h.downsampled ? ` (downsampled by the server to about ${state.points} points, each bucket's extremes kept)`
+                     : "") + "; updated every second.";
+}
+
+function showStatus(text, kind = "") {
+  $("status").textContent = text;
+  $("status").className = `status ${kind}`;
+  $("status").hidden = !text;
+}
+
+// --- loading and polling ------------------------------------------------------------------
+
+async function loadHistory() {
+  state.points = Math.max(2, state.charts.loss.width());
+  state.history = normalize(await getJSON(historyURL()));
+}
+
+async function updateHistory(info) {
+  const h = state.history;
+  if (!h || !h.step.length || info.step < h.step.at(-1)) return loadHistory(); // new, or made again
+  if (info.step === h.step.at(-1)) return;
+  const fresh = normalize(await getJSON(historyURL(h.step.at(-1))));
+  append(h, fresh);
+  if (fresh.total > fresh.step.length || h.step.length > 2 * state.points) await loadHistory();
+}
+
+async function update() {
+  let info;
+  try {
+    info = await getJSON(base);
+  } catch (error) {
+    if (error.status === 404 || error.status === 422) {
+      state.gone = true;
+      showStatus(`Model "${id}" not found: ${error.message}. It may have been deleted.`, "error");
+      $("charts").classList.add("stale");
+      return false;
+    }
+    showStatus(`Cannot reach the server: ${error.message} (retrying every second)`, "error");
+    return true;
+  }
+  state.info = info;
+  try {
+    await updateHistory(info);
+    showStatus("");
+  } catch (error) {
+    showStatus(`Cannot read the training history: ${error.message} (retrying every second)`, "error");
+  }
+  showSummary(info);
+  showFlags(info);
+  if (state.history) {
+    drawCharts();
+    showHistoryNote();
+    state.loaded = true;
+  }
+  return true;
+}
+
+async function poll() {
+  if (await update()) setTimeout(poll, POLL_MS);
+}
+
+async function start() {
+  try {
+    state.thresholds = (await getJSON(`${base}/diagnostics`)).thresholds ?? {};
+  } catch {
+    state.thresholds = {}; // an unknown model: update() says so
+  }
+  makeCharts();
+  poll();
+}
+
+start();
