@@ -75,6 +75,8 @@ function askForKey(reason = "This server wants an API key.") {
     });
     document.querySelector("main").prepend(form);
     input.focus();
+    const status = document.getElementById("status");
+    if (status) status.textContent = "Waiting for an API key…";
   });
   return asking;
 }

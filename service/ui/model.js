@@ -235,7 +235,9 @@ async function update() {
     await updateHistory(info);
     showStatus("");
   } catch (error) {
-    showStatus(`Cannot read the training history: ${error.message} (retrying every second)`, "error");
+    const why = error.status === 404 ? "this server keeps no history (GET /v1/models/{id}/history answers 404)"
+      : error.message;
+    showStatus(`Cannot read the training history: ${why} (retrying every second)`, "error");
   }
   showSummary(info);
   showFlags(info);
