@@ -43,6 +43,9 @@ function tickLabels(log) {
   });
 }
 
+// Steps are whole: the x axis ticks at 1, 2, 5, 10, 20, 50, ... steps, never at 0.2.
+const WHOLE = Array.from({ length: 30 }, (_, i) => [1, 2, 5][i % 3] * 10 ** Math.floor(i / 3));
+
 // A log axis keeps its powers of ten only: a grid line per decade reads better than nine.
 function decades(u, splits) {
   return splits.map((v) => (v != null && powerOfTen(v) ? v : null));
@@ -82,6 +85,7 @@ export class Chart {
   /** Draws `series` ([{label, values, color, dash?, width?}]) against the steps `x`. */
   setData(x, series) {
     const log = this.options.log === "auto" ? spansDecades(series.map((s) => s.values)) : this.options.log;
+    this.raw = [x, ...series.map((s) => s.values)]; // what the legend says: a 0 or NaN too, which no log axis draws
     const data = [x, ...series.map((s) => plottable(s.values, log))];
     const shape = JSON.stringify([log, series.map((s) => [s.label, s.color, s.dash])]);
     if (!this.uplot || shape !== this.shape) {
@@ -92,11 +96,18 @@ export class Chart {
     } else {
       this.uplot.setData(data);
     }
-    if (this.uplot.cursor.left == null || this.uplot.cursor.left < 0) {
-      this.uplot.setLegend({ idx: x.length ? x.length - 1 : null });
-    }
     const drawn = data.slice(1).some((values) => values.some((v) => v !== null));
     this.empty.textContent = x.length === 0 ? "No steps yet." : drawn ? "" : "No values recorded.";
+  }
+
+  /** Gives what the legend shows: the value under the cursor, else the latest one. */
+  legendValue(format) {
+    return (u, v, seriesIndex, index) => {
+      const values = this.raw?.[seriesIndex] ?? [];
+      let i = index ?? values.length - 1;
+      while (index == null && i > 0 && values[i] == null) i--;
+      return values[i] == null ? "–" : format(values[i]);
+    };
   }
 
   resize() {
@@ -122,27 +133,32 @@ export class Chart {
       height: HEIGHT,
       scales: { x: { time: false }, y },
       axes: [
-        { label: "step", labelSize: 20, size: 40, values: tickLabels(false), grid: { stroke: "#eee" } },
+        { label: "step", labelSize: 20, size: 40, incrs: WHOLE, values: tickLabels(false), grid: { stroke: "#eee" } },
         { label: yLabel, labelSize: 20, size: 62, values: tickLabels(log),
           grid: { stroke: "#eee", ...(log ? { filter: decades } : {}) }, ticks: log ? { filter: decades } : {} },
       ],
       series: [
-        { label: "step", value: (u, v) => (v == null ? "–" : String(v)) },
+        { label: "step", value: this.legendValue(String) },
         ...series.map((s) => ({
           label: s.label,
           stroke: s.color,
           width: s.width ?? 2,
           dash: s.dash,
-          spanGaps: true,
-          points: { show: false },
-          value: (u, v) => formatNumber(v),
+          spanGaps: true, // uPlot draws points only where they are sparse: a first step shows as a dot
+          value: this.legendValue(formatNumber),
         })),
       ],
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
-      hooks: { drawAxes: [(u) => drawGuides(u, guides)] },
+      // Guides under the series, their labels over them.
+      hooks: { drawAxes: [(u) => drawGuides(u, guides)], draw: [(u) => labelGuides(u, guides)] },
     };
   }
+}
+
+function guideY(u, guide) {
+  const y = u.valToPos(guide.value, "y", true);
+  return y >= u.bbox.top && y <= u.bbox.top + u.bbox.height ? y : null;
 }
 
 function drawGuides(u, guides) {
@@ -150,7 +166,6 @@ function drawGuides(u, guides) {
   const { left, top, width, height } = u.bbox;
   const px = uPlot.pxRatio;
   ctx.save();
-  ctx.font = `${12 * px}px system-ui, sans-serif`;
   for (const guide of guides) {
     if (guide.band) {
       const y0 = Math.min(top + height, u.valToPos(guide.band[0], "y", true));
@@ -161,8 +176,8 @@ function drawGuides(u, guides) {
       }
       continue;
     }
-    const y = u.valToPos(guide.value, "y", true);
-    if (!(y >= top && y <= top + height)) continue;
+    const y = guideY(u, guide);
+    if (y === null) continue;
     ctx.strokeStyle = guide.color;
     ctx.lineWidth = 1.5 * px;
     ctx.setLineDash([6 * px, 4 * px]);
@@ -170,8 +185,20 @@ function drawGuides(u, guides) {
     ctx.moveTo(left, y);
     ctx.lineTo(left + width, y);
     ctx.stroke();
-    // The label on a white box, so that the lines under it do not cross it out.
-    const right = left + width - 6 * px;
+  }
+  ctx.restore();
+}
+
+function labelGuides(u, guides) {
+  const { ctx } = u;
+  const px = uPlot.pxRatio;
+  ctx.save();
+  ctx.font = `${12 * px}px system-ui, sans-serif`;
+  for (const guide of guides) {
+    const y = guide.label ? guideY(u, guide) : null;
+    if (y === null) continue;
+    // On a white box, so that the series under it do not cross it out.
+    const right = u.bbox.left + u.bbox.width - 6 * px;
     const textWidth = ctx.measureText(guide.label).width;
     ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
     ctx.fillRect(right - textWidth - 3 * px, y - 18 * px, textWidth + 6 * px, 15 * px);

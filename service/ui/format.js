@@ -18,7 +18,7 @@ export function formatNumber(value) {
   if (x === 0) return "0";
   if (Number.isInteger(x) && Math.abs(x) < 1e6) return String(x);
   const magnitude = Math.abs(x);
-  if (magnitude >= 1e4 || magnitude < 1e-3) return x.toExponential(2).replace("e+", "e");
+  if (magnitude >= 1e4 || magnitude < 1e-3) return x.toExponential(2).replace(/\.?0+e/, "e").replace("e+", "e");
   return String(Number(x.toPrecision(4)));
 }
 
@@ -74,27 +74,32 @@ export function layerAt(layers, name) {
   return found;
 }
 
+// What each kind of flag means and what to try, the diagnostics' thresholds filled in.
 const FLAGS = {
   exploding_gradients: {
+    short: "exploding",
     title: () => "Exploding gradients",
     why: (t) => `the global gradient norm is over ${formatNumber(t.exploding_norm ?? 1e3)}, or an update moved ` +
       `a weight matrix by more than ${formatNumber(t.exploding_update_ratio ?? 0.1)} of its norm`,
     advice: "lower the learning rate; clip the gradients (the optimizer's clip_grad_norm, e.g. 1.0)",
   },
   vanishing_gradients: {
+    short: "vanishing",
     title: (where) => `Vanishing gradients in ${where}`,
-    why: (t) => `its gradient norm is below ${formatNumber(t.vanishing_ratio ?? 1e-7)} × its norm`,
+    why: (t) => `the gradient norm is below ${formatNumber(t.vanishing_ratio ?? 1e-7)} × the parameter's norm`,
     advice: "add normalization (layernorm, batchnorm) or residual connections; relu instead of sigmoid/tanh; " +
       "lstm or gru for long sequences",
   },
   dead_relu_layers: {
-    title: (where, layer) => `Dead ReLUs in layer ${where}${layer ? ` (${layer.type})` : ""}`,
-    why: (t) => `more than ${percent(t.dead_fraction ?? 0.5)} of its units were zero for the whole batch`,
+    short: "dead ReLU",
+    title: (where, plural) => `Dead ReLUs in layer${plural} ${where}`,
+    why: (t) => `more than ${percent(t.dead_fraction ?? 0.5)} of the units were zero for the whole batch`,
     advice: "leaky_relu instead of relu; a lower learning rate; He (Kaiming) initialization",
   },
   saturated_layers: {
-    title: (where, layer) => `Saturated layer ${where}${layer ? ` (${layer.type})` : ""}`,
-    why: (t) => `more than ${percent(t.saturated_fraction ?? 0.5)} of its outputs sit at the bounds`,
+    short: "saturated",
+    title: (where, plural) => `Saturated layer${plural} ${where}`,
+    why: (t) => `more than ${percent(t.saturated_fraction ?? 0.5)} of the outputs sit at the bounds`,
     advice: "normalization (batchnorm, layernorm) before it; smaller initial weights; a lower learning rate",
   },
 };
@@ -103,19 +108,39 @@ function percent(fraction) {
   return `${Math.round(fraction * 100)}%`;
 }
 
-/** Gives {kind, title, why, advice} of a flag string such as "dead_relu_layers:1". */
-export function explainFlag(flag, layers, thresholds = {}) {
-  const [kind, where = ""] = String(flag).split(/:(.*)/s);
-  const known = FLAGS[kind];
-  if (!known) return { kind, title: flag, why: "", advice: "" };
-  const layer = kind === "vanishing_gradients" ? null : layerAt(layers, where);
-  return { kind, title: known.title(where, layer), why: known.why(thresholds), advice: known.advice };
+/** Gives [[kind, [where...]]] of flag strings such as "dead_relu_layers:1", in their order. */
+function byKind(flags) {
+  const kinds = new Map();
+  for (const flag of flags) {
+    const [kind, where = ""] = String(flag).split(/:(.*)/s);
+    if (!kinds.has(kind)) kinds.set(kind, []);
+    if (where) kinds.get(kind).push(where);
+  }
+  return [...kinds];
 }
 
-/** Gives the short form of a flag for the list: "dead ReLU 1", "exploding". */
-export function shortFlag(flag) {
-  const [kind, where = ""] = String(flag).split(/:(.*)/s);
-  const names = { exploding_gradients: "exploding", vanishing_gradients: "vanishing", dead_relu_layers: "dead ReLU",
-                  saturated_layers: "saturated" };
-  return [names[kind] ?? kind, where].filter(Boolean).join(" ");
+/**
+ * Gives [{title, why, advice}] of the flags, one per kind: "Vanishing gradients in 0.weight,
+ * 2.weight" says its advice once. Layers are named with their type: "3 (relu)".
+ */
+export function explainFlags(flags, layers, thresholds = {}) {
+  return byKind(flags).map(([kind, wheres]) => {
+    const known = FLAGS[kind];
+    if (!known) return { title: [kind, ...wheres].join(" "), why: "", advice: "" };
+    const named = wheres.map((where) => {
+      const type = kind === "vanishing_gradients" ? null : layerAt(layers, where)?.type;
+      return type ? `${where} (${type})` : where;
+    });
+    const title = known.title(named.join(", "), named.length > 1 ? "s" : "");
+    return { title, why: known.why(thresholds), advice: known.advice };
+  });
+}
+
+/** Gives [{text, title}] of the flags in short, one per kind, for the list: "dead ReLU 1, 3", "vanishing ×4". */
+export function shortFlags(flags) {
+  return byKind(flags).map(([kind, wheres]) => {
+    const where = wheres.length > 2 ? `×${wheres.length}` : wheres.join(", ");
+    return { text: [FLAGS[kind]?.short ?? kind, where].filter(Boolean).join(" "),
+             title: wheres.length ? `${kind}: ${wheres.join(", ")}` : kind };
+  });
 }

@@ -5,7 +5,7 @@
 
 import { getJSON } from "./api.js";
 import { Chart, PALETTE } from "./charts.js";
-import { explainFlag, formatCount, formatNumber, layerAt, layersLine, numeric } from "./format.js";
+import { explainFlags, formatCount, formatNumber, layerAt, layersLine, numeric } from "./format.js";
 
 const POLL_MS = 1000;
 const LIVE_MS = 5000; // a model whose step moved this recently is shown as training
@@ -136,16 +136,17 @@ function showSummary(info) {
   $("model-id").textContent = info.id;
   document.title = `gradserve · ${info.id}`;
   $("layers").textContent = layersLine(spec.layers);
-  $("step").textContent = formatCount(info.step);
+  const step = Math.max(info.step, state.history?.step.at(-1) ?? 0); // the history may be a poll ahead
+  $("step").textContent = formatCount(step);
   const lastLoss = "last_loss" in info ? info.last_loss : state.history?.loss.at(-1);
   $("last-loss").textContent = formatNumber(lastLoss);
   $("parameters").textContent = formatCount(info.num_parameters);
   $("loss-type").textContent = spec.loss?.type ?? "–";
   const optimizer = spec.optimizer ?? {};
   $("optimizer").textContent = optimizer.type ? `${optimizer.type}, lr ${formatNumber(optimizer.lr)}` : "–";
-  if (info.step !== state.step) {
+  if (step !== state.step) {
     if (state.step !== null) state.movedAt = Date.now();
-    state.step = info.step;
+    state.step = step;
   }
   const training = Date.now() - state.movedAt < LIVE_MS;
   $("live").textContent = training ? "● training" : "idle";
@@ -169,8 +170,7 @@ function showFlags(info) {
     list.replaceChildren(item);
     return;
   }
-  list.replaceChildren(...flags.map((flag) => {
-    const { title, why, advice } = explainFlag(flag, info.spec?.layers, state.thresholds);
+  list.replaceChildren(...explainFlags(flags, info.spec?.layers, state.thresholds).map(({ title, why, advice }) => {
     const item = document.createElement("li");
     const name = document.createElement("strong");
     name.textContent = title;
@@ -194,10 +194,20 @@ function showHistoryNote() {
                      : "") + "; updated every second.";
 }
 
-function showStatus(text, kind = "") {
-  $("status").textContent = text;
+function showStatus(text, kind = "", ...more) {
+  $("status").replaceChildren(text, ...more);
   $("status").className = `status ${kind}`;
   $("status").hidden = !text;
+}
+
+function showGone(error) {
+  state.gone = true;
+  const back = document.createElement("a");
+  back.href = "/ui";
+  back.textContent = "all models";
+  showStatus(`Model "${id}" not found: ${error.message}. It may have been deleted. `, "error", "Back to ", back, ".");
+  if (state.loaded) $("charts").classList.add("stale"); // what it showed last, faded
+  else $("charts").hidden = true;
 }
 
 // --- loading and polling ------------------------------------------------------------------
@@ -222,9 +232,7 @@ async function update() {
     info = await getJSON(base);
   } catch (error) {
     if (error.status === 404 || error.status === 422) {
-      state.gone = true;
-      showStatus(`Model "${id}" not found: ${error.message}. It may have been deleted.`, "error");
-      $("charts").classList.add("stale");
+      showGone(error);
       return false;
     }
     showStatus(`Cannot reach the server: ${error.message} (retrying every second)`, "error");

@@ -1,7 +1,7 @@
 // GET /ui: every model the caller may see, one row each, refreshed every second in place.
 
 import { getJSON } from "./api.js";
-import { formatCount, formatNumber, layersLine, shortFlag } from "./format.js";
+import { formatCount, formatNumber, layersLine, shortFlags } from "./format.js";
 
 const REFRESH_MS = 1000;
 const LIVE_MS = 5000; // a model whose step moved this recently is marked as training
@@ -34,12 +34,12 @@ function flagsCell(td, flags) {
   const text = flags.join(" ");
   if (td.dataset.flags === text) return;
   td.dataset.flags = text;
-  td.replaceChildren(...flags.map((flag) => {
+  td.replaceChildren(...shortFlags(flags).flatMap(({ text, title }) => {
     const badge = document.createElement("span");
     badge.className = "flag";
-    badge.textContent = shortFlag(flag);
-    badge.title = flag;
-    return badge;
+    badge.textContent = text;
+    badge.title = title;
+    return [badge, " "];
   }));
 }
 

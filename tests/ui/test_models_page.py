@@ -25,8 +25,9 @@ def test_the_list_shows_each_model_and_its_step_grows(tab, server, training, scr
     first = shown_step(tab, "live")
     tab.page.wait_for_function(f"""() => Number(document.querySelector('tr[data-id="live"] td.step')
                                        .textContent.replace(/[^0-9]/g, "")) > {first}""", timeout=2500)
-    assert "Dead ReLU" in tab.page.locator('tr[data-id="troubled"] td.flag-cell').inner_text() or \
-        "last_loss" not in httpx.get(f"{server}/v1/models/troubled").json()  # flags once ModelInfo has them
+    flags = tab.page.locator('tr[data-id="troubled"] td.flag-cell').inner_text()
+    assert flags.split() == ["vanishing", "×4", "dead", "ReLU", "3", "saturated", "1"]
+    assert tab.page.locator('tr[data-id="trained"] td.loss').inner_text() != "–"
     screenshot(tab.page, "models")
     tab.page.click('a[href="/ui/models/trained"]')
     tab.page.wait_for_url("**/ui/models/trained")
