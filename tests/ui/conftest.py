@@ -28,6 +28,7 @@ LAYERS = [{"type": "linear", "in_features": 8, "out_features": 32}, {"type": "re
 LAYERS_LINE = "linear 8→32 · relu · linear 32→32 · tanh · linear 32→3"
 SPEC = {"layers": LAYERS, "loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "adam", "lr": 0.003},
         "seed": 0}
+TRAINED_STEPS = 1500  # more than a chart is wide: the page loads them downsampled
 TRAINING_STEPS = 2000  # at most, ~40 s: the background trainer stops at teardown, or here
 SCREENSHOTS: list[Path] = []
 
@@ -56,14 +57,14 @@ def browser():
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
-    """A real uvicorn with no API keys; its models: `trained` (300 steps, finished), `live`
+    """A real uvicorn with no API keys; its models: `trained` (TRAINED_STEPS, finished), `live`
     (training in a background thread for the whole session) and `troubled` (flagged)."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("dashboard"), durability="none")
     with uvicorn_in_thread(create_app(settings)) as url:
         with Client(url) as client:
             trained = client.create_model(SPEC, id="trained")
             x, y = batch()
-            trained.train_steps([(x, y)] * 300)
+            trained.train_steps([(x, y)] * TRAINED_STEPS)
             make_troubled(client)
         yield url
 

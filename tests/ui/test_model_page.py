@@ -4,7 +4,7 @@ say what to try, and a model that is gone says so."""
 import itertools
 
 import httpx
-from conftest import LAYERS_LINE
+from conftest import LAYERS_LINE, TRAINED_STEPS
 
 # What each chart of the page draws: {chart: [(group, metric)] per series} (window.dashboard.charts).
 CHARTS = ["loss", "lr", "norms", "ratios", "grads", "activations"]
@@ -37,7 +37,7 @@ def test_the_charts_draw_the_servers_history(tab, server, screenshot):
     shown = open_model(tab, server, "trained")
     history = httpx.get(f"{server}/v1/models/trained/history",
                         params={"points": shown["points"], "format": "json"}).json()
-    assert len(history["step"]) > 0
+    assert history["downsampled"] and 0 < len(history["step"]) <= shown["points"] < TRAINED_STEPS
     assert set(shown["data"]) == set(CHARTS)
     for name in CHARTS:
         steps, *series = shown["data"][name]
@@ -51,7 +51,8 @@ def test_the_charts_draw_the_servers_history(tab, server, screenshot):
     assert shown["data"]["ratios"][1:] == [[v if v and v > 0 else None for v in r] for r in ratios]
     assert len(shown["series"]["activations"]) == sum(len(m) for m in history["activations"].values())
     assert tab.page.inner_text("#layers") == LAYERS_LINE
-    assert tab.page.inner_text("#step") == "300"
+    assert tab.page.inner_text("#step") == f"{TRAINED_STEPS:,}"
+    assert "downsampled by the server" in tab.page.inner_text("#history-note")
     screenshot(tab.page, "model-trained")
     tab.assert_clean()
 
@@ -71,6 +72,17 @@ def test_new_steps_appear_without_a_reload(tab, server, training, screenshot):
     assert all(a < b for a, b in itertools.pairwise(steps))
     assert tab.page.inner_text("#live") == "● training"
     screenshot(tab.page, "model-live")
+    tab.assert_clean()
+
+
+def test_past_twice_the_points_the_page_loads_the_history_downsampled_again(tab, server, training):
+    open_model(tab, server, "live")
+    loads = lambda: [url for url, _ in tab.requests if "/history?points=" in url]  # noqa: E731
+    assert len(loads()) == 1
+    tab.page.evaluate("window.dashboard.points = 2")  # as if the appended steps had passed 2 x the width
+    tab.page.wait_for_function("window.dashboard.points > 2", timeout=2500)
+    assert len(loads()) == 2 and loads()[-1].endswith(f"points={tab.page.evaluate('window.dashboard.points')}"
+                                                      "&format=json")
     tab.assert_clean()
 
 

@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from conftest import LAYERS_LINE, SPEC
+from conftest import LAYERS_LINE, SPEC, TRAINED_STEPS
 
 from service.main import create_app
 from service.settings import Settings
@@ -21,7 +21,7 @@ def test_the_list_shows_each_model_and_its_step_grows(tab, server, training, scr
     row.wait_for()
     assert row.locator("td.layers").inner_text() == LAYERS_LINE
     assert row.locator("a").get_attribute("href") == "/ui/models/live"
-    assert tab.page.locator('tr[data-id="trained"] td.step').inner_text() == "300"
+    assert tab.page.locator('tr[data-id="trained"] td.step').inner_text() == f"{TRAINED_STEPS:,}"
     first = shown_step(tab, "live")
     tab.page.wait_for_function(f"""() => Number(document.querySelector('tr[data-id="live"] td.step')
                                        .textContent.replace(/[^0-9]/g, "")) > {first}""", timeout=2500)
