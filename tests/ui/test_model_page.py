@@ -77,7 +77,10 @@ def test_new_steps_appear_without_a_reload(tab, server, training, screenshot):
 
 def test_past_twice_the_points_the_page_loads_the_history_downsampled_again(tab, server, training):
     open_model(tab, server, "live")
-    loads = lambda: [url for url, _ in tab.requests if "/history?points=" in url]  # noqa: E731
+
+    def loads() -> list[str]:
+        return [url for url, _ in tab.requests if "/history?points=" in url]
+
     assert len(loads()) == 1
     tab.page.evaluate("window.dashboard.points = 2")  # as if the appended steps had passed 2 x the width
     tab.page.wait_for_function("window.dashboard.points > 2", timeout=2500)
