@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -135,8 +136,10 @@ class Tab:
     requests: list[tuple[str, dict]] = field(default_factory=list, repr=False)
 
     def assert_clean(self) -> None:
+        """No console error, no failed request, and every request to gradserve itself (no CDN)."""
         assert self.errors == [], self.errors
         assert self.failures == [], self.failures
+        assert {urlsplit(url).hostname for url, _ in self.requests} == {"127.0.0.1"}
 
 
 @pytest.fixture
