@@ -179,8 +179,8 @@ function drawGuides(u, guides) {
     const y = guideY(u, guide);
     if (y === null) continue;
     ctx.strokeStyle = guide.color;
-    ctx.lineWidth = 1.5 * px;
-    ctx.setLineDash([6 * px, 4 * px]);
+    ctx.lineWidth = 2 * px;
+    ctx.setLineDash([2 * px, 3 * px]); // dotted: the series are solid or dashed
     ctx.beginPath();
     ctx.moveTo(left, y);
     ctx.lineTo(left + width, y);

@@ -10,6 +10,8 @@ import { explainFlags, formatCount, formatNumber, layerAt, layersLine, numeric }
 const POLL_MS = 1000;
 const LIVE_MS = 5000; // a model whose step moved this recently is shown as training
 const RULE_OF_THUMB = 1e-3; // update/parameter ratio of healthy training (Karpathy's rule of thumb)
+const THRESHOLD = "#8b1a1a"; // the guides' colours: darker than any series'
+const RULE = "#1b5e20";
 
 const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const base = `/v1/models/${encodeURIComponent(id)}`;
@@ -98,14 +100,14 @@ function makeCharts() {
   chart("lr", { title: "Learning rate", yLabel: "learning rate", note: "the lr each step applied" });
   chart("norms", { title: "Global gradient and update norms", yLabel: "L2 norm",
                    note: "over all parameters: ‖∇θ‖ of each step's gradients, ‖Δθ‖ of its update",
-                   guides: t.exploding_norm ? [{ value: t.exploding_norm, color: "#c0392b",
+                   guides: t.exploding_norm ? [{ value: t.exploding_norm, color: THRESHOLD,
                                                  label: `exploding: ${formatNumber(t.exploding_norm)}` }] : [] });
   chart("ratios", { title: "Update / parameter ratio", yLabel: "‖Δw‖ / ‖w‖", log: true,
                     note: "per parameter, log scale; healthy training sits near 1e-3 (the band: 3e-4 to 3e-3); " +
                       "biases and norm scales dashed",
                     guides: [{ band: [3e-4, 3e-3], fill: "rgba(89, 161, 79, 0.16)" },
-                             { value: RULE_OF_THUMB, extend: true, color: "#2e7d32", label: "1e-3 rule of thumb" },
-                             ...(t.exploding_update_ratio ? [{ value: t.exploding_update_ratio, color: "#c0392b",
+                             { value: RULE_OF_THUMB, extend: true, color: RULE, label: "1e-3 rule of thumb" },
+                             ...(t.exploding_update_ratio ? [{ value: t.exploding_update_ratio, color: THRESHOLD,
                                label: `exploding: ${formatNumber(t.exploding_update_ratio)}` }] : [])] });
   chart("grads", { title: "Gradient norm per parameter", yLabel: "‖∇w‖ (L2)", log: true,
                    note: "per parameter, log scale; biases and norm scales dashed" });
@@ -113,7 +115,7 @@ function makeCharts() {
   chart("activations", { title: "Dead ReLU and saturated units", yLabel: "fraction of units", log: false, range: [0, 1],
                          note: "per activation layer: dead = zero for the whole batch; saturated = within 0.01 of " +
                            "tanh/sigmoid's bounds",
-                         guides: [{ value: limit, color: "#c0392b", label: `flagged above ${limit}` }] });
+                         guides: [{ value: limit, color: THRESHOLD, label: `flagged above ${limit}` }] });
 }
 
 function drawCharts() {
