@@ -47,7 +47,7 @@ def report(model: "Model") -> dict:
             "update_norm": u_norm,
             "grad_to_param": _ratio(g_norm, p_norm),
             "update_to_param": _ratio(u_norm, p_norm),
-            "vanishing": g_norm is not None and p_norm > 0 and g_norm < VANISHING_RATIO * p_norm,
+            "vanishing": _vanishing(g_norm, p_norm),
         }
     layers = []
     for i, spec in enumerate(model.spec["layers"]):
@@ -61,15 +61,10 @@ def report(model: "Model") -> dict:
     activations = []
     for name, stats in model.history.activations.items():
         activations.append({"name": name, **stats,
-                            "dead": stats.get("dead_fraction", 0.0) > DEAD_FRACTION,
-                            "saturated": stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION})
+                            "dead": _dead(stats), "saturated": _saturated(stats)})
         if "." not in name:
             layers[int(name)].update(activations[-1], name=name)
     total_grad = math.sqrt(sum(v * v for v in grad_norms.values())) if grad_norms else None
-    ratios = [p["update_to_param"] for name, p in parameters.items()
-              if p["update_to_param"] is not None and model.parameters()[name].ndim >= 2]
-    exploding = (total_grad is not None and not total_grad <= EXPLODING_NORM) or any(
-        r > EXPLODING_UPDATE_RATIO for r in ratios)
     return {
         "step": model.step_count,
         "accumulated": model.accumulated,
@@ -78,12 +73,7 @@ def report(model: "Model") -> dict:
         "parameters": parameters,
         "layers": layers,
         "activations": activations,
-        "flags": {
-            "vanishing_gradients": [n for n, p in parameters.items() if p["vanishing"]],
-            "exploding_gradients": exploding,
-            "dead_relu_layers": [a["name"] for a in activations if a["dead"]],
-            "saturated_layers": [a["name"] for a in activations if a["saturated"]],
-        },
+        "flags": _flags(model, parameters, total_grad, model.history.activations),
         "thresholds": {
             "vanishing_ratio": VANISHING_RATIO,
             "exploding_norm": EXPLODING_NORM,
@@ -92,6 +82,65 @@ def report(model: "Model") -> dict:
             "saturated_fraction": SATURATED_FRACTION,
         },
     }
+
+
+def step_record(model: "Model") -> dict | None:
+    """Return the health of the model's last step (None before its first): the step, its lr,
+    loss and global norms, per parameter grad_norm, param_norm and update_to_param, per
+    activation layer dead_fraction and saturated_fraction, and the names of its flags."""
+    history = model.history
+    if history.last_step is None:
+        return None
+    parameters = {}
+    for name, p in model.parameters().items():
+        p_norm = math.sqrt(squared_norm(p))
+        parameters[name] = {"grad_norm": history.grad_norms.get(name), "param_norm": p_norm,
+                            "update_to_param": _ratio(history.update_norms.get(name), p_norm)}
+    activations = {name: {key: stats[key] for key in ("dead_fraction", "saturated_fraction") if key in stats}
+                   for name, stats in history.activations.items()}
+    step = history.last_step
+    return {"step": step.step, "lr": step.lr, "loss": history.loss, "grad_norm": step.grad_norm,
+            "update_norm": step.update_norm, "parameters": parameters, "activations": activations,
+            "flags": flag_names(_flags(model, parameters, step.grad_norm, history.activations))}
+
+
+def flag_names(flags: dict) -> list[str]:
+    """Return the flags of a report as strings: `exploding_gradients`, and `<flag>:<name>` for
+    each parameter or layer a list flag names (`dead_relu_layers:1`)."""
+    names = []
+    for flag, value in flags.items():
+        if isinstance(value, list):
+            names += [f"{flag}:{name}" for name in value]
+        elif value:
+            names.append(flag)
+    return names
+
+
+def _flags(model: "Model", parameters: dict, total_grad: float | None, activations: dict) -> dict:
+    """Return the flags raised by per-parameter norms (`grad_norm`, `param_norm`,
+    `update_to_param`), the global gradient norm and the activation statistics."""
+    weights = model.parameters()
+    ratios = [p["update_to_param"] for name, p in parameters.items()
+              if p["update_to_param"] is not None and weights[name].ndim >= 2]
+    return {
+        "vanishing_gradients": [n for n, p in parameters.items() if _vanishing(p["grad_norm"], p["param_norm"])],
+        "exploding_gradients": (total_grad is not None and not total_grad <= EXPLODING_NORM) or any(
+            r > EXPLODING_UPDATE_RATIO for r in ratios),
+        "dead_relu_layers": [name for name, stats in activations.items() if _dead(stats)],
+        "saturated_layers": [name for name, stats in activations.items() if _saturated(stats)],
+    }
+
+
+def _vanishing(g_norm: float | None, p_norm: float) -> bool:
+    return g_norm is not None and p_norm > 0 and g_norm < VANISHING_RATIO * p_norm
+
+
+def _dead(stats: dict) -> bool:
+    return stats.get("dead_fraction", 0.0) > DEAD_FRACTION
+
+
+def _saturated(stats: dict) -> bool:
+    return stats.get("saturated_fraction", 0.0) > SATURATED_FRACTION
 
 
 def _ratio(a: float | None, b: float) -> float | None:

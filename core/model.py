@@ -81,11 +81,21 @@ class TrainStepResult(StepResult):
 
 @dataclass
 class _History:
-    """Scalars kept for diagnostics from the last training forward and the last step."""
+    """Scalars kept for diagnostics from the last training forward and the last step, and the
+    losses of the batches accumulated since (a step's loss is their mean)."""
 
     activations: dict[str, dict[str, float]] = field(default_factory=dict)
     grad_norms: dict[str, float] = field(default_factory=dict)
     update_norms: dict[str, float] = field(default_factory=dict)
+    last_step: StepResult | None = None
+    loss: float | None = None  # of the last step: None if its batches had only grad_outputs
+    loss_sum: float = 0.0
+    losses: int = 0
+
+    def add_loss(self, loss: float | None) -> None:
+        if loss is not None:
+            self.loss_sum += loss
+            self.losses += 1
 
 
 class Model:
@@ -323,7 +333,9 @@ class Model:
             loss, grad_output = self.loss(outputs, targets)
         else:
             grad_output = self.validate_grad_output(grad_output, tape.output_shape)
-        return Backprop(loss, self._backward(tape, grad_output, need_input_grad))
+        input_grad = self._backward(tape, grad_output, need_input_grad)
+        self.history.add_loss(loss)
+        return Backprop(loss, input_grad)
 
     def forward_backward(self, x, targets=None, *, grad_output=None) -> float | None:
         """Forward in training mode, then backward from the loss (or from grad_output); return the loss."""
@@ -341,7 +353,9 @@ class Model:
             # The loss's own gradient may be non-finite (diverged weights): that is for step to refuse.
             with quiet_overflow():
                 loss, grad_output = self.loss_fn(outputs, targets)
-        return Backprop(loss, self._backward(tape, grad_output, need_input_grad), outputs)
+        input_grad = self._backward(tape, grad_output, need_input_grad)
+        self.history.add_loss(loss)
+        return Backprop(loss, input_grad, outputs)
 
     def train_step(self, x, targets, lr: float | None = None) -> TrainStepResult:
         """forward_backward on one batch, then step: the loss and the step taken."""
@@ -456,6 +470,7 @@ class Model:
         if shards[0].input_grad is not None:
             input_grad = np.concatenate([weight * s.input_grad for s, weight in zip(shards, weights)])
         outputs = None if shards[0].outputs is None else np.concatenate([s.outputs for s in shards])
+        self.history.add_loss(loss)
         return Backprop(loss, input_grad, outputs)
 
     def _backward(self, tape: Tape, dh: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
@@ -489,16 +504,24 @@ class Model:
             self.zero_grad()
             raise
         self.spec["optimizer"]["lr"] = self.optimizer.lr
-        self.history.grad_norms, self.history.update_norms = grad_norms, update_norms
+        history = self.history
+        history.grad_norms, history.update_norms = grad_norms, update_norms
+        history.loss = history.loss_sum / history.losses if history.losses else None
         self.step_count += 1
         self.version += 1
         self.zero_grad()
-        return StepResult(self.step_count, self.optimizer.lr, grad_norm, update_norm)
+        history.last_step = StepResult(self.step_count, self.optimizer.lr, grad_norm, update_norm)
+        return history.last_step
 
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()
         self.accumulated = 0
+        self.history.loss_sum, self.history.losses = 0.0, 0
+
+    def step_record(self) -> dict:
+        """Return the health of the last step taken (diagnostics.step_record), None before one."""
+        return diagnostics.step_record(self)
 
     def diagnostics(self) -> dict:
         """Return per-layer gradient/parameter health from the last training batch and step."""

@@ -19,7 +19,7 @@ fi
 python3 -m venv .venv
 echo "installing gradserve and its dev tools into ./.venv (log: .venv/install.log) ..." >&2
 if ! { .venv/bin/python -m pip install --upgrade pip \
-       && .venv/bin/python -m pip install -e '.[dev,ray]' -e 'clients/python[progress]'; } >.venv/install.log 2>&1; then
+       && .venv/bin/python -m pip install -e '.[dev,ray]' -e 'clients/python[progress,pandas]'; } >.venv/install.log 2>&1; then
   tail -n 40 .venv/install.log >&2
   echo "install failed; the whole log is in .venv/install.log" >&2
   exit 1

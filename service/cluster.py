@@ -107,7 +107,7 @@ class ModelHost:
         if write:
             self.shelf.add(held)
         else:
-            self.shelf.held[held.id] = held
+            self.shelf.hold(held)
 
     def _held(self, model_id: str, nonce: str | None = None) -> tuple[Held, asyncio.Lock]:
         held = self.shelf.held.get(model_id)
@@ -128,7 +128,7 @@ class ModelHost:
     def describe(self, model_ids: list[str]) -> list[dict]:
         """Gives the description of each model held, with its placement."""
         placement = {"actor": self.name, "node": self.node}
-        return [{**describe(model_id, held.model), "placement": placement}
+        return [{**describe(held), "placement": placement}
                 for model_id in model_ids if (held := self.shelf.held.get(model_id)) is not None]
 
     def describe_one(self, model_id: str, nonce: str) -> dict:
@@ -158,6 +158,13 @@ class ModelHost:
         held, lock = self._held(model_id, nonce)
         async with lock:
             return await off_loop(self.shelf.work_on_tape, held, tape_id, fn, args)
+
+    async def history(self, model_id: str, nonce: str, since: int | None, limit: int | None,
+                      points: int | None) -> dict:
+        self._wake()
+        held, lock = self._held(model_id, nonce)
+        async with lock:
+            return await off_loop(self.shelf.history, held, since, limit, points)
 
     def stop(self, key: str) -> None:
         """Tells the work of budget `key` to stop: its client has gone."""
@@ -463,6 +470,10 @@ class ClusterStore:
 
     async def run_on_tape(self, entry: Entry, tape_id: str, fn: Callable[..., T], *args: Any) -> T:
         return await self._on_host(entry, "run_on_tape", tape_id, fn, args)
+
+    async def history(self, entry: Entry, since: int | None, limit: int | None, points: int | None) -> dict:
+        """Gives the model's history records, read by its host (Shelf.history)."""
+        return await self._on_host(entry, "history", since, limit, points)
 
     async def _on_host(self, entry: Entry, method: str, *args: Any) -> Any:
         """Gives the host's answer; if the entry was of another incarnation of the model (the

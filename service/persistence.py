@@ -25,8 +25,9 @@ log = logging.getLogger("gradserve")
 SUFFIX = ".safetensors"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replaces `path` by `data` so that a crash leaves either the old or the new content."""
+def atomic_write(path: Path, data: bytes, before_replace: Callable[[], object] | None = None) -> None:
+    """Replaces `path` by `data` so that a crash leaves either the old or the new content;
+    `before_replace` runs once the new content is on disk, before it replaces the old."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -37,6 +38,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -69,8 +72,8 @@ class Checkpoints:
         self.folder = Path(data_dir) / "models"
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def save(self, model_id: str, checkpoint: bytes) -> None:
-        atomic_write(self.folder / f"{model_id}{SUFFIX}", checkpoint)
+    def save(self, model_id: str, checkpoint: bytes, before_replace: Callable[[], object] | None = None) -> None:
+        atomic_write(self.folder / f"{model_id}{SUFFIX}", checkpoint, before_replace)
 
     def save_owner(self, model_id: str, owner: str | None) -> None:
         atomic_write(self.folder / f"{model_id}.owner", (owner or "").encode())

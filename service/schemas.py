@@ -150,6 +150,10 @@ class Placement(BaseModel):
     node: str = Field(description="The Ray node id of that actor.")
 
 
+Number = float | Literal["NaN", "Infinity", "-Infinity"]
+Column = list[Number | None]
+
+
 class ModelInfo(BaseModel):
     id: str
     spec: dict[str, Any]
@@ -160,13 +164,35 @@ class ModelInfo(BaseModel):
     accumulated: int = Field(description="Batches of gradients summed since the last step.")
     placement: Placement | None = Field(None, description="Where the model lives on a Ray-backed server; "
                                         "null on the embedded one.")
+    last_loss: Number | None = Field(None, description="The loss of the last step (null before one, or from "
+                                       "grad_outputs only).")
+    flags: list[str] = Field(default_factory=list, description="The diagnostics flags of the last step: "
+                             "`exploding_gradients`, `vanishing_gradients:<parameter>`, `dead_relu_layers:<layer>`, "
+                             "`saturated_layers:<layer>`.")
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-Number = float | Literal["NaN", "Infinity", "-Infinity"]
+
+class History(BaseModel):
+    """A model's history, one entry per record in every list (GET /v1/models/{id}/history)."""
+
+    step: list[int]
+    time: list[float] = Field(description="Unix seconds when the step was applied.")
+    lr: Column
+    loss: Column = Field(description="The mean of the losses accumulated for the step (null: grad_outputs only).")
+    grad_norm: Column = Field(description="The global L2 norm of the gradients the step applied.")
+    update_norm: Column
+    parameters: dict[str, dict[str, Column]] = Field(
+        description="By parameter name: `grad_norm`, `param_norm` and `update_to_param` (healthy near 1e-3).")
+    activations: dict[str, dict[str, Column]] = Field(
+        description="By activation layer (torch module name): `dead_fraction` (ReLUs), `saturated_fraction`.")
+    flags: list[list[str]] = Field(description="The diagnostics flags of each step (ModelInfo.flags).")
+    total: int = Field(description="Records after `since`, before `limit`.")
+    downsampled: bool = Field(description="True if `points` merged records: each bucket of steps gives two "
+                              "records, at its first and last step, holding every column's minimum and maximum.")
 
 
 class ForwardResponse(BaseModel):

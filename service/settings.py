@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         "only at shutdown. Create, import, PUT parameters and delete are always written.",
     )
     durability_interval_seconds: float = Field(5.0, gt=0)
+    history: bool = Field(True, description="Record every applied step (loss, lr, norms, flags) in "
+                          "history/<id>.sqlite, under the step's durability, for GET /history and the dashboard.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer keys; empty means no authentication.",

@@ -1,5 +1,5 @@
-"""Models held in one process: their pending tapes, the work run on them, and when their
-checkpoints are written.
+"""Models held in one process: their pending tapes, the work run on them, when their
+checkpoints are written, and their histories (service/history.py).
 
 Both backends hold their models on a Shelf: the embedded store in the server's own process,
 each Ray model host (service/cluster.py) in its actor. Whoever calls a Shelf serialises the
@@ -11,17 +11,24 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from core import InputError, Model
 from service.blas import POLICY
 from service.errors import ModelNotFound, ServiceError
+from service.history import History
+from service.history import remove as remove_history
 from service.persistence import Checkpoints
 from service.settings import Settings
+from service.tensors import number
 
 T = TypeVar("T")
 Save = Literal["no", "later", "step", "always"]
+# History commits run here, beside the checkpoint write of the same save (Shelf.save); a thread
+# of their own: a save already runs on a worker thread of service/threads.py.
+_COMMITS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gradserve-history")
 
 
 @dataclass(eq=False)
@@ -34,6 +41,7 @@ class Held:
     tapes: OrderedDict[str, tuple[Any, float]] = field(default_factory=OrderedDict)  # id -> (tape, made at)
     dirty: bool = False  # steps taken since the last checkpoint
     deleted: bool = False
+    history: History | None = None  # None with GRADSERVE_HISTORY=false
 
     @property
     def dtype(self):
@@ -48,12 +56,14 @@ class Held:
         return self.model.num_parameters
 
 
-def describe(model_id: str, model: Model) -> dict:
+def describe(held: Held) -> dict:
     """Gives the public description of a model (ModelInfo's fields)."""
-    return {"id": model_id, "spec": model.spec,
+    model = held.model
+    last = held.history.last if held.history is not None else {"loss": None, "flags": []}
+    return {"id": held.id, "spec": model.spec,
             "parameter_shapes": {name: list(shape) for name, shape in model.parameter_shapes().items()},
             "num_parameters": model.num_parameters, "step": model.step_count, "version": model.version,
-            "accumulated": model.accumulated}
+            "accumulated": model.accumulated, "last_loss": number(last["loss"]), "flags": last["flags"]}
 
 
 class Shelf:
@@ -63,18 +73,46 @@ class Shelf:
         self.settings = settings
         self.checkpoints = checkpoints
         self.held: dict[str, Held] = {}
+        self.histories = settings.data_dir / "history"
+        self.histories.mkdir(parents=True, exist_ok=True)
 
-    def add(self, held: Held) -> None:
-        """Writes a new model's owner and checkpoint, then holds it."""
-        self.checkpoints.save_owner(held.id, held.owner)  # first, so a checkpoint never lacks its owner
-        self.save(held)
+    def hold(self, held: Held) -> None:
+        """Holds a model read from its checkpoint, with its history up to the checkpoint's step."""
+        if self.settings.history:
+            held.history = History(self._history_path(held.id), held.model.step_count)
         self.held[held.id] = held
 
+    def add(self, held: Held) -> None:
+        """Writes a new model's owner and checkpoint, then holds it, with an empty history."""
+        self.checkpoints.save_owner(held.id, held.owner)  # first, so a checkpoint never lacks its owner
+        remove_history(self._history_path(held.id))  # a model deleted while its file was kept
+        self.save(held)
+        self.hold(held)
+
     def remove(self, held: Held) -> None:
-        """Forgets a model and deletes its checkpoint."""
+        """Forgets a model and deletes its checkpoint and history."""
         held.deleted = True
         self.held.pop(held.id, None)
         self.checkpoints.delete(held.id)
+        if held.history is not None:
+            held.history.close()
+        remove_history(self._history_path(held.id))
+
+    def close(self) -> None:
+        """Closes every history file (after a flush has written them)."""
+        for held in self.held.values():
+            if held.history is not None:
+                held.history.close()
+
+    def history(self, held: Held, since: int | None, limit: int | None, points: int | None) -> dict:
+        """Gives the model's records (History.read), or 404 with GRADSERVE_HISTORY=false."""
+        self.alive(held)
+        if held.history is None:
+            raise ServiceError(404, "history_off", "this server keeps no history (GRADSERVE_HISTORY=false)")
+        return held.history.read(since, limit, points)
+
+    def _history_path(self, model_id: str):
+        return self.histories / f"{model_id}.sqlite"
 
     def writes(self, save: Save) -> bool:
         """Tells whether work saved `save` writes the checkpoint before it answers."""
@@ -89,7 +127,10 @@ class Shelf:
         tape's id): kept for a later backward if True, None if False.
         """
         self.alive(held)
+        steps = held.model.step_count
         result = compute(fn, held.model, *args)
+        if held.history is not None and held.model.step_count != steps:
+            held.history.append(held.model.step_record())
         if self.writes(save):
             self.save(held)
         elif save != "no":
@@ -139,7 +180,14 @@ class Shelf:
         return sum(made >= oldest for held in list(self.held.values()) for _, made in list(held.tapes.values()))
 
     def save(self, held: Held) -> None:
-        self.checkpoints.save(held.id, held.model.to_bytes())
+        """Writes the model's history and its checkpoint, the new checkpoint replacing the old
+        only once the history is on disk (never a checkpoint ahead of its history)."""
+        checkpoint = held.model.to_bytes()
+        if held.history is None or not held.history.buffered:
+            self.checkpoints.save(held.id, checkpoint)
+        else:  # the two fsyncs at once: a record costs a step no extra wait for the disk
+            written = _COMMITS.submit(held.history.flush)
+            self.checkpoints.save(held.id, checkpoint, before_replace=written.result)
         held.dirty = False
 
     @staticmethod

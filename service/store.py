@@ -98,7 +98,7 @@ class ModelStore:
         self._shelf = Shelf(self.settings, checkpoints)
         loaded, self.registry.skipped = await off_loop(checkpoints.load_all)
         for item in loaded:
-            self._shelf.held[item.id] = Entry(item.id, item.model, item.owner)
+            await off_loop(self._shelf.hold, Entry(item.id, item.model, item.owner))
             self.registry.owners[item.id] = item.owner
         if self.settings.durability == "interval":
             self._flusher = asyncio.create_task(flush_every(self.settings.durability_interval_seconds, self.flush))
@@ -114,6 +114,8 @@ class ModelStore:
             with suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush()
+        if self._shelf is not None:
+            self._shelf.close()
 
     async def flush(self) -> None:
         """Writes every model that has steps not yet on disk."""
@@ -136,10 +138,10 @@ class ModelStore:
 
     async def info(self, entry: Entry) -> dict:
         """Gives the model's description (ModelInfo's fields)."""
-        return describe(entry.id, entry.model)
+        return describe(entry)
 
     async def list(self, owner: str | None) -> list[dict]:
-        return [describe(model_id, self._shelf.held[model_id].model) for model_id in self.registry.ids_of(owner)]
+        return [describe(self._shelf.held[model_id]) for model_id in self.registry.ids_of(owner)]
 
     async def create(self, spec: dict, owner: str | None) -> dict:
         """Builds, saves and registers a model from `spec` (201), or raises 409/422."""
@@ -170,9 +172,10 @@ class ModelStore:
                 await off_loop(self._shelf.remove, entry)
 
     async def _register(self, model_id: str, model: Model, owner: str | None) -> dict:
-        await off_loop(self._shelf.add, Entry(model_id, model, owner))
+        entry = Entry(model_id, model, owner)
+        await off_loop(self._shelf.add, entry)
         self.registry.owners[model_id] = owner
-        return describe(model_id, model)
+        return describe(entry)
 
     # -- running the engine ------------------------------------------------------------
 
@@ -206,6 +209,11 @@ class ModelStore:
         """Gives `fn(model, tape, *args)` for a pending tape, consuming the tape unless the input was bad."""
         async with entry.lock:
             return await off_loop(self._shelf.work_on_tape, entry, tape_id, fn, args)
+
+    async def history(self, entry: Entry, since: int | None, limit: int | None, points: int | None) -> dict:
+        """Gives the model's history records (Shelf.history)."""
+        async with entry.lock:
+            return await off_loop(self._shelf.history, entry, since, limit, points)
 
     def _inline(self, entry: Entry, rows: int, save: Save) -> bool:
         return not self._shelf.writes(save) and rows * entry.num_parameters <= INLINE_WORK

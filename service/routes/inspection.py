@@ -1,6 +1,6 @@
 """Reading and replacing parameters, reading gradients, diagnostics and gradient checks."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -9,13 +9,18 @@ from core import Model
 from core import gradcheck as check_gradients
 from service.budget import watched
 from service.deps import Call, EntryDep, StoreDep
-from service.schemas import ERRORS, GradcheckRequest, GradcheckResponse, Gradients, ModelInfo, Parameters, ParametersBody
+from service.history import to_csv, to_json
+from service.schemas import (
+    ERRORS, GradcheckRequest, GradcheckResponse, Gradients, History, ModelInfo, Parameters, ParametersBody,
+)
 from service.tensors import reply
+from service.threads import off_loop
 
 # No router-wide authenticate: every route takes Call or EntryDep, which authenticate (a node
 # fewer for FastAPI to walk per request; tests/service/test_auth.py checks each /v1 route).
 router = APIRouter(prefix="/v1/models/{model_id}", tags=["inspection"], responses=ERRORS)
 
+PAGE = 100_000  # records of a history read without `limit` or `points`; the client reads on from the last
 BinaryOutputQuery = Annotated[bool, Query(description="Answer with tensors in binary form.")]
 
 
@@ -51,6 +56,27 @@ async def diagnostics(entry: EntryDep, store: StoreDep) -> dict:
     """Per-layer gradient and parameter norms, update ratios, dead-ReLU and saturation
     fractions, and vanishing/exploding flags."""
     return await store.run(entry, Model.diagnostics)
+
+
+@router.get("/history", response_model=History, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
+async def history(entry: EntryDep, store: StoreDep,
+                  since: Annotated[int | None, Query(ge=0, description="Only records of later steps.")] = None,
+                  limit: Annotated[int | None, Query(ge=1, le=1_000_000, description="At most this many "
+                                                     "records, the first after `since` (unset: 100,000, or all of "
+                                                     "them with `points`).")] = None,
+                  points: Annotated[int | None, Query(ge=2, le=100_000, description="Downsample to at most this "
+                                                      "many records, keeping each bucket's extremes.")] = None,
+                  format: Annotated[Literal["json", "csv"], Query(description="Columnar JSON, or CSV with one "
+                                                                  "row per record.")] = "json") -> Response:
+    """One record per applied step: loss, lr, global and per-parameter norms, update/parameter
+    ratios, dead and saturated fractions, flags."""
+    if limit is None and points is None:
+        limit = PAGE
+    read = await store.history(entry, since, limit, points)
+    if format == "csv":
+        return Response(await off_loop(to_csv, read), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{entry.id}-history.csv"'})
+    return Response(await off_loop(to_json, read), media_type="application/json")
 
 
 @router.post("/gradcheck", response_model=GradcheckResponse)

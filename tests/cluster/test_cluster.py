@@ -162,6 +162,8 @@ def test_a_killed_host_answers_503_for_its_models_only_then_reloads_them(ray_ser
     got = parameters(url, doomed)
     assert all(np.array_equal(got[name], value) for name, value in expected.items())
     assert httpx.post(f"{url}/v1/models/{doomed}/train_step", json=batch(step), timeout=30).json()["step"] == step + 1
+    # The history came back with the checkpoint: every step once, none beyond it.
+    assert httpx.get(f"{url}/v1/models/{doomed}/history", timeout=30).json()["step"] == list(range(1, step + 2))
 
 
 def test_a_front_end_killed_loses_nothing(ray_server, ray_cluster, tmp_path):
@@ -294,3 +296,26 @@ def test_durability_interval_writes_on_the_hosts(ray_server, tmp_path):
     while Model.from_bytes(checkpoint.read_bytes()).step_count != 2:
         assert time.monotonic() < deadline, "the host's interval flusher did not write the steps"
         time.sleep(0.1)
+
+
+def open_files(pid: int | str) -> set[Path]:
+    """Gives the files process `pid` has open."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            found.add(Path(os.readlink(fd)))
+    return found
+
+
+def test_the_host_that_holds_a_model_writes_its_history(ray_server, tmp_path):
+    url = ray_server()
+    model_id = id_on(1, "recorded")
+    create(url, model_id)
+    answers = [httpx.post(f"{url}/v1/models/{model_id}/train_step", json=batch(i), timeout=30).json()
+               for i in range(3)]
+    history = httpx.get(f"{url}/v1/models/{model_id}/history", timeout=30).json()
+    assert history["step"] == [1, 2, 3] and history["loss"] == [a["loss"] for a in answers]
+    database = (tmp_path / "data" / "history" / f"{model_id}.sqlite").resolve()
+    assert database in open_files(host_pid(ray_server.namespace, "host-1"))
+    assert database not in open_files(host_pid(ray_server.namespace, "host-0"))
+    assert database not in open_files("self")  # the front-end (this process) never opens it

@@ -175,3 +175,51 @@ def test_report_of_a_nested_model_is_json_serializable():
     report = json.loads(json.dumps(model.diagnostics(), allow_nan=False))
     assert [e["type"] for e in report["layers"]] == ["rnn", "flatten", "linear", "relu", "residual", "linear"]
     assert set(report["parameters"]) == set(model.parameters())
+
+
+def test_step_record_is_none_before_the_first_step():
+    assert mlp("relu").step_record() is None
+
+
+def test_step_record_holds_the_step_its_mean_loss_and_norms():
+    model = mlp("relu")
+    losses = [model.forward_backward(X[:16], LABELS[:16]), model.forward_backward(X[16:], LABELS[16:])]
+    result = model.step(lr=0.05)
+    record = model.step_record()
+    assert record["step"] == result.step == 1 and record["lr"] == 0.05
+    assert record["loss"] == (losses[0] + losses[1]) / 2
+    assert (record["grad_norm"], record["update_norm"]) == (result.grad_norm, result.update_norm)
+    for name, p in model.parameters().items():
+        stats = record["parameters"][name]
+        assert stats["param_norm"] == pytest.approx(np.linalg.norm(p))
+        assert stats["update_to_param"] == pytest.approx(model.history.update_norms[name] / np.linalg.norm(p))
+    assert set(record["activations"]) == {"1"} and set(record["activations"]["1"]) == {"dead_fraction"}
+    assert record["flags"] == []
+    json.dumps(record)
+
+
+def test_step_record_of_a_grad_output_step_has_no_loss():
+    model = mlp("relu")
+    model.forward_backward(X, grad_output=np.ones((32, 3)))
+    model.step()
+    assert model.step_record()["loss"] is None
+
+
+def test_zero_grad_forgets_the_losses_of_the_batches_it_clears():
+    model = mlp("relu")
+    model.forward_backward(X, LABELS * 0)
+    model.zero_grad()
+    loss = model.forward_backward(X, LABELS)
+    model.step()
+    assert model.step_record()["loss"] == loss
+
+
+def test_step_record_names_each_flag_with_its_layer():
+    model = mlp("relu")
+    params = {n: p.copy() for n, p in model.parameters().items()}
+    params["0.bias"][:] = -100.0  # every unit of the ReLU off
+    model.set_parameters(params)
+    model.forward_backward(X, LABELS)
+    model.step()
+    assert {"dead_relu_layers:1", "vanishing_gradients:0.weight"} <= set(model.step_record()["flags"])
+    assert diagnostics.flag_names(model.diagnostics()["flags"]) == model.step_record()["flags"]

@@ -108,6 +108,8 @@ def test_every_setting_is_documented_with_its_default(name: str) -> None:
         assert shown.startswith("empty")
     elif default is None:
         assert shown.startswith("unset")
+    elif isinstance(default, bool):
+        assert shown.startswith(f"`{str(default).lower()}`")
     elif isinstance(default, (int, float)) and not isinstance(default, bool):
         assert float(re.search(r"`([\d.]+)`", shown).group(1)) == default
     else:

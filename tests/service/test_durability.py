@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,13 +40,13 @@ def replay(steps: int) -> Model:
 class Server:
     """`python -m service.cli serve` on a free port, its log in a file."""
 
-    def __init__(self, data_dir: Path, log: Path):
+    def __init__(self, data_dir: Path, log: Path, *options: str):
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRADSERVE_")}
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--data-dir", str(data_dir)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                 "--data-dir", str(data_dir), *options], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not (found := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text())):
             assert self.process.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -74,8 +75,8 @@ class Server:
 def servers(tmp_path):
     started: list[Server] = []
 
-    def start(name: str) -> Server:
-        started.append(Server(tmp_path / "data", tmp_path / f"{name}.log"))
+    def start(name: str, *options: str) -> Server:
+        started.append(Server(tmp_path / "data", tmp_path / f"{name}.log", *options))
         return started[-1]
 
     yield start
@@ -83,7 +84,7 @@ def servers(tmp_path):
         server.stop()
 
 
-def train_until_killed(url: str, acknowledged: list[int], stop: threading.Event) -> None:
+def train_until_killed(url: str, answers: list[dict], stop: threading.Event) -> None:
     with httpx.Client(base_url=url, timeout=10) as client:
         i = 0
         while not stop.is_set():
@@ -93,8 +94,26 @@ def train_until_killed(url: str, acknowledged: list[int], stop: threading.Event)
             except httpx.TransportError:
                 return
             assert response.status_code == 200, response.text
-            acknowledged.append(response.json()["step"])
+            answers.append(response.json())
             i += 1
+
+
+def kill_while_training(server: Server, steps: int) -> list[dict]:
+    """Gives the answers of the train steps acknowledged before `server` was SIGKILLed, at
+    least `steps` of them."""
+    answers: list[dict] = []
+    stop = threading.Event()
+    trainer = threading.Thread(target=train_until_killed, args=(server.url, answers, stop))
+    trainer.start()
+    deadline = time.monotonic() + 60
+    while len(answers) < steps:
+        assert trainer.is_alive() and time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    stop.set()
+    trainer.join(10)
+    return answers
 
 
 def test_sigkill_mid_training_loses_no_acknowledged_step(servers):
@@ -102,18 +121,7 @@ def test_sigkill_mid_training_loses_no_acknowledged_step(servers):
     assert "data in" in first.log.read_text() and "0 models loaded" in first.log.read_text()
     assert httpx.post(f"{first.url}/v1/models", json=SPEC).status_code == 201
 
-    acknowledged: list[int] = []
-    stop = threading.Event()
-    trainer = threading.Thread(target=train_until_killed, args=(first.url, acknowledged, stop))
-    trainer.start()
-    deadline = time.monotonic() + 60
-    while len(acknowledged) < 25:
-        assert trainer.is_alive() and time.monotonic() < deadline
-        time.sleep(0.005)
-    os.kill(first.process.pid, signal.SIGKILL)  # in the middle of a request, most likely
-    first.process.wait()
-    stop.set()
-    trainer.join(10)
+    acknowledged = [answer["step"] for answer in kill_while_training(first, 25)]  # mid-request, most likely
     last_ack = acknowledged[-1]
     assert acknowledged == list(range(1, last_ack + 1))
 
@@ -134,3 +142,34 @@ def test_sigkill_mid_training_loses_no_acknowledged_step(servers):
     expected = replay(restored + 1)
     for name, value in expected.parameters().items():
         assert served[name].tobytes() == value.tobytes(), name
+
+
+def test_sigkill_leaves_history_and_checkpoint_consistent(servers):
+    first = servers("first")
+    assert httpx.post(f"{first.url}/v1/models", json=SPEC).status_code == 201
+    answers = kill_while_training(first, 25)
+
+    second = servers("second")
+    with httpx.Client(base_url=second.url, timeout=10) as client:
+        restored = client.get("/v1/models/durable").json()["step"]
+        record = client.get("/v1/models/durable/history").json()
+    # Every acknowledged step is there with what it answered, and nothing beyond the checkpoint.
+    assert record["step"] == list(range(1, restored + 1))
+    for name in ("loss", "lr", "grad_norm", "update_norm"):
+        assert record[name][:len(answers)] == [answer[name] for answer in answers], name
+
+
+def test_a_crash_leaves_no_record_beyond_the_checkpoint(servers):
+    """Under durability "none" the records reach the disk before the checkpoint does (every 256
+    steps); after a crash the history is cut back to the checkpoint's step."""
+    first = servers("first", "--durability", "none")
+    assert httpx.post(f"{first.url}/v1/models", json=SPEC).status_code == 201
+    kill_while_training(first, 300)
+    on_disk = sqlite3.connect(first.log.parent / "data" / "history" / "durable.sqlite")
+    assert on_disk.execute("SELECT count(*) FROM steps").fetchone()[0] >= 256
+    on_disk.close()
+
+    second = servers("second", "--durability", "none")
+    with httpx.Client(base_url=second.url, timeout=10) as client:
+        assert client.get("/v1/models/durable").json()["step"] == 0
+        assert client.get("/v1/models/durable/history").json()["total"] == 0

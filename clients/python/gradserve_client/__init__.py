@@ -33,6 +33,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._fit import History
+from ._history import StepHistory
 from ._model import AsyncRemoteModel, RemoteModel
 from ._types import (
     BackwardResult,
@@ -52,6 +53,7 @@ __all__ = [
     "RemoteModel",
     "AsyncRemoteModel",
     "History",
+    "StepHistory",
     "ModelInfo",
     "Tape",
     "BackwardResult",

@@ -17,6 +17,7 @@ from ._base import Call
 from ._codec import as_tensor, encode_frame
 from ._exceptions import APIError
 from ._fit import FitLoop, History, eval_rows
+from ._history import StepHistory
 from ._types import (
     BackwardResult,
     Evaluation,
@@ -65,7 +66,7 @@ def stream_failure(error: APIError) -> tuple[int, list[TrainStepResult]]:
 def model_info(body: dict[str, Any]) -> ModelInfo:
     """Returns the ModelInfo of a model-info body."""
     shapes = {name: tuple(shape) for name, shape in (body.get("parameter_shapes") or {}).items()}
-    return from_body(ModelInfo, {**body, "parameter_shapes": shapes})
+    return from_body(ModelInfo, {**body, "parameter_shapes": shapes, "flags": tuple(body.get("flags") or ())})
 
 
 class ModelCalls:
@@ -192,6 +193,18 @@ class ModelCalls:
 
     def _diagnostics_call(self) -> Call:
         return Call("GET", self._path("/diagnostics"), idempotent=True)
+
+    def _history_call(self, since: int | None, limit: int | None, points: int | None) -> Call:
+        params = {name: value for name, value in (("since", since), ("limit", limit), ("points", points))
+                  if value is not None}
+        return Call("GET", self._path("/history"), params=params, idempotent=True, read=StepHistory.from_body)
+
+    @staticmethod
+    def _next_page(page: StepHistory, limit: int | None, points: int | None) -> int | None:
+        """Returns the `since` of the next page of a history read whole (None: it is complete);
+        each page's total counts the records after its own `since`."""
+        whole = limit is None and points is None
+        return int(page.step[-1]) if whole and 0 < len(page) < page.total else None
 
     def _download_call(self, route: str, path: str | Path, params: dict[str, str]) -> Call:
         """A GET of a file the server gives (a checkpoint, an export), written to `path`."""
@@ -324,6 +337,15 @@ class RemoteModel(ModelCalls):
     def diagnostics(self) -> dict[str, Any]:
         """Returns per-layer gradient and parameter norms, ratios and health flags."""
         return self._client._call(self._diagnostics_call())
+
+    def history(self, *, since: int | None = None, limit: int | None = None,
+                points: int | None = None) -> StepHistory:
+        """Returns the records of the steps after ``since`` (all of them, page by page, unless
+        ``limit``), downsampled by the server to at most ``points`` keeping each bucket's extremes."""
+        pages = [self._client._call(self._history_call(since, limit, points))]
+        while (after := self._next_page(pages[-1], limit, points)) is not None:
+            pages.append(self._client._call(self._history_call(after, limit, points)))
+        return StepHistory.concat(pages)
 
     def download_checkpoint(self, path: str | Path, *, include_optimizer: bool = True) -> Path:
         """Returns ``path`` after writing the model's safetensors checkpoint there.
@@ -482,6 +504,15 @@ class AsyncRemoteModel(ModelCalls):
     async def diagnostics(self) -> dict[str, Any]:
         """Returns per-layer gradient and parameter norms, ratios and health flags."""
         return await self._client._call(self._diagnostics_call())
+
+    async def history(self, *, since: int | None = None, limit: int | None = None,
+                      points: int | None = None) -> StepHistory:
+        """Returns the records of the steps after ``since`` (all of them, page by page, unless
+        ``limit``), downsampled by the server to at most ``points`` keeping each bucket's extremes."""
+        pages = [await self._client._call(self._history_call(since, limit, points))]
+        while (after := self._next_page(pages[-1], limit, points)) is not None:
+            pages.append(await self._client._call(self._history_call(after, limit, points)))
+        return StepHistory.concat(pages)
 
     async def download_checkpoint(self, path: str | Path, *, include_optimizer: bool = True) -> Path:
         """Returns ``path`` after writing the model's safetensors checkpoint there.

@@ -33,6 +33,8 @@ class ModelInfo:
     accumulated: int
     # On a Ray-backed server, where the model lives: {"actor": name, "node": Ray node id}.
     placement: dict[str, str] | None = None
+    last_loss: float | None = None  # the loss of the last step
+    flags: tuple[str, ...] = ()  # the diagnostics flags of the last step
 
 
 @dataclass(frozen=True)
