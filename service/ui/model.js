@@ -19,7 +19,7 @@ const $ = (elementId) => document.getElementById(elementId);
 
 // Everything the page shows; tests read it (window.dashboard.charts.loss.uplot.data).
 const state = { id, info: null, history: null, points: 0, thresholds: {}, charts: {}, loaded: false,
-                step: null, movedAt: 0, gone: false };
+                step: null, movedAt: 0, readAt: 0, historyOff: false, gone: false };
 window.dashboard = state;
 
 const SCALARS = ["step", "time", "lr", "loss", "grad_norm", "update_norm"];
@@ -221,11 +221,21 @@ async function loadHistory() {
 
 async function updateHistory(info) {
   const h = state.history;
-  if (!h || !h.step.length || info.step < h.step.at(-1)) return loadHistory(); // new, or made again
-  if (info.step === h.step.at(-1)) return;
-  const fresh = normalize(await getJSON(historyURL(h.step.at(-1))));
-  append(h, fresh);
-  if (fresh.total > fresh.step.length || h.step.length > 2 * state.points) await loadHistory();
+  if (h && info.step === state.readAt) return; // no step since the last read
+  if (!h || !h.step.length || info.step < state.readAt) {
+    await loadHistory(); // the first read, or the model was made again
+  } else {
+    const fresh = normalize(await getJSON(historyURL(h.step.at(-1))));
+    append(h, fresh);
+    if (fresh.total > fresh.step.length || h.step.length > 2 * state.points) await loadHistory();
+  }
+  state.readAt = info.step;
+}
+
+function showHistoryOff(error) {
+  state.historyOff = true;
+  $("charts").hidden = true;
+  $("history-note").textContent = `No charts: ${error.message}. The step, loss and flags above stay live.`;
 }
 
 async function update() {
@@ -241,20 +251,19 @@ async function update() {
     return true;
   }
   state.info = info;
+  showStatus("");
   try {
-    await updateHistory(info);
-    showStatus("");
+    if (!state.historyOff) await updateHistory(info);
   } catch (error) {
-    const why = error.status === 404 ? "this server keeps no history (GET /v1/models/{id}/history answers 404)"
-      : error.message;
-    showStatus(`Cannot read the training history: ${why} (retrying every second)`, "error");
+    if (error.code === "history_off") showHistoryOff(error);
+    else showStatus(`Cannot read the training history: ${error.message} (retrying every second)`, "error");
   }
   showSummary(info);
   showFlags(info);
+  if (state.history || state.historyOff) state.loaded = true;
   if (state.history) {
     drawCharts();
     showHistoryNote();
-    state.loaded = true;
   }
   return true;
 }

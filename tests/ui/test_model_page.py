@@ -4,7 +4,11 @@ say what to try, and a model that is gone says so."""
 import itertools
 
 import httpx
-from conftest import LAYERS_LINE, TRAINED_STEPS
+from conftest import LAYERS_LINE, SPEC, TRAINED_STEPS, batch
+
+from service.main import create_app
+from service.settings import Settings
+from tests.live_server import uvicorn_in_thread
 
 # What each chart of the page draws: {chart: [(group, metric)] per series} (window.dashboard.charts).
 CHARTS = ["loss", "lr", "norms", "ratios", "grads", "activations"]
@@ -22,9 +26,9 @@ def chart_data(tab) -> dict:
     return tab.page.evaluate("""() => ({
         points: window.dashboard.points,
         series: Object.fromEntries(Object.entries(window.dashboard.charts).map(
-            ([name, chart]) => [name, chart.uplot.series.slice(1).map((s) => s.label)])),
+            ([name, chart]) => [name, chart.uplot?.series.slice(1).map((s) => s.label) ?? null])),
         data: Object.fromEntries(Object.entries(window.dashboard.charts).map(
-            ([name, chart]) => [name, chart.uplot.data])),
+            ([name, chart]) => [name, chart.uplot?.data ?? null])),
     })""")
 
 
@@ -113,3 +117,18 @@ def test_a_model_that_is_gone_says_not_found(tab, server, screenshot):
     assert tab.page.inner_text("#status").startswith('Model "never-was" not found')
     screenshot(tab.page, "model-not-found")
     assert not [e for e in tab.errors if e.startswith("uncaught")], tab.errors
+
+
+def test_a_server_without_history_says_so(tab, tmp_path, screenshot):
+    settings = Settings(data_dir=tmp_path / "data", durability="none", history=False)
+    with uvicorn_in_thread(create_app(settings)) as url:
+        httpx.post(f"{url}/v1/models", json={**SPEC, "id": "unrecorded"}).raise_for_status()
+        x, y = batch()
+        httpx.post(f"{url}/v1/models/unrecorded/train_step",
+                   json={"inputs": x.tolist(), "targets": y.tolist()}).raise_for_status()
+        open_model(tab, url, "unrecorded")
+        assert "keeps no history (GRADSERVE_HISTORY=false)" in tab.page.inner_text("#history-note")
+        assert tab.page.inner_text("#step") == "1" and tab.page.is_hidden("#charts") and tab.page.is_hidden("#status")
+        screenshot(tab.page, "model-without-history")
+    assert not [e for e in tab.errors if e.startswith("uncaught")], tab.errors
+    assert len([f for f in tab.failures if "/history?" in f]) == 1  # asked once, not every second
