@@ -132,6 +132,15 @@ function drawCharts() {
 
 // --- the summary and the flags ------------------------------------------------------------
 
+/** Gives {loss, flags} of the last step: the model info's, or the history's when it read a later step. */
+function lastStep(info) {
+  const h = state.history;
+  if (h?.step.length && (h.step.at(-1) > info.step || !("flags" in info))) {
+    return { loss: h.loss.at(-1), flags: h.flags.at(-1) ?? [] };
+  }
+  return { loss: info.last_loss, flags: info.flags ?? [] };
+}
+
 function showSummary(info) {
   const spec = info.spec ?? {};
   $("summary").hidden = false;
@@ -140,8 +149,7 @@ function showSummary(info) {
   $("layers").textContent = layersLine(spec.layers);
   const step = Math.max(info.step, state.history?.step.at(-1) ?? 0); // the history may be a poll ahead
   $("step").textContent = formatCount(step);
-  const lastLoss = "last_loss" in info ? info.last_loss : state.history?.loss.at(-1);
-  $("last-loss").textContent = formatNumber(lastLoss);
+  $("last-loss").textContent = formatNumber(lastStep(info).loss);
   $("parameters").textContent = formatCount(info.num_parameters);
   $("loss-type").textContent = spec.loss?.type ?? "–";
   const optimizer = spec.optimizer ?? {};
@@ -156,8 +164,7 @@ function showSummary(info) {
 }
 
 function showFlags(info) {
-  const h = state.history;
-  const flags = h?.step.length ? h.flags.at(-1) ?? [] : info.flags ?? [];
+  const { flags } = lastStep(info);
   const list = $("flag-list");
   $("flags").hidden = false;
   $("flags").className = flags.length ? "flags raised" : "flags";
