@@ -5,7 +5,8 @@
 
 import { getJSON } from "./api.js";
 import { Chart, PALETTE } from "./charts.js";
-import { explainFlags, formatCount, formatNumber, layerAt, layersLine, numeric } from "./format.js";
+import { explainFlags, formatCount, formatNumber, layerAt, layersLine } from "./format.js";
+import { append, normalize } from "./history.js";
 
 const POLL_MS = 1000;
 const LIVE_MS = 5000; // a model whose step moved this recently is shown as training
@@ -21,40 +22,6 @@ const $ = (elementId) => document.getElementById(elementId);
 const state = { id, info: null, history: null, points: 0, thresholds: {}, charts: {}, loaded: false,
                 step: null, movedAt: 0, readAt: 0, historyOff: false, gone: false };
 window.dashboard = state;
-
-const SCALARS = ["step", "time", "lr", "loss", "grad_norm", "update_norm"];
-
-/** Gives the history of the API with every number a JS number (non-finite strings too). */
-function normalize(history) {
-  const out = { flags: history.flags ?? [], total: history.total, downsampled: history.downsampled,
-                parameters: {}, activations: {} };
-  for (const key of SCALARS) out[key] = (history[key] ?? []).map(numeric);
-  for (const group of ["parameters", "activations"]) {
-    for (const [name, metrics] of Object.entries(history[group] ?? {})) {
-      out[group][name] = Object.fromEntries(Object.entries(metrics).map(([m, values]) => [m, values.map(numeric)]));
-    }
-  }
-  return out;
-}
-
-/** Appends the records of `fresh` to `history`, a column that one of them lacks padded with nulls. */
-function append(history, fresh) {
-  const before = history.step.length;
-  const added = fresh.step.length;
-  const pad = (n) => new Array(n).fill(null);
-  for (const key of SCALARS) history[key] = history[key].concat(fresh[key]);
-  history.flags = history.flags.concat(fresh.flags.length ? fresh.flags : pad(added).map(() => []));
-  for (const group of ["parameters", "activations"]) {
-    const names = new Set([...Object.keys(history[group]), ...Object.keys(fresh[group])]);
-    for (const name of names) {
-      const into = (history[group][name] ??= {});
-      const from = fresh[group][name] ?? {};
-      for (const metric of new Set([...Object.keys(into), ...Object.keys(from)])) {
-        into[metric] = (into[metric] ?? pad(before)).concat(from[metric] ?? pad(added));
-      }
-    }
-  }
-}
 
 function historyURL(since) {
   const query = since === undefined ? `points=${state.points}` : `since=${since}`;
