@@ -94,16 +94,18 @@ def training(server) -> Iterator[Trainer]:
     """The model `live`, trained through the Python client in a background thread (a step
     every ~20 ms) until the session ends or TRAINING_STEPS."""
     trainer = Trainer("live")
+    x, y = batch(1)
+    with Client(server) as client:  # made, and a first step taken, before any test opens its page
+        client.create_model(SPEC, id=trainer.model_id).train_step(x, y)
 
     def train() -> None:
         try:
             with Client(server) as client:
-                model = client.create_model(SPEC, id=trainer.model_id)
-                x, y = batch(1)
+                model = client.model(trainer.model_id)
                 for _ in range(TRAINING_STEPS):
-                    model.train_step(x, y)
                     if trainer.stop.wait(0.02):
                         break
+                    model.train_step(x, y)
         except BaseException as error:  # noqa: BLE001 -- reported by the teardown
             trainer.errors.append(error)
 
