@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(1, f"gradserve: cannot listen on {args.host}:{args.port}: {e.strerror} "
                        f"(another server running? try --port)\n")
     host, port = sock.getsockname()[:2]
-    log.info("gradserve listening on http://%s:%d (data dir %s)", host, port, settings.data_dir.resolve())
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info("gradserve listening on %s (data dir %s); dashboard: %s/ui", url, settings.data_dir.resolve(), url)
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=[sock])
 
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from service import errors
 from service.metrics import Metrics, RecordRequests
-from service.routes import inspection, models, ops, training, v2
+from service.routes import inspection, models, ops, training, ui, v2
 from service.deps import body_models
 from service.schemas import add_links, add_request_bodies
 from service.settings import Settings
@@ -60,8 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(RecordRequests, metrics=metrics)
     # Routes are matched in order: the training routes, the most frequent by far, first.
-    for router in (training.router, inspection.router, models.router, ops.router, v2.router):
+    for router in (training.router, inspection.router, models.router, ops.router, v2.router, ui.router):
         app.include_router(router)
+    app.mount("/ui/static", ui.assets(), name="ui-static")
 
     generate = app.openapi
     app.openapi = lambda: add_links(add_request_bodies(generate(), body_models(app)))

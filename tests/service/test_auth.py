@@ -23,8 +23,9 @@ def test_missing_or_wrong_key_is_401(keyed, headers):
     assert keyed.post("/v1/models", json=MLP, headers=headers).status_code == 401
 
 
-def test_health_and_metrics_need_no_key(keyed):
-    for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
+def test_health_metrics_and_the_dashboards_pages_need_no_key(keyed):
+    for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready",
+                 "/ui", "/ui/models/any-model", "/ui/static/model.js", "/ui/static/vendor/uPlot.iife.min.js"):
         assert keyed.get(path).status_code == 200
 
 

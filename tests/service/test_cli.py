@@ -1,5 +1,7 @@
 """`gradserve serve`: its options (the durability test runs it for real, and kills it)."""
 
+import logging
+import re
 import socket
 
 import pytest
@@ -43,3 +45,11 @@ def test_a_port_in_use_is_one_clear_line(tmp_path, capsys):
         taken.close()
     assert exited.value.code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_the_start_up_line_names_the_dashboard(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gradserve")
+    monkeypatch.setattr("uvicorn.Server.run", lambda server, sockets: sockets[0].close())
+    main(["serve", "--port", "0", "--data-dir", str(tmp_path)])
+    started = next(r.getMessage() for r in caplog.records if "listening on" in r.getMessage())
+    assert re.search(r"listening on http://127\.0\.0\.1:\d+ .*; dashboard: http://127\.0\.0\.1:\d+/ui$", started)
