@@ -2,7 +2,7 @@
 the page keeps in sessionStorage and sends as a bearer header only, never in a URL (that the
 pages themselves need no key is in tests/service/test_auth.py)."""
 
-from conftest import KEY
+from tests.ui.conftest import KEY
 
 
 def test_the_key_is_asked_for_kept_and_sent_only_as_a_header(tab, keyed_server, screenshot):

@@ -4,7 +4,7 @@ say what to try, and a model that is gone says so."""
 import itertools
 
 import httpx
-from conftest import LAYERS_LINE, SPEC, TRAINED_STEPS, batch
+from tests.ui.conftest import LAYERS_LINE, SPEC, TRAINED_STEPS, batch
 
 from service.main import create_app
 from service.settings import Settings

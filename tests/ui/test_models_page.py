@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from conftest import LAYERS_LINE, SPEC, TRAINED_STEPS
+from tests.ui.conftest import LAYERS_LINE, SPEC, TRAINED_STEPS
 
 from service.main import create_app
 from service.settings import Settings
