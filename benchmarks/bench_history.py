@@ -13,6 +13,10 @@ from elsewhere touches both alike; means per step over the rounds.
 Then the same train step over HTTP, binary form, against two real servers (`gradserve
 serve`, history on and off) under each durability, requests alternating between them.
 
+With --fleet, a real server holding 100 such models with 100,000 records each (the dashboard's
+worst case the issue names) answers the model list, the dashboard's page, a model's history
+downsampled to 1,000 points and a poll for new steps.
+
 Last, a history of `--records` steps of that model (real records, written as training writes
 them) is read as the dashboard reads it: downsampled to 1,000 points and encoded as JSON (the
 first load of a chart), and the records after the last one shown (each poll).
@@ -124,11 +128,61 @@ def over_http(rounds: int) -> None:
         print(f"| {durability} | {off_ms:.3f} | {on_ms:.3f} | {100 * (on_ms / off_ms - 1):+.1f}% |")
 
 
+def fleet(models: int, records: int) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        checkpoints = Checkpoints(Path(folder))
+        (Path(folder) / "history").mkdir()
+        for i in range(models):
+            model_id = f"m{i:03d}"
+            model = Model.from_spec({**MNIST, "id": model_id, "seed": i})
+            model.train_step(x, y)
+            record = model.step_record()
+            model.step_count = records  # the checkpoint of a model that took them all
+            checkpoints.save_owner(model_id, None)
+            checkpoints.save(model_id, model.to_bytes())
+            history = History(Path(folder) / "history" / f"{model_id}.sqlite", 0)
+            for step in range(1, records + 1):
+                history.append({**record, "step": step, "loss": float(rng.random())})
+            history.flush()
+            history.close()
+        made = time.perf_counter() - start
+        start = time.perf_counter()
+        server = Process([sys.executable, "-m", "service.cli", "serve", "--port", "0", "--data-dir", folder],
+                         r"listening on (http://[\d.]+:\d+)")
+        try:
+            connection = lean(server.url)
+            while True:  # 503 until every model is loaded
+                try:
+                    call(connection, "GET", "/readyz")
+                    break
+                except AssertionError:
+                    time.sleep(0.05)
+            ready = time.perf_counter() - start
+            probe = f"m{models // 2:03d}"
+            times = interleaved({
+                "list": (lambda: call(connection, "GET", "/v1/models"), 1),
+                "page": (lambda: call(connection, "GET", "/ui"), 1),
+                "chart": (lambda: call(connection, "GET", f"/v1/models/{probe}/history?points=1000"), 1),
+                "poll": (lambda: call(connection, "GET", f"/v1/models/{probe}/history?since={records - 1}"), 1),
+            }, 10, settle=0.0)
+        finally:
+            server.stop()
+    print(f"\n{models} models of 784-256-10 with {records:,} records each (made in {made:.0f} s); "
+          f"the server ready {ready:.1f} s after its start. Medians of 10:")
+    print(f"GET /v1/models {ms(times['list']):.1f} ms; GET /ui {ms(times['page']):.2f} ms; one model's history "
+          f"at 1,000 points {ms(times['chart']):.0f} ms; a poll for new steps {ms(times['poll']):.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=256, help="steps per round (durability step: a tenth)")
     parser.add_argument("--records", type=int, default=100_000, help="records of the long history read")
+    parser.add_argument("--fleet", action="store_true", help="also 100 models of --records records each "
+                        "behind a real server (takes minutes)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256)
@@ -150,6 +204,8 @@ def main() -> None:
         print(f"| {durability} | {off_ms:.3f} | {on_ms:.3f} | {100 * (on_ms / off_ms - 1):+.1f}% |")
     over_http(args.rounds * 4)
     long_history(args.records)
+    if args.fleet:
+        fleet(100, args.records)
 
 
 if __name__ == "__main__":
