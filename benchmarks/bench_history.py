@@ -153,12 +153,12 @@ def fleet(models: int, records: int) -> None:
         server = Process([sys.executable, "-m", "service.cli", "serve", "--port", "0", "--data-dir", folder],
                          r"listening on (http://[\d.]+:\d+)")
         try:
-            connection = lean(server.url)
-            while True:  # 503 until every model is loaded
+            while True:  # refused, then 503, until every model is loaded
                 try:
+                    connection = lean(server.url)
                     call(connection, "GET", "/readyz")
                     break
-                except AssertionError:
+                except (ConnectionError, AssertionError):
                     time.sleep(0.05)
             ready = time.perf_counter() - start
             probe = f"m{models // 2:03d}"
