@@ -37,8 +37,7 @@ def report(model: "Model") -> dict:
     grad_norms = ({n: math.sqrt(squared_norm(g)) for n, g in model.gradients().items()} if live
                   else model.history.grad_norms)
     parameters = {}
-    for name, p in model.parameters().items():
-        p_norm = math.sqrt(squared_norm(p))
+    for name, p_norm in param_norms(model).items():
         g_norm = grad_norms.get(name)
         u_norm = model.history.update_norms.get(name)
         parameters[name] = {
@@ -91,17 +90,20 @@ def step_record(model: "Model") -> dict | None:
     history = model.history
     if history.last_step is None:
         return None
-    parameters = {}
-    for name, p in model.parameters().items():
-        p_norm = math.sqrt(squared_norm(p))
-        parameters[name] = {"grad_norm": history.grad_norms.get(name), "param_norm": p_norm,
-                            "update_to_param": _ratio(history.update_norms.get(name), p_norm)}
+    parameters = {name: {"grad_norm": history.grad_norms.get(name), "param_norm": p_norm,
+                         "update_to_param": _ratio(history.update_norms.get(name), p_norm)}
+                  for name, p_norm in param_norms(model).items()}
     activations = {name: {key: stats[key] for key in ("dead_fraction", "saturated_fraction") if key in stats}
                    for name, stats in history.activations.items()}
     step = history.last_step
     return {"step": step.step, "lr": step.lr, "loss": history.loss, "grad_norm": step.grad_norm,
             "update_norm": step.update_norm, "parameters": parameters, "activations": activations,
             "flags": flag_names(_flags(model, parameters, step.grad_norm, history.activations))}
+
+
+def param_norms(model: "Model") -> dict[str, float]:
+    """Return each parameter's L2 norm, by name."""
+    return {name: math.sqrt(squared_norm(p)) for name, p in model.parameters().items()}
 
 
 def flag_names(flags: dict) -> list[str]:
