@@ -7,7 +7,7 @@ import numpy as np
 from .base import Layer
 from .init import he_or_xavier
 from .options import as_pair, need_rank, pair, size, take_size
-from .windows import Planes, output_size
+from .windows import batch_last, output_size, pad, padded_full, unpad, windows
 
 
 class Conv2d(Layer):
@@ -52,37 +52,35 @@ class Conv2d(Layer):
 
     def forward(self, x, train, rng):
         w = self.params["weight"]
-        c_out = w.shape[0]
-        planes = Planes(x.shape, w.shape[2:], self.stride, self.padding, self.dilation)
-        # im2col: (C kH kW, N H' Wq), the one big copy; then one matmul for the whole batch.
-        cols = planes.windows(planes.fill(x)).reshape(w[0].size, -1)
+        c_out, kernel = w.shape[0], w.shape[2:]
+        size = output_size(x.shape, kernel, self.stride, self.padding, self.dilation)
+        # im2col: (C kH kW, H' W' N), the one big copy (of long runs, x being batch-last); then one
+        # matmul for the whole batch.
+        cols = windows(pad(x, self.padding), kernel, self.stride, self.dilation, size).reshape(w[0].size, -1)
         y = w.reshape(c_out, -1) @ cols
         y += self.params["bias"][:, None]
-        # (C', N, H', Wq) in memory, seen as (N, C', H', W') without the junk columns: no copy back.
-        y = y.reshape(c_out, x.shape[0], planes.oh, planes.wq)[..., :planes.ow]
-        return y.transpose(1, 0, 2, 3), (cols, planes)
+        # (C', H', W', N) in memory, seen as (N, C', H', W'): batch-last, no copy back.
+        return y.reshape(c_out, *size, x.shape[0]).transpose(3, 0, 1, 2), (cols, x.shape)
 
     def backward(self, dy, cache):
-        cols, planes = cache
-        dy_wide = self._backward_params(dy, cols, planes)
+        cols, x_shape = cache
+        dy2 = self._backward_params(dy, cols)
         w = self.params["weight"]
         c_out, c, kh, kw = w.shape
-        dcols = (w.reshape(c_out, -1).T @ dy_wide.reshape(c_out, -1)).reshape(c, kh, kw, *dy_wide.shape[1:])
-        dflat = planes.zeros(dy.dtype)
-        dwindows = planes.windows(dflat, writeable=True)
-        for i in range(kh):  # col2im: one add per kernel position, rows at a time
+        dcols = (w.reshape(c_out, -1).T @ dy2).reshape(c, kh, kw, *dy.shape[2:], dy.shape[0])
+        dxp = padded_full(x_shape, self.padding, 0, dy.dtype)
+        dwindows = windows(dxp, (kh, kw), self.stride, self.dilation, dy.shape[2:], writeable=True)
+        for i in range(kh):  # col2im: one add per kernel position, of runs of W' N
             for j in range(kw):
                 dwindows[:, i, j] += dcols[:, i, j]
-        return planes.inside(dflat)
+        return unpad(dxp, self.padding)
 
     def backward_params(self, dy, cache):
-        self._backward_params(dy, *cache)
+        self._backward_params(dy, cache[0])
 
-    def _backward_params(self, dy, cols, planes):
-        """Add the weight and bias gradients; return dy as (C', N, H', Wq), zero in the junk columns."""
-        dy_wide = np.zeros((dy.shape[1], dy.shape[0], planes.oh, planes.wq), dy.dtype)
-        dy_wide[..., :planes.ow] = dy.transpose(1, 0, 2, 3)
-        dy2 = dy_wide.reshape(dy.shape[1], -1)
+    def _backward_params(self, dy, cols):
+        """Add the weight and bias gradients; return dy as (C', H' W' N)."""
+        dy2 = batch_last(dy).transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)  # no copy when dy is batch-last
         self._add_matmul("weight", dy2, cols.T)
         self._add_sum("bias", dy2, axis=1)
-        return dy_wide
+        return dy2
