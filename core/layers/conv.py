@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Layer
@@ -52,13 +54,15 @@ class Conv2d(Layer):
 
     def forward(self, x, train, rng):
         w = self.params["weight"]
-        c_out, kernel = w.shape[0], w.shape[2:]
-        size = output_size(x.shape, kernel, self.stride, self.padding, self.dilation)
-        # im2col: (C kH kW, H' W' N), the one big copy (of long runs, x being batch-last); then one
-        # matmul for the whole batch.
-        cols = windows(pad(x, self.padding), kernel, self.stride, self.dilation, size).reshape(w[0].size, -1)
-        y = w.reshape(c_out, -1) @ cols
-        y += self.params["bias"][:, None]
+        c_out, c, kh, kw = w.shape
+        size = output_size(x.shape, (kh, kw), self.stride, self.padding, self.dilation)
+        # im2col: (C kH kW + 1, H' W' N), the one big copy (of long runs, x being batch-last), its last
+        # row ones; then one matmul for the whole batch, which adds the bias too.
+        cols = np.empty((w[0].size + 1, math.prod(size) * x.shape[0]), x.dtype)
+        np.copyto(cols[:-1].reshape(c, kh, kw, *size, x.shape[0]),
+                  windows(pad(x, self.padding), (kh, kw), self.stride, self.dilation, size))
+        cols[-1] = 1
+        y = np.concatenate([w.reshape(c_out, -1), self.params["bias"][:, None]], axis=1) @ cols
         # (C', H', W', N) in memory, seen as (N, C', H', W'): batch-last, no copy back.
         return y.reshape(c_out, *size, x.shape[0]).transpose(3, 0, 1, 2), (cols, x.shape)
 
@@ -81,6 +85,7 @@ class Conv2d(Layer):
     def _backward_params(self, dy, cols):
         """Add the weight and bias gradients; return dy as (C', H' W' N)."""
         dy2 = batch_last(dy).transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)  # no copy when dy is batch-last
-        self._add_matmul("weight", dy2, cols.T)
-        self._add_sum("bias", dy2, axis=1)
+        grads = dy2 @ cols.T  # the weight's gradient, then the bias's (against the ones row)
+        self._add("weight", grads[:, :-1].reshape(self.grads["weight"].shape))
+        self._add("bias", grads[:, -1])
         return dy2
