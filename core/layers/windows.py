@@ -44,7 +44,9 @@ def batch_last(x: np.ndarray) -> np.ndarray:
 def padded_full(shape: tuple, padding: Pair, value: float, dtype) -> np.ndarray:
     """Return (N, C, H + 2 pH, W + 2 pW) filled with `value`, laid out batch-last."""
     n, c, h, w = shape
-    return np.full((c, h + 2 * padding[0], w + 2 * padding[1], n), value, dtype).transpose(3, 0, 1, 2)
+    size = (c, h + 2 * padding[0], w + 2 * padding[1], n)
+    out = np.zeros(size, dtype) if value == 0 else np.full(size, value, dtype)  # zeros: calloc, no fill pass
+    return out.transpose(3, 0, 1, 2)
 
 
 def pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
