@@ -225,8 +225,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1,
-                        help="measure every config this many times over, gradserve then torch each round, "
-                             "and give each ratio's range over the rounds")
+                        help="measure every config this many times over and give each ratio's range")
     parser.add_argument("--match", default="", help="run only the configs whose name contains this")
     args = parser.parse_args()
     configs = [config for config in CONFIGS if args.match in config[0]]
@@ -236,15 +235,15 @@ def main():
     except ImportError:
         torch = None
     ours, theirs = {name: [] for name, _, _ in configs}, {name: [] for name, _, _ in configs}
-    for round_ in range(args.rounds):
-        if round_:
-            time.sleep(1)  # torch's OpenMP threads spin a while after its last op
+    # Each config's two measures side by side, so that a ratio compares the same spell of the
+    # host (its speed moves by the minute); after torch a pause, for its OpenMP threads keep
+    # spinning a while after their last op and would slow whatever numpy runs next.
+    for _ in range(args.rounds):
         for name, spec, input_shape in configs:
             ours[name].append(median_ms(gradserve_step(spec, input_shape), args.repeats))
-        # torch only after every gradserve measure: its OpenMP threads keep spinning after each
-        # op and would slow whatever numpy runs next.
-        for name, spec, input_shape in configs if torch else ():
-            theirs[name].append(median_ms(torch_step(spec, input_shape), args.repeats))
+            if torch:
+                theirs[name].append(median_ms(torch_step(spec, input_shape), args.repeats))
+                time.sleep(0.5)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
           + f"; median of {args.repeats} steps, {args.rounds} round(s); load average {os.getloadavg()[0]:.2f}")
