@@ -110,8 +110,9 @@ class LSTM(Recurrent):
             da[step, :hidden] *= dh
             da_ifg = da[step, hidden:].reshape(3, hidden, n)
             np.multiply(da_ifg, dc, out=da_ifg)
-            dc *= f[step]
-            np.matmul(w_hh_t, da[step], out=dh)
+            if step > 0:  # h_{-1} is no parameter's input: no gradient for it
+                dc *= f[step]
+                np.matmul(w_hh_t, da[step], out=dh)
         # All four parameter gradients in one matmul over the columns (t, n): da against the rows
         # [h_{t-1}; x_t; 1] of the forward's products (h_0 = 0; the ones give the biases').
         da = np.ascontiguousarray(da.transpose(1, 0, 2)).reshape(4 * hidden, t * n)
