@@ -69,15 +69,40 @@ class Conv2d(Layer):
     def backward(self, dy, cache):
         cols, x_shape = cache
         dy2 = self._backward_params(dy, cols)
+        dy4 = dy2.reshape(dy.shape[1], *dy.shape[2:], dy.shape[0])  # (C', H', W', N)
+        dxp = padded_full(x_shape, self.padding, 0, dy.dtype)
+        (self._add_back_rows if self.stride[1] == 1 else self._col2im)(dy4, dxp)
+        return unpad(dxp, self.padding)
+
+    def _col2im(self, dy4, dxp):
+        """Add the input gradient into the padded dxp: the columns' gradient W.T @ dy, sent back
+        with one add per kernel position (of runs of W' N)."""
         w = self.params["weight"]
         c_out, c, kh, kw = w.shape
-        dcols = (w.reshape(c_out, -1).T @ dy2).reshape(c, kh, kw, *dy.shape[2:], dy.shape[0])
-        dxp = padded_full(x_shape, self.padding, 0, dy.dtype)
-        dwindows = windows(dxp, (kh, kw), self.stride, self.dilation, dy.shape[2:], writeable=True)
-        for i in range(kh):  # col2im: one add per kernel position, of runs of W' N
+        dcols = (w.reshape(c_out, -1).T @ dy4.reshape(c_out, -1)).reshape(c, kh, kw, *dy4.shape[1:])
+        dwindows = windows(dxp, (kh, kw), self.stride, self.dilation, dy4.shape[1:3], writeable=True)
+        for i in range(kh):
             for j in range(kw):
                 dwindows[:, i, j] += dcols[:, i, j]
-        return unpad(dxp, self.padding)
+
+    def _add_back_rows(self, dy4, dxp):
+        """Add the input gradient into the padded dxp for a stride of 1 along W: along W a full
+        correlation of dy with the kernel, one product of (C kH, C' kW) against dy shifted kW ways,
+        rows (C' kW, H' Wp N); then along H, kH adds of whole padded rows (runs of Wp N).
+
+        Fewer and longer adds than col2im's kH kW (runs of W' N): -2% on the LeNet step."""
+        w = self.params["weight"]
+        c_out, c, kh, kw = w.shape
+        _, oh, ow, n = dy4.shape
+        (sh, dh), dw, wp = (self.stride[0], self.dilation[0]), self.dilation[1], dxp.shape[3]
+        rows = np.zeros((c_out, kw, oh, wp, n), dy4.dtype)  # rows[o, j, y, x] = dy[o, y, x - j dW]
+        for j in range(kw):
+            rows[:, j, :, j * dw:j * dw + ow] = dy4
+        e = w.transpose(1, 2, 0, 3).reshape(c * kh, c_out * kw) @ rows.reshape(c_out * kw, -1)
+        e = e.reshape(c, kh, oh, wp * n)
+        planes = dxp.transpose(1, 2, 3, 0).reshape(c, dxp.shape[2], wp * n)  # a view: dxp is batch-last
+        for i in range(kh):
+            planes[:, i * dh:i * dh + sh * (oh - 1) + 1:sh] += e[:, i]
 
     def backward_params(self, dy, cache):
         self._backward_params(dy, cache[0])
