@@ -1,6 +1,6 @@
 """Times a full engine train step (forward, loss, backward, optimizer) against PyTorch CPU.
 
-    python benchmarks/bench_engine.py [--repeats 50] [--match lstm]
+    python benchmarks/bench_engine.py [--repeats 50] [--rounds 1] [--match lstm]
 
 Prints median milliseconds and GFLOP/s (6 x the multiply-adds of the linear, conv2d, rnn, lstm,
 gru and attention layers, per time) for each config, with PyTorch side by side when torch is
@@ -224,30 +224,47 @@ def torch_step(spec, input_shape):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every config this many times over and give each ratio's range")
     parser.add_argument("--match", default="", help="run only the configs whose name contains this")
     args = parser.parse_args()
     configs = [config for config in CONFIGS if args.match in config[0]]
-    ours = {}
-    for name, spec, input_shape in configs:
-        ours[name] = median_ms(gradserve_step(spec, input_shape), args.repeats)
-    # torch only after every gradserve measure: its OpenMP threads keep spinning after each
-    # op and would slow whatever numpy runs next.
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
-        theirs = {name: median_ms(torch_step(spec, input_shape), args.repeats) for name, spec, input_shape in configs}
     except ImportError:
-        torch, theirs = None, {}
-    print(f"# {time.strftime('%Y-%m-%d')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
+        torch = None
+    ours, theirs = {name: [] for name, _, _ in configs}, {name: [] for name, _, _ in configs}
+    # Each config's two measures side by side, so that a ratio compares the same spell of the
+    # host (its speed moves by the minute); after torch a pause, for its OpenMP threads keep
+    # spinning a while after their last op and would slow whatever numpy runs next.
+    for _ in range(args.rounds):
+        for name, spec, input_shape in configs:
+            ours[name].append(median_ms(gradserve_step(spec, input_shape), args.repeats))
+            if torch:
+                theirs[name].append(median_ms(torch_step(spec, input_shape), args.repeats))
+                time.sleep(0.5)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
-          + f"; median of {args.repeats} steps")
+          + f"; median of {args.repeats} steps, {args.rounds} round(s); load average {os.getloadavg()[0]:.2f}")
     print("| config | gradserve ms | GFLOP/s | torch ms | gradserve / torch |")
     print("|---|---|---|---|---|")
     for name, spec, input_shape in configs:
         work = flops(Model.from_spec(spec), input_shape)
-        row = f"| {name} | {ours[name]:.3f} | {work / ours[name] / 1e6:.1f} |"
-        row += f" {theirs[name]:.3f} | {ours[name] / theirs[name]:.2f} |" if theirs else " - | - |"
+        mine = statistics.median(ours[name])
+        row = f"| {name} | {_spread(ours[name])} | {work / mine / 1e6:.1f} |"
+        if torch:
+            ratios = [a / b for a, b in zip(ours[name], theirs[name])]
+            row += f" {_spread(theirs[name])} | {_spread(ratios, '.2f')} |"
+        else:
+            row += " - | - |"
         print(row)
+
+
+def _spread(values, spec=".3f"):
+    """Return one value, or the range of several (one per round)."""
+    low, high = min(values), max(values)
+    return f"{low:{spec}}" if len(values) == 1 else f"{low:{spec}}-{high:{spec}}"
 
 
 if __name__ == "__main__":

@@ -20,66 +20,81 @@ class LSTM(Recurrent):
 
     GATES = 4
 
-    # Inside, every step is kept transposed, gates (4H, N) and states (H, N): each gate's block is
-    # then contiguous (the per-step products run on whole blocks, twice as fast as on the (N, H)
-    # column slices of an (N, 4H) array) and W_hh @ h_{t-1}.T is the faster shape of the product.
+    # Inside, the gates are in the order o, i, f, g (torch's rows rolled by H) and every step is
+    # transposed: a step's state is states[t] = [o; i; f; g; c_{t-1}], (5H, N). Then the three
+    # sigmoid gates are one block, [i; f] * [g; c_{t-1}] is one product (c_t the sum of its halves,
+    # written into states[t + 1]), backward scales the i, f, g blocks by dc_t at once and the o
+    # block by dh_t, and each block is contiguous: the per-step products run on whole blocks,
+    # twice as fast as on the (N, H) column slices of an (N, 4H) array, and W_hh @ h_{t-1}.T is
+    # the faster shape of the product.
+
+    def _inside(self, a: np.ndarray) -> np.ndarray:
+        """Return torch's (4H, ...) rows i, f, g, o in the inside order o, i, f, g."""
+        return np.roll(a, self.hidden_size, axis=0)
 
     def forward(self, x, train, rng):
         p, hidden = self.params, self.hidden_size
-        # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, which cannot overflow: with the i, f, o rows of the
+        n, t, d = x.shape
+        # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5, which cannot overflow: with the o, i, f rows of the
         # weights halved, one tanh over all 4H pre-activations gives every gate (then * 0.5 + 0.5).
         scale = np.full((4 * hidden, 1), 0.5, x.dtype)
-        scale[2 * hidden:3 * hidden] = 1
-        w_hh = p["weight_hh_l0"] * scale
-        n, t, d = x.shape
-        xt = np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(d, t * n)  # (D, T N), columns step-major
-        # Every step's input projection W_ih x_t.T + both biases, (T, 4H, N), in one stacked matmul.
-        gates = np.matmul(p["weight_ih_l0"] * scale, xt.reshape(d, t, n).transpose(1, 0, 2))
-        gates += (p["bias_ih_l0"] + p["bias_hh_l0"])[:, None] * scale
-        i, f, g, o = self._split(gates)
-        cs = np.empty((t, hidden, n), x.dtype)
-        tanh_cs, hs = np.empty_like(cs), np.empty_like(cs)
-        # Every step writes into these and into slices of the arrays above: no temporaries in the loop.
-        recurrent, carried = np.empty((4 * hidden, n), x.dtype), np.empty((hidden, n), x.dtype)
+        scale[3 * hidden:] = 1
+        # One product per step gives all 4H pre-activations: [W_hh, W_ih, b_ih + b_hh] against the
+        # step's rows inputs[:, t] = [h_{t-1}; x_t; 1], (H + D + 1, N); h_t is written into inputs[:, t + 1].
+        # Kept (H + D + 1, T + 1, N), so that backward's one product over all steps reads it as it is.
+        weights = np.concatenate([self._inside(p["weight_hh_l0"]), self._inside(p["weight_ih_l0"]),
+                                  self._inside(p["bias_ih_l0"] + p["bias_hh_l0"])[:, None]], axis=1)
+        weights *= scale
+        inputs = np.empty((hidden + d + 1, t + 1, n), x.dtype)
+        inputs[:hidden, 0] = 0
+        inputs[hidden:-1, :t] = x.transpose(2, 1, 0)
+        inputs[-1, :t] = 1
+        states = np.empty((t + 1, 5 * hidden, n), x.dtype)
+        states[0, 4 * hidden:] = 0  # c_{-1}
+        tanh_cs = np.empty((t, hidden, n), x.dtype)
+        products = np.empty((2 * hidden, n), x.dtype)  # every step writes into slices: no temporaries
         for step in range(t):
-            a = gates[step]
-            if step > 0:
-                a += np.matmul(w_hh, hs[step - 1], out=recurrent)
+            state = states[step]
+            a = np.matmul(weights, inputs[:, step], out=state[:4 * hidden])
             np.tanh(a, out=a)
-            for sigmoid in (a[:2 * hidden], a[3 * hidden:]):  # i, f and o
-                sigmoid *= 0.5
-                sigmoid += 0.5
-            c = np.multiply(i[step], g[step], out=cs[step])
-            if step > 0:
-                c += np.multiply(f[step], cs[step - 1], out=carried)
-            np.multiply(o[step], np.tanh(c, out=tanh_cs[step]), out=hs[step])
-        y = hs.transpose(2, 0, 1) if self.return_sequences else hs[-1].T
-        return y, (xt, gates, cs, tanh_cs, hs)
-
-    def _split(self, a: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Return the i, f, g, o views of (T, 4H, ...)."""
-        hidden = self.hidden_size
-        return tuple(a[:, k * hidden:(k + 1) * hidden] for k in range(4))
+            sigmoids = state[:3 * hidden]  # o, i and f
+            sigmoids *= 0.5
+            sigmoids += 0.5
+            np.multiply(state[hidden:3 * hidden], state[3 * hidden:], out=products)  # i g, f c_{t-1}
+            c = np.add(products[:hidden], products[hidden:], out=states[step + 1, 4 * hidden:])
+            np.multiply(state[:hidden], np.tanh(c, out=tanh_cs[step]), out=inputs[:hidden, step + 1])
+        hs = inputs[:hidden, 1:]  # (H, T, N)
+        y = hs.transpose(2, 1, 0) if self.return_sequences else hs[:, -1].T
+        return y, (inputs, states, tanh_cs)
 
     def backward(self, dy, cache):
         da = self._backward_through_time(dy, cache)
-        n, t = dy.shape[0], cache[1].shape[0]
-        dx = self.params["weight_ih_l0"].T @ da  # (D, T N)
+        n, t = dy.shape[0], cache[2].shape[0]
+        dx = self._inside(self.params["weight_ih_l0"]).T @ da  # (D, T N)
         return dx.reshape(-1, t, n).transpose(2, 1, 0)
 
     def _backward_through_time(self, dy, cache):
-        """Add the parameter gradients; return the gradients of the gates' pre-activations, (4H, T N)."""
-        xt, gates, cs, tanh_cs, hs = cache
+        """Add the parameter gradients; return the gradients of the gates' pre-activations, (4H, T N),
+        in the inside order."""
+        inputs, states, tanh_cs = cache
         hidden = self.hidden_size
-        w_hh_t = np.ascontiguousarray(self.params["weight_hh_l0"].T)  # the faster layout for the per-step product
-        t, _, n = gates.shape
-        i, f, g, o = self._split(gates)
-        # da starts as each gate's derivative w.r.t. its pre-activation, for every step at once
-        # (written in place: no (T, 4H, N) temporaries).
-        da = np.subtract(1, gates)
-        da *= gates
-        da_g = np.multiply(g, g, out=da[:, 2 * hidden:3 * hidden])
+        w_hh_t = np.ascontiguousarray(self._inside(self.params["weight_hh_l0"]).T)  # the faster layout
+        t, _, n = tanh_cs.shape
+        gates = states[:t, :4 * hidden]
+        sigmoids, g = gates[:, :3 * hidden], gates[:, 3 * hidden:]
+        o, i, f = (states[:t, k * hidden:(k + 1) * hidden] for k in range(3))
+        # da starts as each gate's derivative w.r.t. its pre-activation times what the gate multiplies
+        # (tanh(c_t) for o, g and c_{t-1} for i and f, i for g), for every step at once and in place;
+        # the loop then scales the o block by dh_t and the i, f, g blocks by dc_t.
+        da = np.empty_like(gates)
+        da_sigmoids, da_g = da[:, :3 * hidden], da[:, 3 * hidden:]
+        np.subtract(1, sigmoids, out=da_sigmoids)
+        da_sigmoids *= sigmoids
+        np.multiply(g, g, out=da_g)
         np.subtract(1, da_g, out=da_g)
+        da[:, :hidden] *= tanh_cs
+        da[:, hidden:3 * hidden] *= states[:t, 3 * hidden:]
+        da_g *= i
         dc_from_h = tanh_cs * tanh_cs  # dh_t adds dh_t * o (1 - tanh(c_t)^2) to dc_t
         np.subtract(1, dc_from_h, out=dc_from_h)
         dc_from_h *= o
@@ -87,39 +102,30 @@ class LSTM(Recurrent):
             dh, dys = np.zeros((hidden, n), dy.dtype), dy.transpose(1, 2, 0)
         else:
             dh, dys = dy.T.copy(), None
-        local = np.empty((1, 4 * hidden, n), gates.dtype)
-        di, df, dg, do = (part[0] for part in self._split(local))
         dc, from_h = np.zeros_like(dh), np.empty_like(dh)
         for step in range(t - 1, -1, -1):
             if dys is not None:
                 dh += dys[step]
             dc += np.multiply(dh, dc_from_h[step], out=from_h)
-            np.multiply(dc, g[step], out=di)
-            if step > 0:
-                np.multiply(dc, cs[step - 1], out=df)
-            else:
-                df.fill(0)
-            np.multiply(dc, i[step], out=dg)
-            np.multiply(dh, tanh_cs[step], out=do)
-            da[step] *= local[0]
-            dc *= f[step]
-            np.matmul(w_hh_t, da[step], out=dh)
+            da[step, :hidden] *= dh
+            da_ifg = da[step, hidden:].reshape(3, hidden, n)
+            np.multiply(da_ifg, dc, out=da_ifg)
+            if step > 0:  # h_{-1} is no parameter's input: no gradient for it
+                dc *= f[step]
+                np.matmul(w_hh_t, da[step], out=dh)
         # All four parameter gradients in one matmul over the columns (t, n): da against the rows
-        # [x_t; h_{t-1}; 1] (h_0 = 0; the ones give the biases').
-        d = xt.shape[0]
+        # [h_{t-1}; x_t; 1] of the forward's products (h_0 = 0; the ones give the biases').
         da = np.ascontiguousarray(da.transpose(1, 0, 2)).reshape(4 * hidden, t * n)
-        inputs = np.empty((d + hidden + 1, t, n), da.dtype)
-        inputs[:d] = xt.reshape(d, t, n)
-        inputs[d:-1, 0] = 0
-        inputs[d:-1, 1:] = hs[:-1].transpose(1, 0, 2)
-        inputs[-1] = 1
-        grads = da @ inputs.reshape(-1, t * n).T
-        self._add("weight_ih_l0", grads[:, :d])
-        self._add("weight_hh_l0", grads[:, d:-1])
+        grads = np.roll(da @ inputs[:, :t].reshape(-1, t * n).T, -hidden, axis=0)  # rows back in torch's order
+        self._add("weight_hh_l0", grads[:, :hidden])
+        self._add("weight_ih_l0", grads[:, hidden:-1])
         self._add("bias_ih_l0", grads[:, -1])
         self._add("bias_hh_l0", grads[:, -1])
         return da
 
     def activation_stats(self, cache):
         """Return the saturated fraction of all gates together and of each gate (i, f, g, o)."""
-        return gate_saturation(cache[1].transpose(0, 2, 1), "ifgo", tanh_gates="g")
+        hidden = self.hidden_size
+        stats = gate_saturation(cache[1][:-1, :4 * hidden].transpose(0, 2, 1), "oifg", tanh_gates="g")
+        stats["gates"] = {name: stats["gates"][name] for name in "ifgo"}
+        return stats

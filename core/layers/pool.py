@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import Layer
 from .options import ShapeError, as_pair, need_rank, pair
-from .windows import channel_major, output_size, pad, padded_zeros, unpad
+from .windows import batch_last, output_size, pad, padded_full, unpad
 
 
 class _Pool2d(Layer):
@@ -63,9 +63,9 @@ class _Pool2d(Layer):
         """Return dx: (N, C, H, W), sending dy back along H, then along W; `spread(axis, k, g, out)`
         writes into `out` the part of g that kernel offset k receives (None: returns it)."""
         (kh, kw), (sh, sw) = self.kernel, self.stride
-        dy = channel_major(dy)  # as the gradients written here (after a flatten it is not): one order to walk
-        dxp = padded_zeros(x_shape, self.padding, dy.dtype)
-        drows = padded_zeros((*dxp.shape[:3], dy.shape[3]), (0, 0), dy.dtype)  # (N, C, H + 2 pH, W')
+        dy = batch_last(dy)  # as the gradients written here (after a flatten it is not): one order to walk
+        dxp = padded_full(x_shape, self.padding, 0, dy.dtype)
+        drows = padded_full((*dxp.shape[:3], dy.shape[3]), (0, 0), 0, dy.dtype)  # (N, C, H + 2 pH, W')
         _spread_along(drows, 2, dy, kh, sh, spread)
         _spread_along(dxp, 3, drows, kw, sw, spread)
         return unpad(dxp, self.padding)

@@ -1,15 +1,11 @@
 """Sliding windows over images, shared by convolution and pooling.
 
-Images are (N, C, H, W). Inside a stack of convolutions they are laid out channel-major in
-memory, (C, N, H, W) seen through a transposed view, which is the layout a convolution's
-matmul produces, so that no layer has to transpose them back.
-
-Convolution reads its windows from "planes": the padded input copied once into a flat buffer
-of C * N planes of (H + 2 pH) x (W + 2 pW), with slack at the end. A window offset (i, j) is then
-one strided view of that buffer, (C, N, H', Wq), whose rows run on across the full padded
-width Wq = ceil((W + 2 pW) / sW): the copies into im2col columns and the adds back (col2im)
-move whole rows (whole planes when the stride is 1), not W' values at a time. The columns
-x >= W' of each row are junk: forward drops them, backward gives them zero gradient.
+Images are (N, C, H, W). Inside a stack of convolutions and pools they are laid out batch-last
+in memory, (C, H, W, N) seen through a transposed view: the batch is the innermost axis, so a
+window offset (i, j) sees, in each channel and output row, one contiguous run of W' * N values
+(runs of N when the stride along W is above 1). The im2col copies, the col2im adds and the
+pools' elementwise steps then move long runs, never W' values at a time, and a convolution's
+matmul output, (C', H' W' N), is already that layout: no layer transposes back.
 """
 
 from __future__ import annotations
@@ -38,73 +34,42 @@ def output_size(shape: tuple, kernel: Pair, stride: Pair, padding: Pair, dilatio
     return tuple(sizes)
 
 
-def pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
-    """Return x: (N, C, H, W) padded to (N, C, H + 2 ph, W + 2 pw) with `value` (x itself without padding)."""
-    ph, pw = padding
-    if ph == pw == 0:
+def batch_last(x: np.ndarray) -> np.ndarray:
+    """Return x: (N, C, H, W) laid out batch-last in memory, (C, H, W, N), copying only if it is not."""
+    if x.transpose(1, 2, 3, 0).flags.c_contiguous:
         return x
-    n, c, h, w = x.shape
-    out = np.full((c, n, h + 2 * ph, w + 2 * pw), value, x.dtype).transpose(1, 0, 2, 3)
-    out[:, :, ph:ph + h, pw:pw + w] = x
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+def padded_full(shape: tuple, padding: Pair, value: float, dtype) -> np.ndarray:
+    """Return (N, C, H + 2 pH, W + 2 pW) filled with `value`, laid out batch-last."""
+    n, c, h, w = shape
+    size = (c, h + 2 * padding[0], w + 2 * padding[1], n)
+    out = np.zeros(size, dtype) if value == 0 else np.full(size, value, dtype)  # zeros: calloc, no fill pass
+    return out.transpose(3, 0, 1, 2)
+
+
+def pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
+    """Return x: (N, C, H, W) batch-last, padded to (N, C, H + 2 pH, W + 2 pW) with `value`
+    (x itself, if it is batch-last and there is no padding)."""
+    if padding == (0, 0):
+        return batch_last(x)
+    out = padded_full(x.shape, padding, value, x.dtype)
+    unpad(out, padding)[...] = x
     return out
 
 
-def padded_zeros(shape: tuple, padding: Pair, dtype) -> np.ndarray:
-    """Return zeros (N, C, H + 2 ph, W + 2 pw), laid out channel-major in memory (C, N, ., .),
-    the layout convolution outputs have, so that gradients flow back without transposing copies."""
-    n, c, h, w = shape
-    return np.zeros((c, n, h + 2 * padding[0], w + 2 * padding[1]), dtype).transpose(1, 0, 2, 3)
-
-
-def channel_major(x: np.ndarray) -> np.ndarray:
-    """Return x: (N, C, H, W) laid out channel-major in memory, (C, N, H, W), copying only if it is not."""
-    if x.transpose(1, 0, 2, 3).flags.c_contiguous:
-        return x
-    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-
-
 def unpad(xp: np.ndarray, padding: Pair) -> np.ndarray:
-    """Return the (N, C, H, W) inside of a padded (N, C, H + 2 ph, W + 2 pw) array."""
+    """Return the (N, C, H, W) inside of a padded (N, C, H + 2 pH, W + 2 pW) array."""
     ph, pw = padding
     return xp[:, :, ph:xp.shape[2] - ph, pw:xp.shape[3] - pw]
 
 
-class Planes:
-    """The padded planes of x: (N, C, H, W) for a kernel, stride and dilation (see the module docstring)."""
-
-    def __init__(self, shape: tuple, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        self.shape, self.kernel, self.stride, self.padding, self.dilation = shape, kernel, stride, padding, dilation
-        n, c, h, w = shape
-        self.hp, self.wp = h + 2 * padding[0], w + 2 * padding[1]
-        self.oh, self.ow = output_size(shape, kernel, stride, padding, dilation)
-        self.wq = -(-self.wp // stride[1])  # x * sW stays inside its row: no window view overlaps itself
-        self.size = c * n * self.hp * self.wp
-        # The junk columns of the last windows read past the last plane by less than this.
-        self.slack = (kernel[1] - 1) * dilation[1] + stride[1]
-
-    def zeros(self, dtype) -> np.ndarray:
-        """Return a zero planes buffer."""
-        return np.zeros(self.size + self.slack, dtype)
-
-    def fill(self, x: np.ndarray) -> np.ndarray:
-        """Return the planes buffer of x, zero-padded."""
-        flat = self.zeros(x.dtype)
-        self.inside(flat)[...] = x
-        return flat
-
-    def inside(self, flat: np.ndarray) -> np.ndarray:
-        """Return the (N, C, H, W) view of the image inside a planes buffer."""
-        n, c, h, w = self.shape
-        ph, pw = self.padding
-        planes = flat[:self.size].reshape(c, n, self.hp, self.wp)
-        return planes[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
-
-    def windows(self, flat: np.ndarray, writeable: bool = False) -> np.ndarray:
-        """Return the (C, kH, kW, N, H', Wq) view of a planes buffer: [c, i, j, n, y, x] is the padded
-        x[n, c, y sH + i dH, x sW + j dW] (for x < W'; junk beyond)."""
-        n, c = self.shape[:2]
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
-        item, plane = flat.itemsize, self.hp * self.wp
-        strides = (n * plane, dh * self.wp, dw, plane, sh * self.wp, sw)
-        return as_strided(flat, (c, kh, kw, n, self.oh, self.wq), tuple(s * item for s in strides),
-                          writeable=writeable)
+def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, size: Pair,
+            writeable: bool = False) -> np.ndarray:
+    """Return the (C, kH, kW, H', W', N) view of a padded xp: (N, C, Hp, Wp) whose
+    [c, i, j, y, x, n] is xp[n, c, y sH + i dH, x sW + j dW]; `size` is (H', W')."""
+    sn, sc, sh, sw = xp.strides
+    (kh, kw), (th, tw), (dh, dw) = kernel, stride, dilation
+    return as_strided(xp, (xp.shape[1], kh, kw, *size, xp.shape[0]),
+                      (sc, dh * sh, dw * sw, th * sh, tw * sw, sn), writeable=writeable)
