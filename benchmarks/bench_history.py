@@ -178,7 +178,7 @@ def fleet(models: int, records: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=256, help="steps per round (durability step: a tenth)")
     parser.add_argument("--records", type=int, default=100_000, help="records of the long history read")
     parser.add_argument("--fleet", action="store_true", help="also 100 models of --records records each "
@@ -202,7 +202,7 @@ def main() -> None:
             on[0].close()
         off_ms, on_ms = (statistics.mean(times[k]) * 1e3 for k in ("off", "on"))
         print(f"| {durability} | {off_ms:.3f} | {on_ms:.3f} | {100 * (on_ms / off_ms - 1):+.1f}% |")
-    over_http(args.rounds * 4)
+    over_http(args.rounds)
     long_history(args.records)
     if args.fleet:
         fleet(100, args.records)
