@@ -59,7 +59,10 @@ class Held:
 def describe(held: Held) -> dict:
     """Gives the public description of a model (ModelInfo's fields)."""
     model = held.model
-    last = held.history.last if held.history is not None else {"loss": None, "flags": []}
+    if held.history is not None:
+        last = held.history.last  # read back from the file after a restart
+    else:  # GRADSERVE_HISTORY=false: the model's own last step, as long as this process holds it
+        last = model.step_record() or {"loss": None, "flags": []}
     return {"id": held.id, "spec": model.spec,
             "parameter_shapes": {name: list(shape) for name, shape in model.parameter_shapes().items()},
             "num_parameters": model.num_parameters, "step": model.step_count, "version": model.version,

@@ -191,10 +191,11 @@ class _Keyed:
 def test_history_can_be_turned_off(make_client):
     client = make_client(history=False)
     model_id = create(client)["id"]
-    train(client, model_id, 2)
+    answers = train(client, model_id, 2)
     response = client.get(f"/v1/models/{model_id}/history")
     assert response.status_code == 404 and response.json()["code"] == "history_off"
-    assert client.get(f"/v1/models/{model_id}").json()["step"] == 2
+    info = client.get(f"/v1/models/{model_id}").json()
+    assert (info["step"], info["last_loss"], info["flags"]) == (2, answers[-1]["loss"], [])
 
 
 def test_csv_without_a_limit_streams_every_record_page_by_page(api, monkeypatch):
