@@ -473,7 +473,7 @@ class ClusterStore:
         return await self._on_host(entry, "run_on_tape", tape_id, fn, args)
 
     async def history(self, entry: Entry, since: int | None, limit: int | None, points: int | None) -> dict:
-        """Gives the model's history records, read by its host (Shelf.history)."""
+        """Gives the model's history records (Snapshot.read), read by its host outside the model's lock."""
         return await self._on_host(entry, "history", since, limit, points)
 
     async def _on_host(self, entry: Entry, method: str, *args: Any) -> Any:

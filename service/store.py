@@ -23,10 +23,10 @@ from core import Model, StoppedError
 from service.blas import POLICY
 from service.budget import Budget
 from service.errors import ModelNotFound, invalid
+from service.history import BUFFERED
 from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
-from service.history import BUFFERED
 from service.shelf import Held, Save, Shelf, describe
 from service.threads import off_loop
 
