@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -370,7 +370,7 @@ class Model:
         rng_state, activations = self.rng.bit_generator.state, self.history.activations
         loss = self.train_batch(x, targets).loss
         try:
-            return TrainStepResult(**asdict(self.step(lr)), loss=loss)
+            return TrainStepResult(**vars(self.step(lr)), loss=loss)  # its fields are scalars: no asdict's deep copy
         except (NonFiniteGradientError, NonFiniteUpdateError):
             for name, saved in buffers.items():
                 np.copyto(self._buffers[name], saved)

@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import ServiceError
 
-_bearer = HTTPBearer(auto_error=False, description="One of GRADSERVE_API_KEYS, when the server sets any.")
+bearer = HTTPBearer(auto_error=False, description="One of GRADSERVE_API_KEYS, when the server sets any.")
 
 
 def owner_id(key: str) -> str:
@@ -18,7 +18,7 @@ def owner_id(key: str) -> str:
 
 
 async def authenticate(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> str | None:
     """Gives the caller's owner id (None when the server has no keys), or raises 401."""
     keys: list[str] = request.app.state.settings.api_keys

@@ -76,6 +76,7 @@ def _model_call(model: type[M]) -> Any:
         return ModelCall(entry, body, state.store, request)
 
     resolve.body_model = model  # type: ignore[attr-defined]
+    resolve.model_call = True  # type: ignore[attr-defined]  # service/direct.py calls it itself
     return Depends(resolve)
 
 

@@ -134,15 +134,19 @@ def answer_for(exc: Exception) -> tuple[int, str, Any] | None:
     return None
 
 
-async def _service_error(request: Request, exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.code, exc.detail, exc.headers, app_path(request.scope))
-
-
-async def _core_error(request: Request, exc: Exception) -> Response:
+def error_for(exc: Exception, scope: Scope) -> Response | None:
+    """Gives the answer to a failure this mapping knows, None for a bug."""
     answer = answer_for(exc)
     if answer is None:
+        return None
+    return error_response(*answer, headers=getattr(exc, "headers", None), path=app_path(scope))
+
+
+async def _known_error(request: Request, exc: Exception) -> Response:
+    response = error_for(exc, request.scope)
+    if response is None:
         raise exc
-    return error_response(*answer, path=app_path(request.scope))
+    return response
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -182,9 +186,8 @@ class CatchUnhandled:
 
 def install(app: FastAPI) -> None:
     """Registers every handler above on `app`."""
-    app.add_exception_handler(ServiceError, _service_error)
-    for cls in CORE_ERRORS:
-        app.add_exception_handler(cls, _core_error)
+    for cls in (ServiceError, *CORE_ERRORS):
+        app.add_exception_handler(cls, _known_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(CatchUnhandled)

@@ -10,6 +10,7 @@ from service import errors
 from service.metrics import Metrics, RecordRequests
 from service.routes import inspection, models, ops, training, ui, v2
 from service.deps import body_models
+from service.direct import Direct
 from service.schemas import add_links, add_request_bodies
 from service.settings import Settings
 from service.store import ModelStore
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="gradserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.store, app.state.metrics = settings, store, metrics
+    # Middleware added first runs innermost: Direct's answers are counted and their bugs are 500s.
+    app.add_middleware(Direct, fastapi=app)
     errors.install(app)
     app.add_middleware(RecordRequests, metrics=metrics)
     # Routes are matched in order: the training routes, the most frequent by far, first.

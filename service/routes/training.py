@@ -142,7 +142,7 @@ def _saved(model: Model) -> None:
 
 def _step_answer(result: StepResult) -> dict:
     """Gives the JSON of a step's result: as core declares it, a non-finite loss named."""
-    answer = asdict(result)
+    answer = dict(vars(result))  # scalars only: asdict's deep copy costs more than the copy
     if "loss" in answer:
         answer["loss"] = number(answer["loss"])
     return answer

@@ -52,9 +52,9 @@ async def _in_process(app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextmanager
-def asgi_client(settings: Settings) -> Iterator[PortalClient]:
-    """Gives a client on a new app for `settings`, its lifespan running until the block ends."""
-    app = create_app(settings)
+def asgi_client(settings: Settings, app=None) -> Iterator[PortalClient]:
+    """Gives a client on a new app for `settings` (or on `app`), its lifespan running until the block ends."""
+    app = app or create_app(settings)
     with anyio.from_thread.start_blocking_portal() as portal:
         with portal.wrap_async_context_manager(_in_process(app)) as client:
             yield PortalClient(portal, client, app)
