@@ -159,12 +159,12 @@ def validated(message: dict, binary: memoryview, model: type[M], decoder: Decode
 def decode_fields(body: BaseModel, decoder: Decoder) -> None:
     """Replaces each tensor field of `body` (and each tensor of a dict or list field) by its array.
 
-    `targets` are labels: integer data without a datatype becomes INT64 class indices.
+    `targets` (labels) and `rows` (row indices): integer data without a datatype becomes INT64.
     """
     for name in type(body).model_fields:
         value = getattr(body, name)
         if isinstance(value, Tensor):
-            setattr(body, name, decoder(value, name, labels=name == "targets"))
+            setattr(body, name, decoder(value, name, labels=name in ("targets", "rows")))
         elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Tensor):
             setattr(body, name, {key: decoder(tensor, (name, key)) for key, tensor in value.items()})
         elif isinstance(value, list) and value and isinstance(value[0], Tensor):

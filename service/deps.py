@@ -14,7 +14,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute, iter_route_contexts
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core import ID_PATTERN
 from service.auth import OwnerDep
@@ -43,6 +43,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ModelIdPath = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
+DataName = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["train"], description="A data set's name.")]
 
 
 async def get_entry(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> Entry:

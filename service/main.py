@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from service import errors
 from service.metrics import Metrics, RecordRequests
-from service.routes import inspection, models, ops, training, ui, v2
+from service.routes import data, inspection, models, ops, training, ui, v2
 from service.deps import body_models
 from service.direct import Direct
 from service.schemas import add_links, add_request_bodies
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(RecordRequests, metrics=metrics)
     # Routes are matched in order: the training routes, the most frequent by far, first.
-    for router in (training.router, inspection.router, models.router, ops.router, v2.router, ui.router):
+    for router in (training.router, data.router, inspection.router, models.router, ops.router, v2.router,
+                   ui.router):
         app.include_router(router)
     app.mount("/ui/static", ui.assets(), name="ui-static")
 

@@ -119,6 +119,25 @@ class EvaluateRequest(BaseModel):
     targets: TensorInput = Field(description="Targets for the model's loss (labels default to INT64).")
 
 
+class DataRowsRequest(BaseModel):
+    model_config = _example({"inputs": EXAMPLE_INPUTS, "targets": EXAMPLE_TARGETS})
+    inputs: TensorInput = Field(description="Rows to add, checked as a training batch of the model.")
+    targets: TensorInput = Field(description="Their targets (labels default to INT64).")
+
+
+class DataTrainRequest(BaseModel):
+    model_config = _example({"rows": [3, 0, 2, 1], "batch_size": 2})
+    rows: TensorInput = Field(description="Row indices of the data set in the order trained (integers; INT64 by "
+                              "default): batches of batch_size, the last one possibly shorter.")
+    batch_size: int = Field(ge=1, lt=2**63)
+    lr: float | None = Field(None, description="As step's lr, from the first batch on.")
+
+
+class DataEvaluateRequest(BaseModel):
+    model_config = _example({"rows": [0, 1, 2, 3]})
+    rows: TensorInput | None = Field(None, description="Row indices to evaluate, in order; every row if absent.")
+
+
 class GradcheckRequest(TargetsOrGradOutput):
     model_config = _example({"inputs": EXAMPLE_INPUTS, "targets": EXAMPLE_TARGETS, "mode": "entries"})
     inputs: TensorInput
@@ -213,6 +232,25 @@ class ForwardBackwardResponse(BackwardResponse):
 
 class TrainStepsResponse(BaseModel):
     steps: list[TrainStepResult] = Field(description="One per batch, in the order sent.")
+
+
+class TensorShape(BaseModel):
+    shape: list[int]
+    datatype: str
+
+
+class DataSetInfo(BaseModel):
+    name: str
+    rows: int
+    inputs: TensorShape
+    targets: TensorShape
+    bytes: int = Field(description="Memory it holds, room to grow included.")
+
+
+class DataSetList(BaseModel):
+    data_sets: list[DataSetInfo]
+    free_bytes: int = Field(description="What the data sets of the process holding the model may still take "
+                            "(GRADSERVE_MAX_DATA_BYTES less what all its data sets hold).")
 
 
 class Parameters(BaseModel):
@@ -337,9 +375,9 @@ class InferenceError(BaseModel):
 # -- OpenAPI -----------------------------------------------------------------------------
 
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in [
-    (400, "Malformed body"), (401, "Missing or wrong API key"), (404, "Unknown model or tape"),
+    (400, "Malformed body"), (401, "Missing or wrong API key"), (404, "Unknown model, tape or data set"),
     (409, "State conflict: stale tape, nothing to step, non-finite gradient or update, id taken"),
-    (413, "Body or tensor over the limit"), (422, "Invalid spec or tensor"),
+    (413, "Body, tensor or data sets over the limit"), (422, "Invalid spec or tensor"),
 ]}
 
 

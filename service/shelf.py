@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from core import InputError, Model
 from service.blas import POLICY
+from service.datasets import DataBudget, DataSets, WithData
 from service.errors import ModelNotFound, ServiceError
 from service.history import History, Snapshot
 from service.history import remove as remove_history
@@ -42,6 +43,7 @@ class Held:
     dirty: bool = False  # steps taken since the last checkpoint
     deleted: bool = False
     history: History | None = None  # None with GRADSERVE_HISTORY=false
+    data: DataSets | None = None  # its data sets (service/datasets.py), made by Shelf.hold
 
     @property
     def dtype(self):
@@ -76,6 +78,7 @@ class Shelf:
         self.settings = settings
         self.checkpoints = checkpoints
         self.held: dict[str, Held] = {}
+        self.data_budget = DataBudget(settings.max_data_bytes)
         self.histories = settings.data_dir / "history"
         self.histories.mkdir(parents=True, exist_ok=True)
 
@@ -89,6 +92,7 @@ class Shelf:
                 held.history = History(path, held.model.step_count)
             except (sqlite3.Error, OSError) as exc:
                 held.history = _start_over(held, path, exc)
+        held.data = DataSets(self.data_budget)
         self.held[held.id] = held
 
     def add(self, held: Held) -> None:
@@ -102,6 +106,7 @@ class Shelf:
         """Forgets a model and deletes its checkpoint and history."""
         held.deleted = True
         self.held.pop(held.id, None)
+        held.data.clear()
         self.checkpoints.delete(held.id)
         if held.history is not None:
             held.history.close()
@@ -143,11 +148,15 @@ class Shelf:
         ("later": steps taken, written by the next flush or a later save).
 
         With `keep_tape` True or False, fn gives (result, tape) and the answer is (result, the
-        tape's id): kept for a later backward if True, None if False.
+        tape's id): kept for a later backward if True, None if False. A WithData fn is given the
+        model's data sets after the model.
         """
         self.alive(held)
         steps = held.model.step_count
-        result = compute(fn, held.model, *args)
+        if isinstance(fn, WithData):
+            result = compute(fn.fn, held.model, held.data, *args)
+        else:
+            result = compute(fn, held.model, *args)
         if held.history is not None and held.model.step_count != steps:
             held.history.append(held.model.step_record())
         if self.writes(save):

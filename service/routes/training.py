@@ -3,8 +3,9 @@
 import asyncio
 from contextlib import aclosing, suppress
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from core import (
@@ -12,7 +13,8 @@ from core import (
     TrainStepResult,
 )
 from core import evaluate as evaluate_model
-from service.deps import Call, EntryDep, StoreDep
+from service.datasets import DataSets, WithData
+from service.deps import Call, DataName, EntryDep, StoreDep
 from service.body import frames, validated
 from service.errors import CORE_ERRORS, ModelNotFound, ServiceError, answer_for
 from service.metrics import Metrics
@@ -23,6 +25,9 @@ from service.schemas import (
 )
 from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
+
+KeepQuery = Annotated[DataName | None, Query(description="Also add each applied batch to this data set of "
+                                           "the model (made if needed), so that later epochs name its rows.")]
 
 # No router-wide authenticate: every route takes Call or EntryDep, which authenticate (a node
 # fewer for FastAPI to walk per request; tests/service/test_auth.py checks each /v1 route).
@@ -101,17 +106,17 @@ async def step(call: Call[StepRequest]) -> Response:
 
 
 def _step(model: Model, lr: float | None) -> dict:
-    return _step_answer(model.step(lr))
+    return step_answer(model.step(lr))
 
 
 @router.post("/evaluate", response_model=Evaluation)
 async def evaluate(call: Call[EvaluateRequest]) -> Response:
     """Gives the loss (and a classifier's accuracy) of an eval-mode forward; no gradients, no state change."""
     body = call.body
-    return respond(await call.store.run(call.entry, _evaluate, body.inputs, body.targets, rows=call.rows))
+    return respond(await call.store.run(call.entry, evaluation, body.inputs, body.targets, rows=call.rows))
 
 
-def _evaluate(model: Model, inputs, targets) -> dict:
+def evaluation(model: Model, inputs, targets) -> dict:
     result = evaluate_model(model, inputs, targets)
     return {**asdict(result), "loss": number(result.loss)}
 
@@ -133,14 +138,14 @@ async def train_step(call: Call[TrainStepRequest]) -> Response:
 
 
 def _train_step(model: Model, body: TrainStepRequest) -> dict:
-    return _step_answer(model.train_step(body.inputs, body.targets, body.lr))
+    return step_answer(model.train_step(body.inputs, body.targets, body.lr))
 
 
 def _saved(model: Model) -> None:
     """Nothing: the work of a request that only writes the checkpoint."""
 
 
-def _step_answer(result: StepResult) -> dict:
+def step_answer(result: StepResult) -> dict:
     """Gives the JSON of a step's result: as core declares it, a non-finite loss named."""
     answer = dict(vars(result))  # scalars only: asdict's deep copy costs more than the copy
     if "loss" in answer:
@@ -160,20 +165,22 @@ STREAM = {"requestBody": {"required": True, "description": (
 @router.post("/train_steps", response_model=TrainStepsResponse, openapi_extra=STREAM,
              responses={422: {"model": StreamErrorBody, "description": "A batch was refused; those before it "
                               "were applied (completed)"}, 409: {"model": StreamErrorBody}})
-async def train_steps(entry: EntryDep, request: Request) -> Response:
+async def train_steps(entry: EntryDep, request: Request, keep: KeepQuery = None) -> Response:
     """Applies a stream of train steps in order, each batch computed while the next one arrives.
 
     The same steps as one train_step per batch, bit for bit, in one request. The first batch
     that fails stops the stream: the answer is its error, with `batch` (its index) and
     `completed` (the steps applied before it, which stay applied). Each batch takes the model's
     lock on its own, as a train_step would: requests of other clients on the same model may run
-    between two batches of a stream.
+    between two batches of a stream. With `keep`, each applied batch's rows are also added to
+    the model's data set of that name, in order (see /data).
     """
     state = request.app.state
     store, metrics = state.store, state.metrics
     decoder = Decoder.of(entry, state.settings.max_tensor_elements)
     batches: asyncio.Queue = asyncio.Queue(maxsize=2)  # read and decoded ahead of the compute
     stopped = asyncio.Event()
+    step, kept = (WithData(_kept_train_step), (keep,)) if keep is not None else (_train_step, ())
 
     async def read() -> None:
         try:
@@ -182,8 +189,7 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
                 index = 0
                 async for message, binary in stream:
                     if index == state.settings.max_stream_batches:
-                        raise ServiceError(413, "stream_too_long", f"the stream has more than {index} batches "
-                                           f"(GRADSERVE_MAX_STREAM_BATCHES); send several")
+                        raise too_many_batches(index)
                     await batches.put(validated(message, binary, TrainStepRequest, decoder))
                     index += 1
                     if stopped.is_set():
@@ -193,30 +199,69 @@ async def train_steps(entry: EntryDep, request: Request) -> Response:
         await batches.put(None)
 
     reader = asyncio.create_task(read())
-    completed: list[dict] = []
-    failure: Exception | None = None
+    steps = Steps(store, metrics, entry)
     try:
         while (body := await batches.get()) is not None:
-            if failure is not None:
+            if steps.failure is not None:
                 continue
-            try:
-                if isinstance(body, Exception):
-                    raise body
-                completed.append(await _counting_steps(metrics, store.run(
-                    entry, _train_step, body, save=store.stream_save, rows=inline_rows(body.inputs))))
-            except Exception as exc:
-                if answer_for(exc) is None:
-                    raise
-                failure = exc
+            if isinstance(body, Exception):
+                steps.fail(body)
+            else:
+                await steps.apply(step, *kept, body, rows=inline_rows(body.inputs))
+            if steps.failure is not None:
                 stopped.set()
         await reader
     finally:
         reader.cancel()  # steps saved "later" reach the disk at the latest with the next flush,
-    if completed and store.stream_save == "later":  # and under durability "step" before the answer
-        with suppress(ModelNotFound):  # deleted meanwhile
-            await store.run(entry, _saved, save="step")
-    if failure is None:
-        return respond({"steps": completed})
-    status, code, detail = answer_for(failure)
-    return respond({"detail": detail, "code": code, "batch": len(completed), "completed": completed},
-                   status_code=status)
+    return await steps.answer()  # and under durability "step" before the answer
+
+
+def too_many_batches(batches: int) -> ServiceError:
+    return ServiceError(413, "stream_too_long", f"the stream has more than {batches} batches "
+                        f"(GRADSERVE_MAX_STREAM_BATCHES); send several")
+
+
+def _kept_train_step(model: Model, data_sets: DataSets, name: str, body: TrainStepRequest) -> dict:
+    """Gives a train step's answer, its batch added to the data set `name` (taken back if the step fails)."""
+    inputs, targets, _ = model.validate_batch(body.inputs, body.targets)
+    data_set = data_sets.add(name, inputs, targets)
+    try:
+        return _train_step(model, body)
+    except BaseException:
+        data_set.pop(data_sets.budget)
+        raise
+
+
+class Steps:
+    """Train steps applied in order on one model, stopping at the first that fails, and the
+    answer of the whole: every step's result, or the failure with the steps before it."""
+
+    def __init__(self, store, metrics: Metrics, entry):
+        self.store, self.metrics, self.entry = store, metrics, entry
+        self.completed: list[dict] = []
+        self.failure: Exception | None = None
+
+    async def apply(self, fn, *args, rows: int | None = None) -> bool:
+        """Applies `fn(model, *args)` as the next step; gives False if it failed."""
+        try:
+            self.completed.append(await _counting_steps(self.metrics, self.store.run(
+                self.entry, fn, *args, save=self.store.stream_save, rows=rows)))
+        except Exception as exc:
+            self.fail(exc)
+        return self.failure is None
+
+    def fail(self, exc: Exception) -> None:
+        """Stops at this batch, failed with `exc` (re-raised if it is a bug: no answer maps it)."""
+        if answer_for(exc) is None:
+            raise exc
+        self.failure = exc
+
+    async def answer(self) -> Response:
+        if self.completed and self.store.stream_save == "later":
+            with suppress(ModelNotFound):  # deleted meanwhile
+                await self.store.run(self.entry, _saved, save="step")
+        if self.failure is None:
+            return respond({"steps": self.completed})
+        status, code, detail = answer_for(self.failure)
+        return respond({"detail": detail, "code": code, "batch": len(self.completed), "completed": self.completed},
+                       status_code=status)

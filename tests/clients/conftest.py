@@ -41,6 +41,14 @@ def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop(started)
 
 
+@pytest.fixture(scope="session")
+def dataless_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that keeps no data sets (GRADSERVE_MAX_DATA_BYTES=0): fit sends every epoch."""
+    started = _start(tmp_path_factory.mktemp("gradserve-dataless") / "data", GRADSERVE_MAX_DATA_BYTES="0")
+    yield started
+    stop(started)
+
+
 @pytest.fixture
 def client(server: Server) -> Iterator["gradserve_client.Client"]:
     import gradserve_client

@@ -191,3 +191,83 @@ def test_export_onnx_writes_a_file_onnxruntime_runs_as_the_model(client, server,
             return await (await async_client.model(model.id)).export_onnx(tmp_path / "async.onnx")
 
     assert asyncio.run(export_async()).read_bytes() == path.read_bytes()
+
+
+def requests_by_route(url: str) -> dict[str, float]:
+    """Gives the server's request counts by route template (from /metrics)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gradserve_requests_total":
+                route = sample.labels["route"]
+                counts[route] = counts.get(route, 0) + sample.value
+    return counts
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_fit_sends_the_data_once_and_gives_what_sending_every_epoch_gives(server, dataless_server, blobs,
+                                                                          classifier, asynchronous):
+    x, y = blobs(300, seed=9)
+    x_val, y_val = blobs(100, seed=10)
+
+    async def fit_async(url):
+        async with gs.AsyncClient(url) as client:
+            model = await client.create_model(classifier)
+            history = await model.fit(x, y, epochs=3, batch_size=32, validation_data=(x_val, y_val), seed=4,
+                                      verbose=0)
+            return history, await model.parameters(), await model.data_sets()
+
+    def fit(url):
+        if asynchronous:
+            return asyncio.run(fit_async(url))
+        with gs.Client(url) as client:
+            model = client.create_model(classifier)
+            history = model.fit(x, y, epochs=3, batch_size=32, validation_data=(x_val, y_val), seed=4, verbose=0)
+            return history, model.parameters(), model.data_sets()
+
+    before = requests_by_route(server.url)
+    kept = fit(server.url)
+    during = {route: n - before.get(route, 0) for route, n in requests_by_route(server.url).items()
+              if n > before.get(route, 0)}
+    sent = fit(dataless_server.url)
+    assert dict(kept[0]) == dict(sent[0])  # every epoch's loss, accuracy, val_loss, val_accuracy, exactly
+    assert {k: v.tobytes() for k, v in kept[1].items()} == {k: v.tobytes() for k, v in sent[1].items()}
+    assert kept[2].data_sets == () and sent[2].data_sets == ()  # fit deletes what it made
+    assert during["/v1/models/{model_id}/train_steps"] == 1  # the first epoch, kept
+    assert during["/v1/models/{model_id}/data/{name}/train_steps"] == 2  # the others, by row
+    assert "/v1/models/{model_id}/evaluate" not in during  # train and validation data evaluated where they are
+
+
+def test_a_fit_that_fails_deletes_its_data_sets(client, blobs, classifier):
+    x, y = blobs(64, seed=11)
+    model = client.create_model(classifier)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # one epoch, a classifier: the rows are kept for its accuracy
+    y_bad = y.copy()
+    y_bad[60] = 9
+    with pytest.raises(gs.ValidationError):
+        model.fit(x, y_bad, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    assert model.data_sets().data_sets == ()
+
+
+def test_the_data_set_calls(client, blobs, classifier):
+    x, y = blobs(100, seed=12)
+    model, twin = client.create_model(classifier), client.create_model(classifier)
+    info = model.add_data("train", x, y)
+    assert (info.name, info.rows, info.inputs, info.bytes) == ("train", 100, {"shape": [100, 2], "datatype": "FP32"},
+                                                               100 * (2 * 4 + 8))
+    order = np.random.default_rng(0).permutation(100)
+    steps = model.train_on_data("train", order, batch_size=40)
+    assert steps == twin.train_steps([(x[order[i:i + 40]], y[order[i:i + 40]]) for i in range(0, 100, 40)])
+    assert model.evaluate_data("train") == model.evaluate(x, y)
+    assert model.evaluate_data("train", order[:7]) == model.evaluate(x[order[:7]], y[order[:7]])
+    with pytest.raises(gs.ValidationError) as caught:
+        model.train_on_data("train", [5, 100], batch_size=1)
+    assert caught.value.errors[0]["loc"] == ["body", "rows"]
+    assert [s.name for s in model.data_sets().data_sets] == ["train"]
+    model.delete_data("train")
+    with pytest.raises(gs.NotFoundError):
+        model.evaluate_data("train")

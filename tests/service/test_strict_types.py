@@ -67,6 +67,10 @@ def valid_bodies(info: dict, tape_id: str) -> dict[str, tuple[str, str, type, di
                                            for name, shape in info["parameter_shapes"].items()}}),
         "InferRequest": ("POST", f"/v2/models/{info['id']}/infer", schemas.InferRequest,
                          {"inputs": [{"name": "inputs", **tensor(X)}]}),
+        "DataRowsRequest": ("POST", f"{model}/data/d", schemas.DataRowsRequest, xy),
+        "DataTrainRequest": ("POST", f"{model}/data/d/train_steps", schemas.DataTrainRequest,
+                             {"rows": [2, 0, 1], "batch_size": 2}),
+        "DataEvaluateRequest": ("POST", f"{model}/data/d/evaluate", schemas.DataEvaluateRequest, {"rows": [1]}),
     }
 
 
@@ -107,6 +111,7 @@ def test_a_scalar_of_the_wrong_type_is_422_naming_it_and_changes_nothing(live, m
     info = create(live)
     tape_id = live.post(f"/v1/models/{info['id']}/forward", json={"inputs": tensor(X), "keep_tape": True}).json()["tape_id"]
     assert live.post(f"/v1/models/{info['id']}/forward_backward", json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
+    assert live.post(f"/v1/models/{info['id']}/data/d", json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
     method, path, _, body = valid_bodies(info, tape_id)[model_name]
     before = live.get(f"/v1/models/{info['id']}").json(), live.get(f"/v1/models/{info['id']}/parameters").json()
     response = live.request(method, path, json={**body, field: value})

@@ -37,6 +37,8 @@ from ._history import StepHistory
 from ._model import AsyncRemoteModel, RemoteModel
 from ._types import (
     BackwardResult,
+    DataSetInfo,
+    DataSetList,
     Evaluation,
     ForwardBackwardResult,
     GradcheckReport,
@@ -58,6 +60,8 @@ __all__ = [
     "Tape",
     "BackwardResult",
     "Evaluation",
+    "DataSetInfo",
+    "DataSetList",
     "ForwardBackwardResult",
     "StepResult",
     "TrainStepResult",

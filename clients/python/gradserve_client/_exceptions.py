@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._types import TrainStepResult, from_body
+
 __all__ = [
     "GradserveError",
     "APIError",
@@ -167,3 +169,10 @@ def _describe(detail: Any) -> str:
             for e in detail
         )
     return str(detail)
+
+
+def stream_failure(error: APIError) -> tuple[int, list[TrainStepResult]]:
+    """Returns (the index of the batch that failed, the steps applied before it) of a train_steps error."""
+    body = error.body if isinstance(error.body, dict) else {}
+    completed = [from_body(TrainStepResult, step) for step in body.get("completed") or []]
+    return body.get("batch", len(completed)), completed

@@ -1,19 +1,31 @@
-"""Keras-style training loop pieces shared by RemoteModel.fit and AsyncRemoteModel.fit.
+"""Keras-style training loop shared by RemoteModel.fit and AsyncRemoteModel.fit.
 
-The loop itself is written in each model class: the epoch's batches go to the server in a few
-`train_steps` streams (the server computes each batch while the next one arrives, so it never
-waits for the client), then the server evaluates the training data (a classifier's accuracy)
-and the validation data. Everything else, batching, metrics, the progress bar and the history,
-lives here without I/O.
+`FitLoop.calls` is the whole loop, written once without I/O: a generator of the calls to make,
+in order, each sent back its answer (or thrown its error) by the model class's driver. The
+epoch's batches go to the server in a few `train_steps` streams (the server computes each
+batch while the next one arrives, so it never waits for the client). When the server has room,
+the first epoch's stream keeps its rows in a data set of the model, so that later epochs and
+the evaluations after each epoch name rows instead of sending them again: the data crosses
+the wire once. The steps are the same, bit for bit, either way.
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._exceptions import APIError, stream_failure
+from ._types import Evaluation
+
+if TYPE_CHECKING:
+    from ._base import Call
+    from ._model import ModelCalls
+
+Plan = Generator["Call", Any, Any]
 
 try:
     from tqdm.auto import tqdm
@@ -31,6 +43,11 @@ EVAL_BYTES = 8 * 1024 * 1024
 
 def _row_bytes(*arrays: np.ndarray) -> int:
     return sum(a[:1].nbytes for a in arrays)
+
+
+def _stored_bytes(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> int:
+    """Gives about what (x, y) take on the server: floats in the model's dtype, labels as INT64."""
+    return x.size * dtype.itemsize + y.size * (8 if y.dtype.kind in "iub" else dtype.itemsize)
 
 
 def eval_rows(x: np.ndarray, y: np.ndarray) -> int:
@@ -83,21 +100,101 @@ class FitLoop:
             x_val, y_val = validation_data
             self.validation = np.asarray(x_val), np.asarray(y_val)
         self.rng = np.random.default_rng(seed)
+        self.kept_rows: np.ndarray | None = None  # once the server keeps x: the set's row of each row of x
         self.history = History()
         self._bar: Any = None
 
-    def epoch_batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yields this epoch's (x, y) batches, shuffled if asked, and opens its progress bar."""
+    def calls(self, model: ModelCalls, binary: bool, asynchronous: bool) -> Plan:
+        """Yields the fit's calls on `model`, in order, and returns the History (see the module)."""
+        keep = f"fit-{secrets.token_hex(6)}" if (yield from self._room(model)) else None
+        made = [] if keep is None else [keep]  # data sets to delete at the end
+        try:
+            for epoch in range(self.epochs):
+                for group in self.requests(epoch):
+                    if self.kept_rows is not None:
+                        call = model._train_on_data_call(keep, self.kept_rows[np.concatenate(group)],
+                                                         self.batch_size, None)
+                    else:
+                        call = model._train_steps_call([(self.x[rows], self.y[rows]) for rows in group], binary,
+                                                       asynchronous, keep)
+                    try:
+                        results = yield call
+                    except APIError as error:
+                        error.batch, error.completed = stream_failure(error)
+                        self.fail_at(epoch, group, error)
+                        raise
+                    self.record_group(group, results)
+                if keep is not None and self.kept_rows is None:  # the first epoch kept every row, in its order
+                    self.kept_rows = np.argsort(self.order)  # row i of x is row kept_rows[i] of the set
+                evaluations = {}
+                for name, x, y in self.eval_sets():
+                    evaluations[name] = yield from self._evaluate(model, name, x, y, keep, made)
+                self.end_epoch(epoch, evaluations)
+        except Exception:
+            yield from self._forget(model, made, quietly=True)
+            raise
+        yield from self._forget(model, made)
+        return self.history
+
+    def _room(self, model: ModelCalls) -> Plan:
+        """Gives whether to keep the data on the server: if it will be read again (a later epoch,
+        a classifier's accuracy) and the server has room for it."""
+        if not (self.epochs > 1 or (self.epochs and self.classifier)):
+            return False
+        needed = _stored_bytes(self.x, self.y, model.dtype)
+        if self.validation is not None and self.epochs > 1:
+            needed += _stored_bytes(*self.validation, model.dtype)
+        try:
+            listing = yield model._data_sets_call()
+        except APIError:  # a server without data sets: send the data every epoch
+            return False
+        return listing.free_bytes >= needed
+
+    def _evaluate(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray, keep: str | None,
+                  made: list[str]) -> Plan:
+        """Gives the Evaluation of (x, y) in requests of about EVAL_BYTES each: rows of a data
+        set when the server keeps (x, y) (the validation data is added to one first, if other
+        epochs follow), else (x, y) themselves."""
+        rows = eval_rows(x, y)
+        stored: tuple[str, np.ndarray] | None = None  # (data set, its row of each row of x)
+        if keep is not None and name == "train":
+            stored = keep, self.kept_rows
+        elif keep is not None and name == "val" and self.epochs > 1:
+            stored = f"{keep}-val", np.arange(len(x))
+            if stored[0] not in made:
+                made.append(stored[0])
+                for start in range(0, len(x), rows):
+                    yield model._add_data_call(stored[0], x[start:start + rows], y[start:start + rows])
+        parts = []
+        for start in range(0, len(x), rows):
+            if stored is None:
+                call = model._evaluate_call(x[start:start + rows], y[start:start + rows])
+            else:
+                call = model._evaluate_data_call(stored[0], stored[1][start:start + rows])
+            parts.append((yield call))
+        return Evaluation.combine(parts)
+
+    @staticmethod
+    def _forget(model: ModelCalls, kept: list[str], quietly: bool = False) -> Plan:
+        """Deletes the data sets the fit made (after a failure, whatever their deletion gives)."""
+        for name in kept:
+            try:
+                yield model._delete_data_call(name)
+            except APIError:
+                if not quietly:
+                    raise
+
+    def epoch_rows(self, epoch: int) -> Iterator[np.ndarray]:
+        """Yields the row indices of this epoch's batches, shuffled if asked, and opens its progress bar."""
         n = len(self.x)
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        self.order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         starts = range(0, n, self.batch_size)
         self._seen = self._loss_sum = 0.0
         self.batch = 0  # batches of this epoch recorded so far
         if self.verbose == 1 and tqdm is not None:
             self._bar = tqdm(total=len(starts), desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch")
         for start in starts:
-            index = order[start : start + self.batch_size]
-            yield self.x[index], self.y[index]
+            yield self.order[start : start + self.batch_size]
 
     def record_batch(self, loss: float, n: int) -> None:
         """Adds one batch's loss to the epoch's running mean."""
@@ -108,23 +205,23 @@ class FitLoop:
             self._bar.set_postfix(self._running(), refresh=False)
             self._bar.update(1)
 
-    def requests(self, epoch: int) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-        """Yields this epoch's batches in groups, one `train_steps` request each, in order."""
-        group: list[tuple[np.ndarray, np.ndarray]] = []
-        for batch in self.epoch_batches(epoch):
-            group.append(batch)
+    def requests(self, epoch: int) -> Iterator[list[np.ndarray]]:
+        """Yields this epoch's batches (their row indices) in groups, one request each, in order."""
+        group: list[np.ndarray] = []
+        for rows in self.epoch_rows(epoch):
+            group.append(rows)
             if len(group) == self.steps_per_request:
                 yield group
                 group = []
         if group:
             yield group
 
-    def record_group(self, group: list[tuple[np.ndarray, np.ndarray]], results: list[Any]) -> None:
-        """Adds the results of one train_steps request to the epoch's running mean."""
-        for (_, yb), result in zip(group, results):
-            self.record_batch(result.loss, len(yb))
+    def record_group(self, group: list[np.ndarray], results: list[Any]) -> None:
+        """Adds the results of one request's steps to the epoch's running mean."""
+        for rows, result in zip(group, results):
+            self.record_batch(result.loss, len(rows))
 
-    def fail_at(self, epoch: int, group: list[tuple[np.ndarray, np.ndarray]], error: Exception) -> None:
+    def fail_at(self, epoch: int, group: list[np.ndarray], error: Exception) -> None:
         """Records the steps a failed request applied, and notes on `error` which batch failed."""
         self.record_group(group, error.completed)  # type: ignore[attr-defined]
         error.add_note(f"fit: raised by batch {self.batch + 1} of epoch {epoch + 1} (the batches before it trained)")

@@ -15,11 +15,13 @@ import numpy as np
 
 from ._base import Call
 from ._codec import as_tensor, encode_frame
-from ._exceptions import APIError
-from ._fit import FitLoop, History, eval_rows
+from ._exceptions import APIError, stream_failure
+from ._fit import FitLoop, History, Plan, eval_rows
 from ._history import StepHistory
 from ._types import (
     BackwardResult,
+    DataSetInfo,
+    DataSetList,
     Evaluation,
     ForwardBackwardResult,
     GradcheckReport,
@@ -56,11 +58,8 @@ class AsyncFrames(Frames):
                 yield piece
 
 
-def stream_failure(error: APIError) -> tuple[int, list[TrainStepResult]]:
-    """Returns (the index of the batch that failed, the steps applied before it) of a train_steps error."""
-    body = error.body if isinstance(error.body, dict) else {}
-    completed = [from_body(TrainStepResult, step) for step in body.get("completed") or []]
-    return body.get("batch", len(completed)), completed
+def _steps(body: dict[str, Any]) -> list[TrainStepResult]:
+    return [from_body(TrainStepResult, step) for step in body["steps"]]
 
 
 def model_info(body: dict[str, Any]) -> ModelInfo:
@@ -153,12 +152,38 @@ class ModelCalls:
         return Call("POST", self._path("/train_step"), payload,
                     read=lambda body: from_body(TrainStepResult, body))
 
-    def _train_steps_call(self, batches: list[tuple[Any, Any]], binary: bool, asynchronous: bool) -> Call:
+    def _train_steps_call(self, batches: list[tuple[Any, Any]], binary: bool, asynchronous: bool,
+                          keep: str | None = None) -> Call:
         # Not idempotent: the steps may have been applied. Frames are encoded as they are sent.
         frames = (AsyncFrames if asynchronous else Frames)(
             [{"inputs": self._tensor(x), **self._objective(y, None)} for x, y in batches], binary)
         return Call("POST", self._path("/train_steps"), content=frames, content_type="application/x-ndjson",
-                    read=lambda body: [from_body(TrainStepResult, step) for step in body["steps"]])
+                    params=None if keep is None else {"keep": keep}, read=_steps)
+
+    def _add_data_call(self, name: str, x: Any, y: Any) -> Call:
+        # Not idempotent: a replay would add the rows twice.
+        return Call("POST", self._data_path(name), {"inputs": self._tensor(x), **self._objective(y, None)},
+                    read=lambda body: from_body(DataSetInfo, body))
+
+    def _data_sets_call(self) -> Call:
+        return Call("GET", self._path("/data"), idempotent=True, read=DataSetList.from_body)
+
+    def _delete_data_call(self, name: str) -> Call:
+        return Call("DELETE", self._data_path(name), idempotent=True, read=lambda body: None)
+
+    def _train_on_data_call(self, name: str, rows: Any, batch_size: int, lr: float | None) -> Call:
+        payload: dict[str, Any] = {"rows": np.asarray(rows, np.int64), "batch_size": batch_size}
+        if lr is not None:
+            payload["lr"] = lr
+        return Call("POST", self._data_path(name, "/train_steps"), payload, read=_steps)
+
+    def _evaluate_data_call(self, name: str, rows: Any) -> Call:
+        payload = {} if rows is None else {"rows": np.asarray(rows, np.int64)}
+        return Call("POST", self._data_path(name, "/evaluate"), payload, idempotent=True,
+                    read=lambda body: from_body(Evaluation, body))
+
+    def _data_path(self, name: str, suffix: str = "") -> str:
+        return self._path(f"/data/{quote(name, safe='')}{suffix}")
 
     def _evaluate_call(self, x: Any, y: Any) -> Call:
         payload = {"inputs": self._tensor(x), **self._objective(y, None)}
@@ -291,16 +316,49 @@ class RemoteModel(ModelCalls):
         return Evaluation.combine([self._client._call(self._evaluate_call(xb, yb))
                                    for xb, yb in self._evaluation_chunks(x, y)])
 
-    def train_steps(self, batches: Any) -> list[TrainStepResult]:
+    def train_steps(self, batches: Any, *, keep: str | None = None) -> list[TrainStepResult]:
         """Returns the result of a train_step on each (x, y) batch, in order, from one request
         (the server computes each batch while the next arrives). If a batch fails, its error is
-        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it)."""
+        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it).
+        With ``keep``, the server also adds each applied batch to its data set of that name."""
         batches = list(batches)
         try:
-            return self._client._call(self._train_steps_call(batches, self._client.binary, asynchronous=False))
+            return self._client._call(self._train_steps_call(batches, self._client.binary, False, keep))
         except APIError as error:
             error.batch, error.completed = stream_failure(error)
             raise
+
+    def add_data(self, name: str, x: Any, y: Any) -> DataSetInfo:
+        """Adds rows (x, y) to the model's data set ``name`` on the server (made if needed), sent in
+        requests of about 8 MiB. Data sets live in the server's memory, not in checkpoints."""
+        info = None
+        for xb, yb in self._evaluation_chunks(x, y):
+            info = self._client._call(self._add_data_call(name, xb, yb))
+        return info
+
+    def data_sets(self) -> DataSetList:
+        """Returns the model's data sets, and the memory the server's data sets may still take."""
+        return self._client._call(self._data_sets_call())
+
+    def delete_data(self, name: str) -> None:
+        """Deletes the model's data set ``name`` on the server."""
+        self._client._call(self._delete_data_call(name))
+
+    def train_on_data(
+        self, name: str, rows: Any, *, batch_size: int, lr: float | None = None
+    ) -> list[TrainStepResult]:
+        """Returns the result of a train_step on each batch of ``batch_size`` rows of the data set,
+        in the order of ``rows`` (row indices), from one small request: the same steps as
+        ``train_steps`` sending those rows. Errors as ``train_steps``."""
+        try:
+            return self._client._call(self._train_on_data_call(name, rows, batch_size, lr))
+        except APIError as error:
+            error.batch, error.completed = stream_failure(error)
+            raise
+
+    def evaluate_data(self, name: str, rows: Any = None) -> Evaluation:
+        """Returns ``evaluate`` of rows of the data set (row indices; all if None), nothing sent but them."""
+        return self._client._call(self._evaluate_data_call(name, rows))
 
     def gradcheck(
         self,
@@ -382,16 +440,22 @@ class RemoteModel(ModelCalls):
         as one train_step per batch, sent as train_steps streams so the server never waits."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
-        for epoch in range(epochs):
-            for group in loop.requests(epoch):
-                try:
-                    results = self.train_steps(group)
-                except APIError as error:
-                    loop.fail_at(epoch, group, error)
-                    raise
-                loop.record_group(group, results)
-            loop.end_epoch(epoch, {name: self.evaluate(x, y) for name, x, y in loop.eval_sets()})
-        return loop.history
+        return self._drive(loop.calls(self, self._client.binary, asynchronous=False))
+
+    def _drive(self, plan: Plan) -> Any:
+        """Makes the calls `plan` yields, sending each its answer or throwing in its error; gives
+        what the plan returns."""
+        answer: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                call = plan.send(answer) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer, error = self._client._call(call), None
+            except Exception as exc:
+                answer, error = None, exc
 
 
 class AsyncRemoteModel(ModelCalls):
@@ -458,16 +522,49 @@ class AsyncRemoteModel(ModelCalls):
         return Evaluation.combine([await self._client._call(self._evaluate_call(xb, yb))
                                    for xb, yb in self._evaluation_chunks(x, y)])
 
-    async def train_steps(self, batches: Any) -> list[TrainStepResult]:
+    async def train_steps(self, batches: Any, *, keep: str | None = None) -> list[TrainStepResult]:
         """Returns the result of a train_step on each (x, y) batch, in order, from one request
         (the server computes each batch while the next arrives). If a batch fails, its error is
-        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it)."""
+        raised with ``.batch`` (its index) and ``.completed`` (the steps applied before it).
+        With ``keep``, the server also adds each applied batch to its data set of that name."""
         batches = list(batches)
         try:
-            return await self._client._call(self._train_steps_call(batches, self._client.binary, asynchronous=True))
+            return await self._client._call(self._train_steps_call(batches, self._client.binary, True, keep))
         except APIError as error:
             error.batch, error.completed = stream_failure(error)
             raise
+
+    async def add_data(self, name: str, x: Any, y: Any) -> DataSetInfo:
+        """Adds rows (x, y) to the model's data set ``name`` on the server (made if needed), sent in
+        requests of about 8 MiB. Data sets live in the server's memory, not in checkpoints."""
+        info = None
+        for xb, yb in self._evaluation_chunks(x, y):
+            info = await self._client._call(self._add_data_call(name, xb, yb))
+        return info
+
+    async def data_sets(self) -> DataSetList:
+        """Returns the model's data sets, and the memory the server's data sets may still take."""
+        return await self._client._call(self._data_sets_call())
+
+    async def delete_data(self, name: str) -> None:
+        """Deletes the model's data set ``name`` on the server."""
+        await self._client._call(self._delete_data_call(name))
+
+    async def train_on_data(
+        self, name: str, rows: Any, *, batch_size: int, lr: float | None = None
+    ) -> list[TrainStepResult]:
+        """Returns the result of a train_step on each batch of ``batch_size`` rows of the data set,
+        in the order of ``rows`` (row indices), from one small request: the same steps as
+        ``train_steps`` sending those rows. Errors as ``train_steps``."""
+        try:
+            return await self._client._call(self._train_on_data_call(name, rows, batch_size, lr))
+        except APIError as error:
+            error.batch, error.completed = stream_failure(error)
+            raise
+
+    async def evaluate_data(self, name: str, rows: Any = None) -> Evaluation:
+        """Returns ``evaluate`` of rows of the data set (row indices; all if None), nothing sent but them."""
+        return await self._client._call(self._evaluate_data_call(name, rows))
 
     async def gradcheck(
         self,
@@ -549,13 +646,19 @@ class AsyncRemoteModel(ModelCalls):
         as one train_step per batch, sent as train_steps streams so the server never waits."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
-        for epoch in range(epochs):
-            for group in loop.requests(epoch):
-                try:
-                    results = await self.train_steps(group)
-                except APIError as error:
-                    loop.fail_at(epoch, group, error)
-                    raise
-                loop.record_group(group, results)
-            loop.end_epoch(epoch, {name: await self.evaluate(x, y) for name, x, y in loop.eval_sets()})
-        return loop.history
+        return await self._drive(loop.calls(self, self._client.binary, asynchronous=True))
+
+    async def _drive(self, plan: Plan) -> Any:
+        """Makes the calls `plan` yields, sending each its answer or throwing in its error; gives
+        what the plan returns."""
+        answer: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                call = plan.send(answer) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                answer, error = await self._client._call(call), None
+            except Exception as exc:
+                answer, error = None, exc

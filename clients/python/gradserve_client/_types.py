@@ -92,6 +92,29 @@ class GradcheckReport:
 
 
 @dataclass(frozen=True)
+class DataSetInfo:
+    """A data set the server keeps beside a model: its rows, their shapes and datatypes, its memory."""
+
+    name: str
+    rows: int
+    inputs: dict[str, Any]  # {"shape": [rows, ...], "datatype": "FP32"}
+    targets: dict[str, Any]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DataSetList:
+    """A model's data sets, and the memory the server's data sets may still take."""
+
+    data_sets: tuple[DataSetInfo, ...]
+    free_bytes: int
+
+    @staticmethod
+    def from_body(body: dict[str, Any]) -> DataSetList:
+        return DataSetList(tuple(from_body(DataSetInfo, item) for item in body["data_sets"]), body["free_bytes"])
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """The loss (and a classifier's accuracy) of eval-mode outputs; ``count`` is how many terms
     the loss averages (positions for cross-entropy, elements otherwise)."""

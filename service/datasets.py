@@ -1,0 +1,150 @@
+"""Data sets a model keeps on the server, so that training data crosses the wire once.
+
+A fit sends its first epoch's batches in a train_steps stream that keeps them
+(`?keep=<name>`), or adds rows with `POST /data/{name}`; its later epochs and its evaluations
+then name rows of the set (`/data/{name}/train_steps`, `/data/{name}/evaluate`) instead of
+sending them again.
+
+A data set lives in the memory of the process that holds its model (the server, or the
+model's Ray host), as the model's pending tapes do: it is not part of the checkpoint, a
+restart drops it (404 data_not_found) and deleting the model drops its sets. The sets of one
+process hold at most GRADSERVE_MAX_DATA_BYTES together (413 data_too_large beyond).
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import ServiceError, invalid
+from service.tensor_object import DATATYPE_OF
+
+
+@dataclass(frozen=True)
+class WithData:
+    """Work on a model and its data sets: the Shelf calls `fn(model, data_sets, *args)`."""
+
+    fn: Callable[..., Any]
+
+
+class DataBudget:
+    """The bytes the data sets of one process may hold together; models on pool threads share it."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        """Counts `nbytes` more, or raises 413 if they do not fit."""
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                raise ServiceError(413, "data_too_large", f"the data sets of this server would hold "
+                                   f"{self.used + nbytes} bytes, over the limit of {self.limit} "
+                                   f"(GRADSERVE_MAX_DATA_BYTES); delete some (DELETE /data/{{name}})")
+            self.used += nbytes
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
+
+
+class DataSet:
+    """Rows of (inputs, targets), appended in order and read by row index.
+
+    Appended rows are kept as they came, without a copy; the first read after an append joins
+    them into one array each (one copy of every row in all, however many appends).
+    """
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray):
+        self.rows, self.nbytes = 0, 0
+        self._parts = [(np.empty((0, *inputs.shape[1:]), inputs.dtype),
+                        np.empty((0, *targets.shape[1:]), targets.dtype))]
+
+    def check(self, inputs: np.ndarray, targets: np.ndarray) -> None:
+        """Raises 422 unless (inputs, targets) are rows like this set's: same row shapes, dtypes."""
+        for name, new, held in zip(("inputs", "targets"), (inputs, targets), self._parts[0]):
+            if new.shape[1:] != held.shape[1:] or new.dtype != held.dtype:
+                raise invalid(["body", name], f"rows of shape {list(new.shape[1:])} and {DATATYPE_OF[new.dtype]} "
+                              f"do not go with the data set's, {list(held.shape[1:])} and {DATATYPE_OF[held.dtype]}")
+        if len(inputs) != len(targets):
+            raise invalid(["body", "targets"], f"{len(targets)} targets for {len(inputs)} inputs")
+
+    def append(self, inputs: np.ndarray, targets: np.ndarray, budget: DataBudget) -> None:
+        """Adds rows checked by `check`, their bytes taken from `budget`."""
+        budget.take(inputs.nbytes + targets.nbytes)
+        self._parts.append((inputs, targets))
+        self.rows += len(inputs)
+        self.nbytes += inputs.nbytes + targets.nbytes
+
+    def pop(self, budget: DataBudget) -> None:
+        """Undoes the last append, if nothing read the set since."""
+        inputs, targets = self._parts.pop()
+        self.rows -= len(inputs)
+        self.nbytes -= inputs.nbytes + targets.nbytes
+        budget.give(inputs.nbytes + targets.nbytes)
+
+    def take(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Gives (inputs, targets) of the rows at `rows` (row indices, in their order), all if None."""
+        inputs, targets = self._joined()
+        if rows is None:
+            return inputs, targets
+        return inputs[rows], targets[rows]
+
+    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._parts) > 1:
+            self._parts = [(np.concatenate([part[0] for part in self._parts]),
+                            np.concatenate([part[1] for part in self._parts]))]
+        return self._parts[0]
+
+    def index(self, rows: Any, loc: tuple = ("body", "rows")) -> np.ndarray:
+        """Gives `rows` checked as a 1-D array of integer row indices of this set (422 otherwise)."""
+        if not isinstance(rows, np.ndarray) or rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise invalid(list(loc), "rows must be a 1-D tensor of integer row indices")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.rows):
+            bad = int(rows.min()) if rows.min() < 0 else int(rows.max())
+            raise invalid(list(loc), f"row {bad} is not in the data set, which has {self.rows} rows "
+                          f"(0..{self.rows - 1})")
+        return rows
+
+    def describe(self, name: str) -> dict:
+        inputs, targets = self._parts[0]
+        return {"name": name, "rows": self.rows,
+                "inputs": {"shape": [self.rows, *inputs.shape[1:]], "datatype": DATATYPE_OF[inputs.dtype]},
+                "targets": {"shape": [self.rows, *targets.shape[1:]], "datatype": DATATYPE_OF[targets.dtype]},
+                "bytes": self.nbytes}
+
+
+class DataSets:
+    """The data sets of one model, by name, their bytes counted in the process's budget."""
+
+    def __init__(self, budget: DataBudget):
+        self.budget = budget
+        self.sets: dict[str, DataSet] = {}
+
+    def get(self, name: str) -> DataSet:
+        found = self.sets.get(name)
+        if found is None:
+            raise ServiceError(404, "data_not_found", f"no data set {name!r} on this model (data sets live in the "
+                               f"server's memory: a restart drops them; add rows with POST /data/{{name}})")
+        return found
+
+    def add(self, name: str, inputs: np.ndarray, targets: np.ndarray) -> DataSet:
+        """Appends rows (checked by the model first) to the set `name`, making it if needed."""
+        data_set = self.sets.get(name) or DataSet(inputs, targets)
+        data_set.check(inputs, targets)
+        data_set.append(inputs, targets, self.budget)
+        self.sets[name] = data_set
+        return data_set
+
+    def drop(self, name: str) -> None:
+        self.budget.give(self.get(name).nbytes)
+        del self.sets[name]
+
+    def clear(self) -> None:
+        for name in list(self.sets):
+            self.drop(name)
+
+    def describe(self) -> list[dict]:
+        return [data_set.describe(name) for name, data_set in self.sets.items()]

@@ -1,0 +1,102 @@
+"""A model's data sets (service/datasets.py): rows kept on the server, trained on and evaluated
+by row index, so that they cross the wire once."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from core import Evaluation, Model
+from service.datasets import DataSets, WithData
+from service.deps import Call, DataName, EntryDep, StoreDep
+from service.routes.training import Steps, evaluation, step_answer, too_many_batches
+from service.schemas import (
+    ERRORS, DataEvaluateRequest, DataRowsRequest, DataSetInfo, DataSetList, DataTrainRequest, StreamErrorBody,
+    TrainStepsResponse,
+)
+from service.store import inline_rows
+from service.tensors import respond
+
+router = APIRouter(prefix="/v1/models/{model_id}/data", tags=["data"], responses=ERRORS)
+NamePath = Annotated[DataName, Path()]
+
+
+@router.get("", response_model=DataSetList)
+async def list_data(entry: EntryDep, store: StoreDep) -> DataSetList:
+    """Lists the model's data sets, and the room left for more."""
+    return DataSetList(**await store.run(entry, WithData(_list)))
+
+
+def _list(model: Model, data_sets: DataSets) -> dict:
+    return {"data_sets": data_sets.describe(), "free_bytes": data_sets.budget.limit - data_sets.budget.used}
+
+
+@router.post("/{name}", response_model=DataSetInfo)
+async def add_data(call: Call[DataRowsRequest], name: NamePath) -> DataSetInfo:
+    """Adds rows (checked as a training batch of the model) to the data set `name`, made if needed.
+
+    Data sets live in the memory of the process holding the model: not in its checkpoint, gone
+    with a restart (404 data_not_found) or with the model.
+    """
+    body = call.body
+    return DataSetInfo(**await call.store.run(call.entry, WithData(_add), name, body.inputs, body.targets))
+
+
+def _add(model: Model, data_sets: DataSets, name: str, inputs, targets) -> dict:
+    inputs, targets, _ = model.validate_batch(inputs, targets)
+    return data_sets.add(name, inputs, targets).describe(name)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response)
+async def delete_data(entry: EntryDep, store: StoreDep, name: NamePath) -> Response:
+    """Deletes a data set and frees its memory."""
+    await store.run(entry, WithData(_drop), name)
+    return Response(status_code=204)
+
+
+def _drop(model: Model, data_sets: DataSets, name: str) -> None:
+    data_sets.drop(name)
+
+
+@router.post("/{name}/train_steps", response_model=TrainStepsResponse,
+             responses={409: {"model": StreamErrorBody}, 422: {"model": StreamErrorBody}})
+async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Response:
+    """Applies a train step on each batch of the given rows, in order: the same steps, bit for
+    bit, as train_steps sending those rows. Every row index is checked before the first step;
+    then, as in train_steps, the first batch that fails stops the rest, and each batch takes
+    the model's lock on its own."""
+    body, store = call.body, call.store
+    rows, flat = await store.run(call.entry, WithData(_checked_rows), name, body.rows)
+    starts = range(0, len(rows), body.batch_size)
+    if len(starts) > call.request.app.state.settings.max_stream_batches:
+        raise too_many_batches(call.request.app.state.settings.max_stream_batches)
+    steps = Steps(store, call.request.app.state.metrics, call.entry)
+    for start in starts:
+        batch = rows[start:start + body.batch_size]
+        if not await steps.apply(WithData(_train_rows), name, batch, body.lr, rows=len(batch) if flat else None):
+            break
+    return await steps.answer()
+
+
+def _checked_rows(model: Model, data_sets: DataSets, name: str, rows) -> tuple[object, bool]:
+    """Gives the rows checked, and whether the set's inputs are (N, D) floats (store.inline_rows)."""
+    data_set = data_sets.get(name)
+    return data_set.index(rows), inline_rows(data_set.take(rows[:0])[0]) is not None
+
+
+def _train_rows(model: Model, data_sets: DataSets, name: str, rows, lr: float | None) -> dict:
+    data_set = data_sets.get(name)
+    inputs, targets = data_set.take(data_set.index(rows))
+    return step_answer(model.train_step(inputs, targets, lr))
+
+
+@router.post("/{name}/evaluate", response_model=Evaluation)
+async def evaluate_data(call: Call[DataEvaluateRequest], name: NamePath) -> Response:
+    """Gives the loss (and a classifier's accuracy) of an eval-mode forward on rows of the data
+    set, as /evaluate on those rows gives it; no gradients, no state change."""
+    return respond(await call.store.run(call.entry, WithData(_evaluate_rows), name, call.body.rows))
+
+
+def _evaluate_rows(model: Model, data_sets: DataSets, name: str, rows) -> dict:
+    data_set = data_sets.get(name)
+    return evaluation(model, *data_set.take(None if rows is None else data_set.index(rows)))

@@ -1,0 +1,149 @@
+"""Data sets kept beside a model (service/datasets.py): rows added once, then trained on and
+evaluated by row index, with the same results, bit for bit, as sending those rows; every
+refusal a 4xx naming the problem that changes nothing; memory bounded per process."""
+
+import numpy as np
+import orjson
+import pytest
+
+from wire import MLP, binary_body, create, tensor
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((40, 4)).astype(np.float32)
+Y = rng.integers(0, 3, 40)
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def frames(batches) -> bytes:
+    return b"".join(orjson.dumps({"inputs": tensor(X[rows]), "targets": tensor(Y[rows])}) + b"\n" for rows in batches)
+
+
+def state(api, model_id: str) -> tuple:
+    info = api.get(f"/v1/models/{model_id}").json()
+    return info["step"], info["version"], api.get(f"/v1/models/{model_id}/parameters").json()
+
+
+def test_training_on_rows_of_a_data_set_is_train_steps_on_those_rows(api):
+    kept, sent = create(api)["id"], create(api)["id"]
+    added = api.post(f"/v1/models/{kept}/data/train", json={"inputs": tensor(X[:25]), "targets": tensor(Y[:25])})
+    assert added.status_code == 200, added.text
+    body, headers = binary_body({}, {"inputs": X[25:], "targets": Y[25:]})  # rows added in binary form too
+    assert api.post(f"/v1/models/{kept}/data/train", content=body, headers=headers).json()["rows"] == 40
+    order = np.random.default_rng(1).permutation(40)
+    batches = [order[i:i + 16] for i in range(0, 40, 16)]  # 16, 16, 8
+    on_data = api.post(f"/v1/models/{kept}/data/train/train_steps",
+                       json={"rows": order.tolist(), "batch_size": 16, "lr": 0.005})
+    assert on_data.status_code == 200, on_data.text
+    lr_first = frames(batches).replace(b'"targets"', b'"lr":0.005,"targets"', 1)
+    streamed = api.post(f"/v1/models/{sent}/train_steps", content=lr_first, headers=NDJSON)
+    assert on_data.json() == streamed.json() and len(on_data.json()["steps"]) == 3
+    assert state(api, kept)[0] == 3 and state(api, kept)[2] == state(api, sent)[2]
+    evaluated = api.post(f"/v1/models/{kept}/data/train/evaluate", json={"rows": order[:10].tolist()}).json()
+    assert evaluated == api.post(f"/v1/models/{kept}/evaluate",
+                                 json={"inputs": tensor(X[order[:10]]), "targets": tensor(Y[order[:10]])}).json()
+    everything = api.post(f"/v1/models/{kept}/data/train/evaluate", json={}).json()
+    assert everything == api.post(f"/v1/models/{kept}/evaluate", json={"inputs": tensor(X), "targets": tensor(Y)}).json()
+
+
+def test_a_stream_keeps_the_batches_it_applies_in_order(api):
+    model = create(api)["id"]
+    batches = [np.arange(0, 16), np.arange(16, 32)]
+    assert api.post(f"/v1/models/{model}/train_steps?keep=seen", content=frames(batches), headers=NDJSON).status_code == 200
+    listing = api.get(f"/v1/models/{model}/data").json()
+    assert [(s["name"], s["rows"], s["inputs"], s["targets"]) for s in listing["data_sets"]] == [
+        ("seen", 32, {"shape": [32, 4], "datatype": "FP32"}, {"shape": [32], "datatype": "INT64"})]
+    assert listing["data_sets"][0]["bytes"] == 32 * (4 * 4 + 8)
+    y_bad = Y.copy()
+    y_bad[40 - 1] = 7  # the third batch's label is out of range: refused, not kept
+    bad = b"".join(orjson.dumps({"inputs": tensor(X[rows]), "targets": tensor(y_bad[rows])}) + b"\n"
+                   for rows in (np.arange(32, 36), np.arange(36, 40)))
+    refused = api.post(f"/v1/models/{model}/train_steps?keep=seen", content=bad, headers=NDJSON)
+    assert refused.status_code == 422 and refused.json()["batch"] == 1
+    assert api.get(f"/v1/models/{model}/data").json()["data_sets"][0]["rows"] == 36
+    whole = api.post(f"/v1/models/{model}/data/seen/evaluate", json={}).json()
+    assert whole == api.post(f"/v1/models/{model}/evaluate", json={"inputs": tensor(X[:36]),
+                                                                    "targets": tensor(Y[:36])}).json()
+
+
+@pytest.mark.parametrize("body, status, loc, words", [
+    ({"rows": [0, 40], "batch_size": 2}, 422, ["body", "rows"], "row 40 is not in the data set, which has 40 rows"),
+    ({"rows": [0, -1], "batch_size": 2}, 422, ["body", "rows"], "row -1 is not in the data set"),
+    ({"rows": [0.5, 1.0], "batch_size": 2}, 422, ["body", "rows"], "integer row indices"),
+    ({"rows": [[0, 1]], "batch_size": 2}, 422, ["body", "rows"], "1-D"),
+    ({"rows": [0, 1], "batch_size": 0}, 422, ["body", "batch_size"], "greater than or equal to 1"),
+    ({"rows": [0, 1]}, 422, ["body", "batch_size"], "Field required"),
+])
+def test_bad_rows_are_refused_before_any_step(api, body, status, loc, words):
+    model = create(api)["id"]
+    api.post(f"/v1/models/{model}/data/train", json={"inputs": tensor(X), "targets": tensor(Y)})
+    before = state(api, model)
+    response = api.post(f"/v1/models/{model}/data/train/train_steps", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"][0]["loc"] == loc and words in response.json()["detail"][0]["msg"]
+    assert state(api, model) == before
+    evaluated = api.post(f"/v1/models/{model}/data/train/evaluate", json={"rows": [41]})
+    assert evaluated.status_code == 422 and evaluated.json()["detail"][0]["loc"] == ["body", "rows"]
+
+
+def test_rows_that_do_not_go_with_the_set_or_the_model_are_refused(api):
+    model = create(api)["id"]
+    url = f"/v1/models/{model}/data/train"
+    assert api.post(url, json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 200
+    wide = api.post(url, json={"inputs": tensor(np.zeros((2, 5), np.float32)), "targets": tensor(Y[:2])})
+    assert wide.status_code == 422 and wide.json()["code"] == "invalid_input"  # the model takes 4 features
+    probabilities = api.post(url, json={"inputs": tensor(X[:2]),
+                                        "targets": tensor(np.full((2, 3), 1 / 3, np.float32))})
+    assert probabilities.status_code == 422 and "do not go with the data set's" in probabilities.json()["detail"][0]["msg"]
+    assert api.get(f"/v1/models/{model}/data").json()["data_sets"][0]["rows"] == 40
+
+
+def test_an_unknown_data_set_is_404_and_a_deleted_one_is_gone(api):
+    model = create(api)["id"]
+    for method, path, body in (("POST", "nope/train_steps", {"rows": [0], "batch_size": 1}),
+                               ("POST", "nope/evaluate", {}), ("DELETE", "nope", None)):
+        response = api.request(method, f"/v1/models/{model}/data/{path}", json=body)
+        assert response.status_code == 404 and response.json()["code"] == "data_not_found", response.text
+    api.post(f"/v1/models/{model}/data/d", json={"inputs": tensor(X), "targets": tensor(Y)})
+    assert api.delete(f"/v1/models/{model}/data/d").status_code == 204
+    assert api.get(f"/v1/models/{model}/data").json()["data_sets"] == []
+    assert api.post(f"/v1/models/{model}/data/bad.name", json={"inputs": tensor(X), "targets": tensor(Y)}).status_code == 422
+
+
+def test_the_data_sets_of_a_process_are_bounded_and_freed_with_their_model(make_client):
+    client = make_client(max_data_bytes=1000)  # 41 rows of 4 FP32 and an INT64 label
+    model, other = create(client)["id"], create(client)["id"]
+    assert client.get(f"/v1/models/{model}/data").json()["free_bytes"] == 1000
+    assert client.post(f"/v1/models/{model}/data/a", json={"inputs": tensor(X[:30]), "targets": tensor(Y[:30])}).status_code == 200
+    over = client.post(f"/v1/models/{other}/data/b", json={"inputs": tensor(X[:20]), "targets": tensor(Y[:20])})
+    assert over.status_code == 413 and over.json()["code"] == "data_too_large"
+    assert "GRADSERVE_MAX_DATA_BYTES" in over.json()["detail"]
+    kept = client.post(f"/v1/models/{other}/train_steps?keep=b", content=frames([np.arange(0, 8), np.arange(8, 16)]),
+                       headers=NDJSON)
+    assert kept.status_code == 413 and kept.json()["batch"] == 1 and len(kept.json()["completed"]) == 1
+    assert client.get(f"/v1/models/{other}").json()["step"] == 1  # the batch that did not fit was not applied
+    assert client.get(f"/v1/models/{other}/data").json()["free_bytes"] == 1000 - 30 * 24 - 8 * 24
+    client.delete(f"/v1/models/{model}")
+    assert client.get(f"/v1/models/{other}/data").json()["free_bytes"] == 1000 - 8 * 24
+
+
+def test_data_sets_live_in_memory_a_restart_drops_them(open_client):
+    with open_client() as client:
+        model = create(client)["id"]
+        client.post(f"/v1/models/{model}/data/d", json={"inputs": tensor(X), "targets": tensor(Y)})
+    with open_client() as client:
+        assert client.get(f"/v1/models/{model}").status_code == 200
+        assert client.get(f"/v1/models/{model}/data").json()["data_sets"] == []
+        gone = client.post(f"/v1/models/{model}/data/d/evaluate", json={})
+        assert gone.status_code == 404 and "a restart drops them" in gone.json()["detail"]
+
+
+def test_another_key_sees_no_data_set_of_my_model(make_client):
+    client = make_client(api_keys=["mine", "theirs"])
+    mine, theirs = {"Authorization": "Bearer mine"}, {"Authorization": "Bearer theirs"}
+    model = client.post("/v1/models", json=MLP, headers=mine).json()["id"]
+    client.post(f"/v1/models/{model}/data/d", json={"inputs": tensor(X), "targets": tensor(Y)}, headers=mine)
+    for method, path in (("GET", ""), ("POST", "/d/evaluate"), ("DELETE", "/d")):
+        response = client.request(method, f"/v1/models/{model}/data{path}", json={} if method == "POST" else None,
+                                  headers=theirs)
+        assert response.status_code == 404 and response.json()["code"] == "model_not_found"
+    assert client.get(f"/v1/models/{model}/data", headers=mine).json()["data_sets"][0]["rows"] == 40
