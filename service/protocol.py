@@ -1,19 +1,28 @@
-"""uvicorn's httptools protocol, with a deadline on each request's head.
+"""uvicorn's httptools protocol, with a deadline on each request's head and a longer read-ahead
+of request bodies.
 
 uvicorn closes an idle keep-alive connection, but not one that opened and never sent a
 complete request head (request line and headers), nor one that stops halfway through it: a
 few hundred such connections hold a server's sockets forever. This protocol closes a
 connection whose head is not complete `header_timeout` seconds after the connection opened,
 or after the response before it.
+
+uvicorn also stops reading a connection as soon as 64 KiB of its body wait for the app, and
+reads on once the app takes them: a 25 MB body (a train_steps stream, a big binary tensor)
+crosses in 400 pauses and resumes. Reading ahead up to BODY_READ_AHEAD halves the time such a
+body takes over loopback (23.6 -> 11.6 ms for 25 MB here).
 """
 
 import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+BODY_READ_AHEAD = 1024 * 1024  # bytes of a request body buffered before the connection is paused
+
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol dropping connections whose request head is late; see the module."""
+    """HttpToolsProtocol dropping connections whose request head is late, reading bodies further
+    ahead; see the module."""
 
     header_timeout: float = 10.0
     _head_timer: asyncio.TimerHandle | None = None
@@ -25,6 +34,15 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        # uvicorn's own on_body, with BODY_READ_AHEAD for its 64 KiB HIGH_WATER_LIMIT
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self.cycle.body += body
+        if len(self.cycle.body) > BODY_READ_AHEAD:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # its head is in already: uvicorn starts it right away
