@@ -286,10 +286,11 @@ class Model:
                                 f"shape {list(output_shape)}")
         return _finite(g.astype(self.dtype, copy=False), "grad_output")
 
-    def validate_batch(self, x, targets=None, grad_output=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Return a training batch's (inputs, targets, grad_output) checked, targets unless a
-        grad_output is given, or raise InputError naming the problem."""
-        x, out_shape = self._checked_inputs(x, train=True)
+    def validate_batch(self, x, targets=None, grad_output=None,
+                       train: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Return a batch's (inputs, targets, grad_output) checked, targets unless a grad_output
+        is given, or raise InputError naming the problem; a training batch unless `train` is False."""
+        x, out_shape = self._checked_inputs(x, train=train)
         if grad_output is None:
             return x, self.validate_targets(targets, out_shape), None
         return x, None, self.validate_grad_output(grad_output, out_shape)

@@ -11,6 +11,7 @@ restart drops it (404 data_not_found) and deleting the model drops its sets. The
 process hold at most GRADSERVE_MAX_DATA_BYTES together (413 data_too_large beyond).
 """
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 
 from service.errors import ServiceError, invalid
 from service.tensor_object import DATATYPE_OF
+from service.tensors import check_size
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,10 @@ class DataSet:
             raise invalid(["body", "targets"], f"{len(targets)} targets for {len(inputs)} inputs")
 
     def append(self, inputs: np.ndarray, targets: np.ndarray, budget: DataBudget) -> None:
-        """Adds rows checked by `check`, their bytes taken from `budget`."""
+        """Adds rows checked by `check`, their bytes taken from `budget`. Arrays whose memory is
+        not the Python heap's (a Ray object store's buffer) are copied, so as not to pin it."""
         budget.take(inputs.nbytes + targets.nbytes)
-        self._parts.append((inputs, targets))
+        self._parts.append((_owned(inputs), _owned(targets)))
         self.rows += len(inputs)
         self.nbytes += inputs.nbytes + targets.nbytes
 
@@ -93,9 +96,21 @@ class DataSet:
         return inputs[rows], targets[rows]
 
     def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gives the rows as one array each, joining the parts appended since the last join: part
+        by part into the new arrays, each part let go once copied, so the join needs little more
+        memory than the set."""
         if len(self._parts) > 1:
-            self._parts = [(np.concatenate([part[0] for part in self._parts]),
-                            np.concatenate([part[1] for part in self._parts]))]
+            first_inputs, first_targets = self._parts[0]
+            inputs = np.empty((self.rows, *first_inputs.shape[1:]), first_inputs.dtype)
+            targets = np.empty((self.rows, *first_targets.shape[1:]), first_targets.dtype)
+            parts, self._parts, start = self._parts[::-1], [], 0
+            while parts:
+                part_inputs, part_targets = parts.pop()
+                inputs[start:start + len(part_inputs)] = part_inputs
+                targets[start:start + len(part_inputs)] = part_targets
+                start += len(part_inputs)
+                del part_inputs, part_targets
+            self._parts = [(inputs, targets)]
         return self._parts[0]
 
     def index(self, rows: Any, loc: tuple = ("body", "rows")) -> np.ndarray:
@@ -114,6 +129,16 @@ class DataSet:
                 "inputs": {"shape": [self.rows, *inputs.shape[1:]], "datatype": DATATYPE_OF[inputs.dtype]},
                 "targets": {"shape": [self.rows, *targets.shape[1:]], "datatype": DATATYPE_OF[targets.dtype]},
                 "bytes": self.nbytes}
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """Gives `array`, copied unless its memory is numpy's or a Python bytes object's."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return array if isinstance(base, (np.ndarray, bytes, bytearray)) else array.copy()
 
 
 class DataSets:
@@ -137,6 +162,12 @@ class DataSets:
         data_set.append(inputs, targets, self.budget)
         self.sets[name] = data_set
         return data_set
+
+    def check_size(self, name: str, rows: int, max_elements: int, loc: tuple) -> None:
+        """Raises 413 if `rows` rows of the set's inputs would be a tensor over `max_elements`
+        (GRADSERVE_MAX_TENSOR_ELEMENTS holds rows named as it holds rows sent)."""
+        inputs = self.get(name).take(np.arange(0))[0]
+        check_size(rows * math.prod(inputs.shape[1:]), loc, max_elements)
 
     def drop(self, name: str) -> None:
         self.budget.give(self.get(name).nbytes)

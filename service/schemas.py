@@ -244,7 +244,7 @@ class DataSetInfo(BaseModel):
     rows: int
     inputs: TensorShape
     targets: TensorShape
-    bytes: int = Field(description="Memory it holds, room to grow included.")
+    bytes: int = Field(description="Memory its rows take.")
 
 
 class DataSetList(BaseModel):

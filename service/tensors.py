@@ -101,7 +101,7 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
         dtype = DTYPES[tensor.datatype]
     shape = tensor.shape
     if shape is not None:
-        _check_size(math.prod(shape), loc, max_elements)
+        check_size(math.prod(shape), loc, max_elements)
     data = tensor.data
     if isinstance(data, memoryview):
         if shape is None:
@@ -119,7 +119,7 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
         if dtype.kind != "f":  # its first value is written as a float, so is not all integers
             raise invalid([*loc, "data"], f"{DATATYPE_OF[dtype]} data must be integers", "int_type")
         array = data.values.astype(dtype, copy=False)
-        _check_size(array.size, loc, max_elements)
+        check_size(array.size, loc, max_elements)
         shape = data.shape if shape is None else shape
         if array.size != math.prod(shape):
             raise invalid([*loc, "data"], f"data has {array.size} values, shape {shape} needs {math.prod(shape)}")
@@ -131,7 +131,7 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
         array = array if array.dtype.kind in "iu" else array.astype(dtype)
     else:
         array = _from_list(data, dtype, [*loc, "data"])
-    _check_size(array.size, loc, max_elements)
+    check_size(array.size, loc, max_elements)
     if shape is None:
         return array
     if array.size != math.prod(shape):
@@ -229,7 +229,8 @@ def _from_list(data: list, dtype: np.dtype | None, loc: list) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _check_size(elements: int, loc: tuple, max_elements: int) -> None:
+def check_size(elements: int, loc: tuple, max_elements: int) -> None:
+    """Raises 413 if a tensor at `loc` (("body", field, ...)) holds more than `max_elements`."""
     if elements > max_elements:
         raise ServiceError(413, "tensor_too_large",
                            f"{'.'.join(map(str, loc[1:]))} has {elements} elements, over the limit of "

@@ -43,7 +43,7 @@ async def add_data(call: Call[DataRowsRequest], name: NamePath) -> DataSetInfo:
 
 
 def _add(model: Model, data_sets: DataSets, name: str, inputs, targets) -> dict:
-    inputs, targets, _ = model.validate_batch(inputs, targets)
+    inputs, targets, _ = model.validate_batch(inputs, targets, train=False)  # rows kept, not yet a batch
     return data_sets.add(name, inputs, targets).describe(name)
 
 
@@ -58,18 +58,18 @@ def _drop(model: Model, data_sets: DataSets, name: str) -> None:
     data_sets.drop(name)
 
 
-@router.post("/{name}/train_steps", response_model=TrainStepsResponse,
-             responses={409: {"model": StreamErrorBody}, 422: {"model": StreamErrorBody}})
+@router.post("/{name}/train_steps", response_model=TrainStepsResponse, responses={409: {"model": StreamErrorBody}})
 async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Response:
     """Applies a train step on each batch of the given rows, in order: the same steps, bit for
     bit, as train_steps sending those rows. Every row index is checked before the first step;
     then, as in train_steps, the first batch that fails stops the rest, and each batch takes
     the model's lock on its own."""
-    body, store = call.body, call.store
-    rows, flat = await store.run(call.entry, WithData(_checked_rows), name, body.rows)
+    body, store, settings = call.body, call.store, call.request.app.state.settings
+    rows, flat = await store.run(call.entry, WithData(_checked_rows), name, body.rows, body.batch_size,
+                                 settings.max_tensor_elements)
     starts = range(0, len(rows), body.batch_size)
-    if len(starts) > call.request.app.state.settings.max_stream_batches:
-        raise too_many_batches(call.request.app.state.settings.max_stream_batches)
+    if len(starts) > settings.max_stream_batches:
+        raise too_many_batches(settings.max_stream_batches, "rows")
     steps = Steps(store, call.request.app.state.metrics, call.entry)
     for start in starts:
         batch = rows[start:start + body.batch_size]
@@ -78,10 +78,14 @@ async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Respons
     return await steps.answer()
 
 
-def _checked_rows(model: Model, data_sets: DataSets, name: str, rows) -> tuple[object, bool]:
-    """Gives the rows checked, and whether the set's inputs are (N, D) floats (store.inline_rows)."""
+def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size: int,
+                  max_elements: int) -> tuple[object, bool]:
+    """Gives the rows checked (each batch held to GRADSERVE_MAX_TENSOR_ELEMENTS, as if sent),
+    and whether the set's inputs are (N, D) floats (store.inline_rows)."""
     data_set = data_sets.get(name)
-    return data_set.index(rows), inline_rows(data_set.take(rows[:0])[0]) is not None
+    rows = data_set.index(rows)
+    data_sets.check_size(name, min(batch_size, len(rows)), max_elements, ("body", "rows"))
+    return rows, inline_rows(data_set.take(rows[:0])[0]) is not None
 
 
 def _train_rows(model: Model, data_sets: DataSets, name: str, rows, lr: float | None) -> dict:
@@ -94,9 +98,12 @@ def _train_rows(model: Model, data_sets: DataSets, name: str, rows, lr: float | 
 async def evaluate_data(call: Call[DataEvaluateRequest], name: NamePath) -> Response:
     """Gives the loss (and a classifier's accuracy) of an eval-mode forward on rows of the data
     set, as /evaluate on those rows gives it; no gradients, no state change."""
-    return respond(await call.store.run(call.entry, WithData(_evaluate_rows), name, call.body.rows))
+    return respond(await call.store.run(call.entry, WithData(_evaluate_rows), name, call.body.rows,
+                                        call.request.app.state.settings.max_tensor_elements))
 
 
-def _evaluate_rows(model: Model, data_sets: DataSets, name: str, rows) -> dict:
+def _evaluate_rows(model: Model, data_sets: DataSets, name: str, rows, max_elements: int) -> dict:
     data_set = data_sets.get(name)
-    return evaluation(model, *data_set.take(None if rows is None else data_set.index(rows)))
+    rows = None if rows is None else data_set.index(rows)
+    data_sets.check_size(name, data_set.rows if rows is None else len(rows), max_elements, ("body", "rows"))
+    return evaluation(model, *data_set.take(rows))

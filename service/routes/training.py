@@ -189,7 +189,7 @@ async def train_steps(entry: EntryDep, request: Request, keep: KeepQuery = None)
                 index = 0
                 async for message, binary in stream:
                     if index == state.settings.max_stream_batches:
-                        raise too_many_batches(index)
+                        raise too_many_batches(index, "the stream's frames")
                     await batches.put(validated(message, binary, TrainStepRequest, decoder))
                     index += 1
                     if stopped.is_set():
@@ -216,19 +216,22 @@ async def train_steps(entry: EntryDep, request: Request, keep: KeepQuery = None)
     return await steps.answer()  # and under durability "step" before the answer
 
 
-def too_many_batches(batches: int) -> ServiceError:
-    return ServiceError(413, "stream_too_long", f"the stream has more than {batches} batches "
-                        f"(GRADSERVE_MAX_STREAM_BATCHES); send several")
+def too_many_batches(batches: int, what: str = "the stream") -> ServiceError:
+    return ServiceError(413, "stream_too_long", f"{what} make more than {batches} batches "
+                        f"(GRADSERVE_MAX_STREAM_BATCHES); send several requests")
 
 
 def _kept_train_step(model: Model, data_sets: DataSets, name: str, body: TrainStepRequest) -> dict:
     """Gives a train step's answer, its batch added to the data set `name` (taken back if the step fails)."""
     inputs, targets, _ = model.validate_batch(body.inputs, body.targets)
+    made = name not in data_sets.sets
     data_set = data_sets.add(name, inputs, targets)
     try:
         return _train_step(model, body)
     except BaseException:
         data_set.pop(data_sets.budget)
+        if made:  # no set of an empty first batch's shape left behind
+            data_sets.drop(name)
         raise
 
 

@@ -49,6 +49,18 @@ def dataless_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     stop(started)
 
 
+SMALL_DATA_BYTES = 20_000
+
+
+@pytest.fixture(scope="session")
+def small_data_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose data sets hold at most SMALL_DATA_BYTES together."""
+    started = _start(tmp_path_factory.mktemp("gradserve-small-data") / "data",
+                     GRADSERVE_MAX_DATA_BYTES=str(SMALL_DATA_BYTES))
+    yield started
+    stop(started)
+
+
 @pytest.fixture
 def client(server: Server) -> Iterator["gradserve_client.Client"]:
     import gradserve_client

@@ -123,6 +123,7 @@ def test_a_killed_host_answers_503_for_its_models_only_then_reloads_them(ray_ser
     url = ray_server()
     doomed, spared = id_on(0, "doomed"), id_on(1, "spared")
     create(url, doomed), create(url, spared)
+    assert httpx.post(f"{url}/v1/models/{doomed}/data/d", json=batch(0), timeout=30).status_code == 200
     acknowledged: list[int] = []
     refusals: list[tuple] = []
 
@@ -162,6 +163,8 @@ def test_a_killed_host_answers_503_for_its_models_only_then_reloads_them(ray_ser
     got = parameters(url, doomed)
     assert all(np.array_equal(got[name], value) for name, value in expected.items())
     assert httpx.post(f"{url}/v1/models/{doomed}/train_step", json=batch(step), timeout=30).json()["step"] == step + 1
+    # Its data sets lived in the host's memory: gone with it (the client's fit sends the rows again).
+    assert httpx.get(f"{url}/v1/models/{doomed}/data", timeout=30).json()["data_sets"] == []
     # The history came back with the checkpoint: every step once, none beyond it.
     assert httpx.get(f"{url}/v1/models/{doomed}/history", timeout=30).json()["step"] == list(range(1, step + 2))
 

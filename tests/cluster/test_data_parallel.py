@@ -79,6 +79,18 @@ def test_three_adam_train_steps_in_shards_equal_workers_1(client):
     assert_close(sharded.parameters(), single.parameters())
 
 
+def test_a_sharded_model_trains_on_rows_it_keeps_as_on_rows_sent(client):
+    kept, sent = (client.create_model({**CLASSIFIER, "workers": 2}) for _ in range(2))
+    x, y = batch(CLASSIFIER, 22, 5)
+    first = [(x[:11], y[:11]), (x[11:], y[11:])]
+    assert kept.train_steps(first, keep="d") == sent.train_steps(first)
+    order = np.random.default_rng(0).permutation(22)
+    assert kept.train_on_data("d", order, batch_size=9) == sent.train_steps(
+        [(x[order[i:i + 9]], y[order[i:i + 9]]) for i in range(0, 22, 9)])
+    assert {k: v.tobytes() for k, v in kept.parameters().items()} == {k: v.tobytes() for k, v in sent.parameters().items()}
+    assert kept.evaluate_data("d") == sent.evaluate(x, y)
+
+
 def test_the_history_of_a_sharded_model_holds_its_activations(client):
     relu = {**CLASSIFIER, "layers": [{"type": "linear", "in_features": 6, "out_features": 8}, {"type": "tanh"},
                                      {"type": "linear", "out_features": 8}, {"type": "relu"},

@@ -147,3 +147,33 @@ def test_another_key_sees_no_data_set_of_my_model(make_client):
                                   headers=theirs)
         assert response.status_code == 404 and response.json()["code"] == "model_not_found"
     assert client.get(f"/v1/models/{model}/data", headers=mine).json()["data_sets"][0]["rows"] == 40
+
+
+def test_rows_named_are_held_to_the_tensor_limit_as_rows_sent(make_client):
+    client = make_client(max_tensor_elements=100)  # 25 rows of 4 features
+    model = create(client)["id"]
+    for start in (0, 20):
+        assert client.post(f"/v1/models/{model}/data/d", json={"inputs": tensor(X[start:start + 20]),
+                                                              "targets": tensor(Y[start:start + 20])}).status_code == 200
+    before = state(client, model)
+    for path, body in (("train_steps", {"rows": list(range(26)), "batch_size": 26}),
+                       ("train_steps", {"rows": [0] * 30, "batch_size": 30}), ("evaluate", {}),
+                       ("evaluate", {"rows": list(range(26))})):
+        response = client.post(f"/v1/models/{model}/data/d/{path}", json=body)
+        assert response.status_code == 413 and response.json()["code"] == "tensor_too_large", (path, response.text)
+        assert "GRADSERVE_MAX_TENSOR_ELEMENTS" in response.json()["detail"]
+    assert state(client, model) == before
+    assert client.post(f"/v1/models/{model}/data/d/train_steps", json={"rows": list(range(40)), "batch_size": 25}).status_code == 200
+    assert client.post(f"/v1/models/{model}/data/d/evaluate", json={"rows": list(range(25))}).status_code == 200
+
+
+def test_a_kept_stream_whose_first_batch_fails_leaves_no_set(api):
+    model = create(api)["id"]
+    refused = frames([np.arange(0, 8)]).replace(b'"targets"', b'"lr":1e300,"targets"', 1)
+    response = api.post(f"/v1/models/{model}/train_steps?keep=k", content=refused, headers=NDJSON)
+    assert response.status_code == 409 and response.json()["code"] == "non_finite_update"
+    assert api.get(f"/v1/models/{model}/data").json()["data_sets"] == []
+    probabilities = {"inputs": tensor(X[:4]), "targets": tensor(np.full((4, 3), 1 / 3, np.float32))}
+    kept = api.post(f"/v1/models/{model}/train_steps?keep=k", content=orjson.dumps(probabilities) + b"\n",
+                    headers=NDJSON)
+    assert kept.status_code == 200 and api.get(f"/v1/models/{model}/data").json()["data_sets"][0]["rows"] == 4

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._exceptions import APIError, stream_failure
+from ._exceptions import APIError, GradserveError, NotFoundError, stream_failure
 from ._types import Evaluation
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from ._model import ModelCalls
 
 Plan = Generator["Call", Any, Any]
+
+# The codes that say the server cannot keep (or no longer has) a fit's data set.
+DATA_GONE = ("data_too_large", "data_not_found")
 
 try:
     from tqdm.auto import tqdm
@@ -46,8 +49,9 @@ def _row_bytes(*arrays: np.ndarray) -> int:
 
 
 def _stored_bytes(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> int:
-    """Gives about what (x, y) take on the server: floats in the model's dtype, labels as INT64."""
-    return x.size * dtype.itemsize + y.size * (8 if y.dtype.kind in "iub" else dtype.itemsize)
+    """Gives about what (x, y) take on the server: floats in the model's dtype, integers (labels,
+    tokens) as INT64."""
+    return sum(a.size * (8 if a.dtype.kind in "iub" else dtype.itemsize) for a in (x, y))
 
 
 def eval_rows(x: np.ndarray, y: np.ndarray) -> int:
@@ -105,36 +109,55 @@ class FitLoop:
         self._bar: Any = None
 
     def calls(self, model: ModelCalls, binary: bool, asynchronous: bool) -> Plan:
-        """Yields the fit's calls on `model`, in order, and returns the History (see the module)."""
-        keep = f"fit-{secrets.token_hex(6)}" if (yield from self._room(model)) else None
-        made = [] if keep is None else [keep]  # data sets to delete at the end
+        """Yields the fit's calls on `model`, in order, and returns the History (see the module).
+
+        If the server cannot keep the data (413 data_too_large) or has lost it (404
+        data_not_found: a restart drops data sets), the fit goes on sending the rows themselves,
+        from the batch that was refused; the steps stay those of sending everything. Whatever
+        ends the fit, even an interrupt, it first deletes the data sets it made.
+        """
+        self.keep = f"fit-{secrets.token_hex(6)}" if (yield from self._room(model)) else None
+        self.made = [] if self.keep is None else [self.keep]  # data sets to delete at the end
+        self.keep_validation = self.epochs > 1  # evaluated once or not at all: sent as it is
         try:
             for epoch in range(self.epochs):
                 for group in self.requests(epoch):
-                    if self.kept_rows is not None:
-                        call = model._train_on_data_call(keep, self.kept_rows[np.concatenate(group)],
-                                                         self.batch_size, None)
-                    else:
-                        call = model._train_steps_call([(self.x[rows], self.y[rows]) for rows in group], binary,
-                                                       asynchronous, keep)
-                    try:
-                        results = yield call
-                    except APIError as error:
-                        error.batch, error.completed = stream_failure(error)
-                        self.fail_at(epoch, group, error)
-                        raise
-                    self.record_group(group, results)
-                if keep is not None and self.kept_rows is None:  # the first epoch kept every row, in its order
+                    yield from self._train(model, epoch, group, binary, asynchronous)
+                if self.keep is not None and self.kept_rows is None:  # the first epoch kept every row, in its order
                     self.kept_rows = np.argsort(self.order)  # row i of x is row kept_rows[i] of the set
                 evaluations = {}
                 for name, x, y in self.eval_sets():
-                    evaluations[name] = yield from self._evaluate(model, name, x, y, keep, made)
+                    evaluations[name] = yield from self._evaluate(model, name, x, y)
                 self.end_epoch(epoch, evaluations)
-        except Exception:
-            yield from self._forget(model, made, quietly=True)
+        except BaseException:
+            yield from self._forget(model, quietly=True)
             raise
-        yield from self._forget(model, made)
+        yield from self._forget(model)
         return self.history
+
+    def _train(self, model: ModelCalls, epoch: int, group: list[np.ndarray], binary: bool, asynchronous: bool) -> Plan:
+        """Applies one request's batches: rows of the kept set, or the rows themselves (kept by
+        the server in the first epoch, when it can)."""
+        while group:
+            if self.kept_rows is not None:
+                call = model._train_on_data_call(self.keep, self.kept_rows[np.concatenate(group)], self.batch_size,
+                                                 None)
+            else:
+                call = model._train_steps_call([(self.x[rows], self.y[rows]) for rows in group], binary, asynchronous,
+                                               self.keep)
+            try:
+                results = yield call
+            except APIError as error:
+                error.batch, error.completed = stream_failure(error)
+                if self.keep is None or error.code not in DATA_GONE:
+                    self.fail_at(epoch, group, error)
+                    raise
+                self.record_group(group, error.completed)
+                group = group[len(error.completed):]  # the refused batch and those after it, sent
+                yield from self._stop_keeping(model)
+                continue
+            self.record_group(group, results)
+            return
 
     def _room(self, model: ModelCalls) -> Plan:
         """Gives whether to keep the data on the server: if it will be read again (a later epoch,
@@ -150,19 +173,32 @@ class FitLoop:
             return False
         return listing.free_bytes >= needed
 
-    def _evaluate(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray, keep: str | None,
-                  made: list[str]) -> Plan:
+    def _evaluate(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray) -> Plan:
+        """Gives the Evaluation of (x, y), on rows the server keeps if it does, else sent."""
+        while True:
+            try:
+                return (yield from self._evaluate_once(model, name, x, y))
+            except APIError as error:
+                if self.keep is None or error.code not in DATA_GONE:
+                    raise
+                if name == "val" and error.code == "data_too_large":  # no room for it: only it is sent
+                    self.keep_validation = False
+                    yield from self._forget(model, quietly=True, only=f"{self.keep}-val")
+                else:
+                    yield from self._stop_keeping(model)
+
+    def _evaluate_once(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray) -> Plan:
         """Gives the Evaluation of (x, y) in requests of about EVAL_BYTES each: rows of a data
         set when the server keeps (x, y) (the validation data is added to one first, if other
         epochs follow), else (x, y) themselves."""
         rows = eval_rows(x, y)
         stored: tuple[str, np.ndarray] | None = None  # (data set, its row of each row of x)
-        if keep is not None and name == "train":
-            stored = keep, self.kept_rows
-        elif keep is not None and name == "val" and self.epochs > 1:
-            stored = f"{keep}-val", np.arange(len(x))
-            if stored[0] not in made:
-                made.append(stored[0])
+        if self.keep is not None and name == "train":
+            stored = self.keep, self.kept_rows
+        elif self.keep is not None and name == "val" and self.keep_validation:
+            stored = f"{self.keep}-val", np.arange(len(x))
+            if stored[0] not in self.made:
+                self.made.append(stored[0])
                 for start in range(0, len(x), rows):
                     yield model._add_data_call(stored[0], x[start:start + rows], y[start:start + rows])
         parts = []
@@ -174,13 +210,21 @@ class FitLoop:
             parts.append((yield call))
         return Evaluation.combine(parts)
 
-    @staticmethod
-    def _forget(model: ModelCalls, kept: list[str], quietly: bool = False) -> Plan:
-        """Deletes the data sets the fit made (after a failure, whatever their deletion gives)."""
-        for name in kept:
+    def _stop_keeping(self, model: ModelCalls) -> Plan:
+        """From now on, sends the rows themselves; deletes what the server still keeps."""
+        yield from self._forget(model, quietly=True)
+        self.keep = self.kept_rows = None
+
+    def _forget(self, model: ModelCalls, quietly: bool = False, only: str | None = None) -> Plan:
+        """Deletes the data sets the fit made (`only` that one), one already gone being deleted;
+        `quietly`, whatever else their deletion gives (the fit has failed, or goes on without)."""
+        for name in [name for name in self.made if only in (None, name)]:
+            self.made.remove(name)
             try:
                 yield model._delete_data_call(name)
-            except APIError:
+            except NotFoundError:
+                pass
+            except GradserveError:
                 if not quietly:
                     raise
 

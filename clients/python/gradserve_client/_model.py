@@ -454,7 +454,7 @@ class RemoteModel(ModelCalls):
                 return done.value
             try:
                 answer, error = self._client._call(call), None
-            except Exception as exc:
+            except BaseException as exc:  # an interrupt too: the plan deletes what it made, then raises
                 answer, error = None, exc
 
 
@@ -660,5 +660,5 @@ class AsyncRemoteModel(ModelCalls):
                 return done.value
             try:
                 answer, error = await self._client._call(call), None
-            except Exception as exc:
+            except BaseException as exc:  # an interrupt too: the plan deletes what it made, then raises
                 answer, error = None, exc
