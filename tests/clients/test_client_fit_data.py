@@ -61,43 +61,44 @@ def test_a_data_set_lost_midway_is_sent_again(server, dataless_server, blobs, cl
         assert seen and model.data_sets().data_sets == ()
 
 
-def test_no_room_midway_sends_the_rest(small_data_server, dataless_server, blobs, classifier):
-    x, y = blobs(400, seed=3)  # 400 rows of 2 FP32 and an INT64 label: 6,400 bytes
-    hog = []
+def room_taker(url: str, spec: dict, free_rows: int, when):
+    """Gives a hook that, before the first call `when(call)` picks, has another model's data set
+    take the server's room for data sets but `free_rows` rows (16 bytes each), and the list of
+    models it made (to delete)."""
+    made = []
 
-    def another_fit_takes_the_room(call):  # after fit saw the room, before its stream fills it
-        if call.params and "keep" in call.params and not hog:
-            with gs.Client(small_data_server.url) as other:
-                hog.append(other.create_model(classifier))
-                big = np.zeros((SMALL_DATA_BYTES // 16 - 200, 2), np.float32)  # leaves room for 200 rows
-                hog[0].add_data("hog", big, np.zeros(len(big), np.int64))
+    def before(call):
+        if when(call) and not made:
+            with gs.Client(url) as other:
+                made.append(other.create_model(spec))
+                big = np.zeros((SMALL_DATA_BYTES // 16 - free_rows, 2), np.float32)
+                made[0].add_data("hog", big, np.zeros(len(big), np.int64))
 
+    return before, made
+
+
+def keeps(call) -> bool:
+    return "keep" in (call.params or {})
+
+
+def adds_validation(call) -> bool:
+    return call.method == "POST" and data_routes(call).endswith("-val")
+
+
+@pytest.mark.parametrize("rows, validation_rows, free_rows, when", [
+    (400, 0, 200, keeps),  # after fit saw the room, before its stream fills it: 200 of its 400 rows fit
+    (300, 100, 300 + 10, adds_validation),  # the training rows kept, no room for the validation rows
+], ids=["midway", "for the validation data"])
+def test_no_room_sends_the_rest(small_data_server, dataless_server, blobs, classifier, rows, validation_rows,
+                                free_rows, when):
+    x, y = blobs(rows, seed=3)  # rows of 2 FP32 and an INT64 label: 16 bytes each
+    validation = blobs(validation_rows, seed=4) if validation_rows else None
+    hook, hogs = room_taker(small_data_server.url, classifier, free_rows, when)
     with gs.Client(small_data_server.url) as client:
-        intercepted(client, another_fit_takes_the_room)
-        model, _ = fit_and_compare(client, dataless_server.url, classifier, x, y, None)
-        assert hog and model.data_sets().data_sets == ()
-    with gs.Client(small_data_server.url) as other:
-        other.model(hog[0].id).delete()
-
-
-def test_no_room_for_the_validation_data_sends_it(small_data_server, dataless_server, blobs, classifier):
-    x, y = blobs(300, seed=4)
-    validation = blobs(100, seed=5)
-    hog = []
-
-    def room_taken_before_validation(call):
-        if call.method == "POST" and data_routes(call).endswith("-val") and not hog:
-            with gs.Client(small_data_server.url) as other:
-                hog.append(other.create_model(classifier))
-                big = np.zeros(((SMALL_DATA_BYTES - 300 * 16) // 16 - 10, 2), np.float32)
-                hog[0].add_data("hog", big, np.zeros(len(big), np.int64))
-
-    with gs.Client(small_data_server.url) as client:
-        intercepted(client, room_taken_before_validation)
+        intercepted(client, hook)
         model, _ = fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
-        assert hog and model.data_sets().data_sets == ()
-    with gs.Client(small_data_server.url) as other:
-        other.model(hog[0].id).delete()
+        assert hogs and model.data_sets().data_sets == ()
+        client.model(hogs[0].id).delete()
 
 
 def test_a_one_row_validation_set_of_a_batchnorm_model(server, dataless_server, blobs, classifier):
