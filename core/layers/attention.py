@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..numerics import row_maxes, row_sums
 from .base import Layer
 from .init import he_or_xavier
 from .options import ShapeError, flag, need_rank, size, take_size
@@ -93,7 +94,7 @@ class Attention(Layer):
         dprobs = dctx @ v.swapaxes(-1, -2)
         # Softmax backward, row by row: dscores = A * (dA - sum(dA * A)).
         dscores = dprobs
-        dscores -= np.einsum("...ij,...ij->...i", dprobs, probs)[..., None]
+        dscores -= row_sums(dprobs * probs)
         dscores *= probs
         dqkv = np.empty((n, t, 3, heads, d), x.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)
@@ -122,7 +123,7 @@ def _project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def _softmax_(scores: np.ndarray) -> np.ndarray:
     """Return the softmax over the last axis, written into `scores` (the row max subtracted first)."""
-    scores -= scores.max(axis=-1, keepdims=True)
+    scores -= row_maxes(scores)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    scores /= row_sums(scores)
     return scores
