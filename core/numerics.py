@@ -18,11 +18,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # NumPy reduces short rows (a softmax's T or C, a layernorm's C) element by element, with a
-# call's overhead per row; the row sums as one BLAS matrix-vector product run 5-10x faster.
+# call's overhead per row: the row sums as one BLAS matrix-vector product run 5-10x faster, the
+# column sums of (N*T, C) 3-4x.
 def row_sums(x: np.ndarray) -> np.ndarray:
     """Return x summed over its last axis, kept as an axis of 1: (..., C) -> (..., 1)."""
     c = x.shape[-1]
     return (x.reshape(-1, c) @ np.ones(c, x.dtype)).reshape(*x.shape[:-1], 1)
+
+
+def column_sums(x: np.ndarray) -> np.ndarray:
+    """Return x summed over every axis but its last (a bias's gradient over all positions): (..., C) -> (C,)."""
+    c = x.shape[-1]
+    x = x.reshape(-1, c)
+    return np.ones(len(x), x.dtype) @ x
 
 
 def row_maxes(x: np.ndarray) -> np.ndarray:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics import column_sums, row_sums
 from .base import Layer
 from .options import need_rank, number, size, take_size
 
 EPS = number(1e-5, lambda v: v > 0, "positive")
 
 
-def _normalize_backward(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, axis) -> np.ndarray:
-    """Return dx for xhat = (x - mean) * rstd, with mean and biased variance taken over `axis`."""
-    mean_dxhat = dxhat.mean(axis=axis, keepdims=True)
-    mean_dxhat_xhat = (dxhat * xhat).mean(axis=axis, keepdims=True)
-    return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+def _normalize_backward_(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, average) -> np.ndarray:
+    """Return dx for xhat = (x - mean) * rstd, written into `dxhat`; the mean and biased variance
+    are over the axes that `average` takes the mean of (keeping them)."""
+    mean_dxhat_xhat = average(dxhat * xhat)
+    dxhat -= average(dxhat)
+    dxhat -= xhat * mean_dxhat_xhat
+    dxhat *= rstd
+    return dxhat
 
 
 class _Norm(Layer):
@@ -53,9 +57,9 @@ class LayerNorm(_Norm):
         self.eps = eps
 
     def forward(self, x, train, rng):
-        mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        var = np.mean(xc * xc, axis=-1, keepdims=True)
+        c = x.shape[-1]
+        xc = x - row_sums(x) / c
+        var = row_sums(xc * xc) / c
         rstd = 1 / np.sqrt(var + self.eps)
         xhat = xc
         xhat *= rstd
@@ -66,9 +70,9 @@ class LayerNorm(_Norm):
     def backward(self, dy, cache):
         xhat, rstd = cache
         c = xhat.shape[-1]
-        self._add_sum("weight", (dy * xhat).reshape(-1, c), axis=0)
-        self._add_sum("bias", dy.reshape(-1, c), axis=0)
-        return _normalize_backward(dy * self.params["weight"], xhat, rstd, axis=-1)
+        self._add("weight", column_sums(dy * xhat))
+        self._add("bias", column_sums(dy))
+        return _normalize_backward_(dy * self.params["weight"], xhat, rstd, lambda a: row_sums(a) / c)
 
 
 class BatchNorm(_Norm):
@@ -135,4 +139,4 @@ class BatchNorm(_Norm):
         dxhat = dy * self.params["weight"].reshape(rstd.shape)
         if not train:
             return dxhat * rstd
-        return _normalize_backward(dxhat, xhat, rstd, axis=axes)
+        return _normalize_backward_(dxhat, xhat, rstd, lambda a: a.mean(axis=axes, keepdims=True))
