@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import sigmoid
+from .numerics import row_maxes, row_sums, sigmoid
 
 
 def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
@@ -22,9 +22,9 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
     """
     c = logits.shape[-1]
     z = logits.reshape(-1, c)
-    shifted = z - z.max(axis=1, keepdims=True)
+    shifted = z - row_maxes(z)
     exp = np.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
+    sum_exp = row_sums(exp)
     log_probs = shifted
     log_probs -= np.log(sum_exp)
     probs = exp
