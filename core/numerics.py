@@ -20,10 +20,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 # NumPy reduces short rows (a softmax's T or C, a layernorm's C) element by element, with a
 # call's overhead per row: the row sums as one BLAS matrix-vector product run 5-10x faster, the
 # column sums of (N*T, C) 3-4x.
-def row_sums(x: np.ndarray) -> np.ndarray:
-    """Return x summed over its last axis, kept as an axis of 1: (..., C) -> (..., 1)."""
+def row_sums(x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Return x summed over its last axis (each of the C columns times weights[c], if given),
+    kept as an axis of 1: (..., C) -> (..., 1)."""
     c = x.shape[-1]
-    return (x.reshape(-1, c) @ np.ones(c, x.dtype)).reshape(*x.shape[:-1], 1)
+    weights = np.ones(c, x.dtype) if weights is None else weights
+    return (x.reshape(-1, c) @ weights).reshape(*x.shape[:-1], 1)
 
 
 def column_sums(x: np.ndarray) -> np.ndarray:

@@ -11,11 +11,12 @@ from .options import need_rank, number, size, take_size
 EPS = number(1e-5, lambda v: v > 0, "positive")
 
 
-def _normalize_backward_(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, average) -> np.ndarray:
-    """Return dx for xhat = (x - mean) * rstd, written into `dxhat`; the mean and biased variance
-    are over the axes that `average` takes the mean of (keeping them)."""
-    mean_dxhat_xhat = average(dxhat * xhat)
-    dxhat -= average(dxhat)
+def _normalize_backward_(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray,
+                         mean_dxhat: np.ndarray, mean_dxhat_xhat: np.ndarray) -> np.ndarray:
+    """Return dx for xhat = (x - mean) * rstd, written into `dxhat`, the mean and biased variance
+    being over the axes that mean_dxhat and mean_dxhat_xhat (the means of dxhat and dxhat * xhat)
+    were taken over."""
+    dxhat -= mean_dxhat
     dxhat -= xhat * mean_dxhat_xhat
     dxhat *= rstd
     return dxhat
@@ -69,10 +70,12 @@ class LayerNorm(_Norm):
 
     def backward(self, dy, cache):
         xhat, rstd = cache
-        c = xhat.shape[-1]
-        self._add("weight", column_sums(dy * xhat))
+        c, w = xhat.shape[-1], self.params["weight"]
+        dy_xhat = dy * xhat
+        self._add("weight", column_sums(dy_xhat))
         self._add("bias", column_sums(dy))
-        return _normalize_backward_(dy * self.params["weight"], xhat, rstd, lambda a: row_sums(a) / c)
+        # dxhat = dy * w: its row means are dy's and dy * xhat's weighted by w, with no pass over dxhat.
+        return _normalize_backward_(dy * w, xhat, rstd, row_sums(dy, w) / c, row_sums(dy_xhat, w) / c)
 
 
 class BatchNorm(_Norm):
@@ -139,4 +142,5 @@ class BatchNorm(_Norm):
         dxhat = dy * self.params["weight"].reshape(rstd.shape)
         if not train:
             return dxhat * rstd
-        return _normalize_backward_(dxhat, xhat, rstd, lambda a: a.mean(axis=axes, keepdims=True))
+        return _normalize_backward_(dxhat, xhat, rstd, dxhat.mean(axis=axes, keepdims=True),
+                                    (dxhat * xhat).mean(axis=axes, keepdims=True))
