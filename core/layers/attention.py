@@ -76,7 +76,8 @@ class Attention(Layer):
         if self.causal:
             scores += np.tril(np.full((t, t), -np.inf, x.dtype), -1)  # key s after query t
         probs = _softmax_over_keys_(scores)
-        merged = (probs.swapaxes(-1, -2) @ v).transpose(0, 2, 1, 3).reshape(n, t, e)
+        merged = np.empty((n, t, e), x.dtype)  # the heads' outputs side by side, written in place
+        np.matmul(probs.swapaxes(-1, -2), v, out=merged.reshape(n, t, heads, d).transpose(0, 2, 1, 3))
         return _project(merged, p["out_proj.weight"], p["out_proj.bias"]), (x, q, k, v, probs, merged)
 
     def backward(self, dy, cache):
