@@ -25,8 +25,7 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
     shifted = z - row_maxes(z)
     exp = np.exp(shifted)
     sum_exp = row_sums(exp)
-    log_probs = shifted
-    log_probs -= np.log(sum_exp)
+    log_sum_exp = np.log(sum_exp)  # log_probs = shifted - log_sum_exp, for labels taken only where picked
     probs = exp
     probs /= sum_exp
     if targets.ndim == logits.ndim - 1:
@@ -37,12 +36,14 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
             rows, labels = rows[kept], labels[kept]
             probs[~kept] = 0
         count = len(rows)
-        loss = -log_probs[rows, labels].sum() / count if count else float("nan")
+        loss = -(shifted[rows, labels] - log_sum_exp[rows, 0]).sum() / count if count else float("nan")
         probs[rows, labels] -= 1
         grad = probs
     else:
         y = targets.reshape(-1, c)
         count = len(y)
+        log_probs = shifted
+        log_probs -= log_sum_exp
         loss = -(y * log_probs).sum() / count
         # For targets that do not sum to one, d/dz of -sum(y log p) is p * sum(y) - y.
         grad = probs * y.sum(axis=1, keepdims=True)
