@@ -66,9 +66,11 @@ class Attention(Layer):
         p = self.params
         n, t, e = x.shape
         heads, d = self.num_heads, e // self.num_heads
-        qkv = _project(x, p["in_proj_weight"], p["in_proj_bias"])
+        # q scaled before the product, as torch, by the projection: its rows of W_in and b_in
+        # scaled (E x E values) instead of its output (N T x E).
+        w_in, b_in = _scaled_q_rows(p["in_proj_weight"], d), _scaled_q_rows(p["in_proj_bias"], d)
+        qkv = _project(x, w_in, b_in)
         q, k, v = qkv.reshape(n, t, 3, heads, d).transpose(2, 0, 3, 1, 4)  # each (N, heads, T, d)
-        q = q * (1 / math.sqrt(d))  # scaled before the product, as torch
         # Scores, then A, kept transposed, keys by queries (N, heads, S, T) with S = T: the
         # softmax's reductions over the keys then run down columns, which numpy does whole rows
         # at a time, 1.7x faster than along short rows.
@@ -78,19 +80,19 @@ class Attention(Layer):
         probs = _softmax_over_keys_(scores)
         merged = np.empty((n, t, e), x.dtype)  # the heads' outputs side by side, written in place
         np.matmul(probs.swapaxes(-1, -2), v, out=merged.reshape(n, t, heads, d).transpose(0, 2, 1, 3))
-        return _project(merged, p["out_proj.weight"], p["out_proj.bias"]), (x, q, k, v, probs, merged)
+        return _project(merged, p["out_proj.weight"], p["out_proj.bias"]), (x, w_in, q, k, v, probs, merged)
 
     def backward(self, dy, cache):
         dqkv = self._add_grads(dy, cache)
         n, t, _ = dqkv.shape
-        return (dqkv.reshape(n * t, -1) @ self.params["in_proj_weight"]).reshape(n, t, -1)
+        return (dqkv.reshape(n * t, -1) @ cache[1]).reshape(n, t, -1)  # the scaled W_in: dqkv is the scaled q's
 
     def backward_params(self, dy, cache):
         self._add_grads(dy, cache)
 
     def _add_grads(self, dy, cache):
-        """Add every parameter gradient; return the gradient of x @ W_in.T + b_in, (N, T, 3E)."""
-        x, q, k, v, probs, merged = cache
+        """Add every parameter gradient; return the gradient of the projection with q scaled, (N, T, 3E)."""
+        x, _, q, k, v, probs, merged = cache
         n, t, e = x.shape
         heads, d = self.num_heads, e // self.num_heads
         self._add_projection_grads("out_proj.weight", "out_proj.bias", dy, merged)
@@ -102,19 +104,26 @@ class Attention(Layer):
         dscores *= probs
         dqkv = np.empty((n, t, 3, heads, d), x.dtype)
         dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)
-        np.matmul(dscores.swapaxes(-1, -2), k, out=dq)
-        dq *= 1 / math.sqrt(d)
+        np.matmul(dscores.swapaxes(-1, -2), k, out=dq)  # of the scaled q
         np.matmul(dscores, q, out=dk)  # q is already scaled
         np.matmul(probs, dctx, out=dv)
-        dqkv = dqkv.reshape(n, t, 3 * e)
-        self._add_projection_grads("in_proj_weight", "in_proj_bias", dqkv, x)
-        return dqkv
+        dqkv2 = dqkv.reshape(n * t, 3 * e)
+        self._add("in_proj_weight", _scaled_q_rows(dqkv2.T @ x.reshape(n * t, e), d))
+        self._add("in_proj_bias", _scaled_q_rows(column_sums(dqkv2), d))
+        return dqkv.reshape(n, t, 3 * e)
 
     def _add_projection_grads(self, weight: str, bias: str, dy, x):
         """grads[weight] += dy.T @ x and grads[bias] += dy summed, over every (N, T) position."""
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         self._add_matmul(weight, dy2.T, x2)
         self._add(bias, column_sums(dy2))
+
+
+def _scaled_q_rows(a: np.ndarray, d: int) -> np.ndarray:
+    """Return a copy of a: (3E, ...) (in_proj's weight, bias or their gradients) with q's E rows times 1 / sqrt(d)."""
+    a = a.copy()
+    a[:len(a) // 3] *= 1 / math.sqrt(d)
+    return a
 
 
 def _project(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
