@@ -17,7 +17,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-# NumPy reduces short rows (a softmax's T or C, a layernorm's C) element by element, with a
+# NumPy reduces short rows (a softmax's C classes, a layernorm's C) element by element, with a
 # call's overhead per row: the row sums as one BLAS matrix-vector product run 5-10x faster, the
 # column sums of (N*T, C) 3-4x.
 def row_sums(x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
