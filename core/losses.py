@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import sigmoid
+from .numerics import row_maxes, row_sums, sigmoid
 
 
 def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
@@ -22,11 +22,10 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
     """
     c = logits.shape[-1]
     z = logits.reshape(-1, c)
-    shifted = z - z.max(axis=1, keepdims=True)
+    shifted = z - row_maxes(z)
     exp = np.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
-    log_probs = shifted
-    log_probs -= np.log(sum_exp)
+    sum_exp = row_sums(exp)
+    log_sum_exp = np.log(sum_exp)  # log_probs = shifted - log_sum_exp, for labels taken only where picked
     probs = exp
     probs /= sum_exp
     if targets.ndim == logits.ndim - 1:
@@ -37,12 +36,14 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray,
             rows, labels = rows[kept], labels[kept]
             probs[~kept] = 0
         count = len(rows)
-        loss = -log_probs[rows, labels].sum() / count if count else float("nan")
+        loss = -(shifted[rows, labels] - log_sum_exp[rows, 0]).sum() / count if count else float("nan")
         probs[rows, labels] -= 1
         grad = probs
     else:
         y = targets.reshape(-1, c)
         count = len(y)
+        log_probs = shifted
+        log_probs -= log_sum_exp
         loss = -(y * log_probs).sum() / count
         # For targets that do not sum to one, d/dz of -sum(y log p) is p * sum(y) - y.
         grad = probs * y.sum(axis=1, keepdims=True)

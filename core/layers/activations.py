@@ -82,32 +82,31 @@ class GELU(Layer):
         super().__init__()
 
     def forward(self, x, train, rng):
-        # In place where it can be: a big activation's temporaries cost page faults, not just FLOPs.
-        # x * x * x, not x**3: float32 pow is ~50x slower for negative bases.
-        t = x * x
-        t *= self.C * x
-        t += x
-        t *= self.K
-        np.tanh(t, out=t)  # t = tanh(K (x + C x^3))
-        y = t + 1
-        y *= x
-        y *= 0.5
-        return y, (x, t)
+        # In place where it can be: a big activation's temporaries cost page faults, and every
+        # pass over it time, so the constants are folded, K (x + C x^3) as x (K + K C x^2), and
+        # backward gets s = 0.5 (1 + tanh). x * x, not x**2: float32 pow is ~50x slower for
+        # negative bases.
+        s = x * x
+        s *= self.K * self.C
+        s += self.K
+        s *= x
+        np.tanh(s, out=s)
+        s *= 0.5
+        s += 0.5  # s = 0.5 (1 + tanh(K (x + C x^3)))
+        return x * s, (x, s)
 
     def backward(self, dy, cache):
-        # dy * (0.5 (1 + t) + 0.5 x (1 - t^2) K (1 + 3 C x^2))
-        x, t = cache
-        inner_grad = x * x
-        inner_grad *= 3 * self.C
-        inner_grad += 1
-        g = t * t
-        np.subtract(1, g, out=g)
-        g *= x
-        g *= 0.5 * self.K
-        g *= inner_grad
-        np.multiply(t, 0.5, out=inner_grad)
-        g += inner_grad
-        g += 0.5
+        # d/dx x s = s + 0.5 x (1 - t^2) K (1 + 3 C x^2) with t = tanh, and 1 - t^2 = 4 s (1 - s):
+        # dy * s (1 + (1 - s) 2 K x (1 + 3 C x^2)).
+        x, s = cache
+        slope = x * x
+        slope *= 6 * self.K * self.C
+        slope += 2 * self.K
+        slope *= x
+        g = np.subtract(1, s)
+        g *= slope
+        g += 1
+        g *= s
         g *= dy
         return g
 

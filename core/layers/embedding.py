@@ -47,8 +47,13 @@ class Embedding(Layer):
         return np.take(self.params["weight"], x, axis=0), x
 
     def backward(self, dy, x):
-        e = dy.shape[-1]
-        # Rows repeat when a token repeats: add.at sums them (a plain += would keep only one).
-        np.add.at(self.grads["weight"], x.reshape(-1), dy.reshape(-1, e))
+        # Rows repeat when a token repeats, and a plain += would keep only one of them. np.add.at
+        # sums them but one row at a time (5x slower); sorted, each token's rows are one run for
+        # reduceat, and the tokens of the runs are distinct.
+        tokens = x.reshape(-1)
+        order = np.argsort(tokens, kind="stable")
+        tokens = tokens[order]
+        starts = np.flatnonzero(np.diff(tokens, prepend=-1))
+        self.grads["weight"][tokens[starts]] += np.add.reduceat(dy.reshape(-1, dy.shape[-1])[order], starts, axis=0)
         self._zero_grads.discard("weight")  # written in place: no longer known to be zero
         return None

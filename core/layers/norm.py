@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics import column_sums, row_sums
 from .base import Layer
 from .options import need_rank, number, size, take_size
 
 EPS = number(1e-5, lambda v: v > 0, "positive")
 
 
-def _normalize_backward(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, axis) -> np.ndarray:
-    """Return dx for xhat = (x - mean) * rstd, with mean and biased variance taken over `axis`."""
-    mean_dxhat = dxhat.mean(axis=axis, keepdims=True)
-    mean_dxhat_xhat = (dxhat * xhat).mean(axis=axis, keepdims=True)
-    return rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+def _normalize_backward_(dxhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray,
+                         mean_dxhat: np.ndarray, mean_dxhat_xhat: np.ndarray) -> np.ndarray:
+    """Return dx for xhat = (x - mean) * rstd, written into `dxhat`, the mean and biased variance
+    being over the axes that mean_dxhat and mean_dxhat_xhat (the means of dxhat and dxhat * xhat)
+    were taken over."""
+    dxhat -= mean_dxhat
+    dxhat -= xhat * mean_dxhat_xhat
+    dxhat *= rstd
+    return dxhat
 
 
 class _Norm(Layer):
@@ -53,9 +58,9 @@ class LayerNorm(_Norm):
         self.eps = eps
 
     def forward(self, x, train, rng):
-        mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        var = np.mean(xc * xc, axis=-1, keepdims=True)
+        c = x.shape[-1]
+        xc = x - row_sums(x) / c
+        var = row_sums(xc * xc) / c
         rstd = 1 / np.sqrt(var + self.eps)
         xhat = xc
         xhat *= rstd
@@ -65,10 +70,12 @@ class LayerNorm(_Norm):
 
     def backward(self, dy, cache):
         xhat, rstd = cache
-        c = xhat.shape[-1]
-        self._add_sum("weight", (dy * xhat).reshape(-1, c), axis=0)
-        self._add_sum("bias", dy.reshape(-1, c), axis=0)
-        return _normalize_backward(dy * self.params["weight"], xhat, rstd, axis=-1)
+        c, w = xhat.shape[-1], self.params["weight"]
+        dy_xhat = dy * xhat
+        self._add("weight", column_sums(dy_xhat))
+        self._add("bias", column_sums(dy))
+        # dxhat = dy * w: its row means are dy's and dy * xhat's weighted by w, with no pass over dxhat.
+        return _normalize_backward_(dy * w, xhat, rstd, row_sums(dy, w) / c, row_sums(dy_xhat, w) / c)
 
 
 class BatchNorm(_Norm):
@@ -135,4 +142,5 @@ class BatchNorm(_Norm):
         dxhat = dy * self.params["weight"].reshape(rstd.shape)
         if not train:
             return dxhat * rstd
-        return _normalize_backward(dxhat, xhat, rstd, axis=axes)
+        return _normalize_backward_(dxhat, xhat, rstd, dxhat.mean(axis=axes, keepdims=True),
+                                    (dxhat * xhat).mean(axis=axes, keepdims=True))
