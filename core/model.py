@@ -19,7 +19,7 @@ import numpy as np
 
 from . import checkpoint, diagnostics, losses, onnx_export, spec as specs
 from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, NothingToStepError, StaleTapeError
-from .layers import Layer, ShapeError, build, output_shape, walk
+from .layers import Layer, ShapeError, build, output_shape, pack, walk
 from .layers.norm import BatchNorm
 from .layers.shape import Dropout
 from .numerics import quiet_overflow, squared_norm
@@ -110,6 +110,7 @@ class Model:
         self.input_rule = input_rule
         self.num_parameters = num_parameters
         self.layers: list[Layer] = build(spec["layers"], self.dtype, np.random.default_rng(spec["seed"]))
+        pack(self.layers)
         self._params = _named(self.layers, "params")
         self._grads = _named(self.layers, "grads")
         self._buffers = _named(self.layers, "buffers")

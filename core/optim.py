@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import NonFiniteGradientError, NonFiniteUpdateError
+from .layers import ALIGN
 from .numerics import quiet_overflow, squared_norm
 
 
@@ -216,6 +217,17 @@ class Optimizer:
         chunk = CHUNK if self._parallel else max((p.size for p in params.values()), default=1)
         self._jobs = [(name, slice(start, min(start + chunk, p.size)))
                       for name, p in params.items() for start in range(0, p.size, chunk)]
+        # Parameters packed into one buffer (layers.pack): small models step in one call per
+        # operation for them all, instead of one per parameter (call overhead was most of a
+        # small model's step); the state and scratch are packed the same way.
+        self._packed = None if self._parallel else _packed(params, grads)
+        if self._packed is not None:
+            flat = self._packed[0]
+            self._flat_scratch = (np.empty_like(flat), np.empty_like(flat))
+            self._scratch = {name: tuple(s[part].reshape(params[name].shape) for s in self._flat_scratch)
+                             for name, part in self._packed[2].items()}
+            self._flat_states: dict[str, np.ndarray] = {}
+            self._state_views: dict[str, dict[str, np.ndarray]] = {}
 
     @property
     def lr(self) -> float:
@@ -263,6 +275,8 @@ class Optimizer:
 
         if careful:
             update_sq = self._two_phase(clipped, slots, steps, decay, grad_sq, largest)
+        elif self._packed is not None and len(set(steps.values())) == 1:
+            update_sq = self._packed_step(scale, clip_value, slots, steps, decay)
         else:
             states = {name: {slot: self._state(name, slot) for slot in slots} for name in self.params}
 
@@ -289,6 +303,47 @@ class Optimizer:
         grad_norms = {k: math.sqrt(v) for k, v in grad_sq.items()}
         update_norms = {k: math.sqrt(v) for k, v in update_sq.items()}
         return grad_norm, update_norm, grad_norms, update_norms
+
+    def _packed_step(self, scale, clip_value, slots, steps, decay) -> dict[str, float]:
+        """The one-pass, in-place step over the packed buffers, every parameter at once (the same
+        operations on each value as a step by parameter); return the squared update norms."""
+        p, g, parts = self._packed
+        s1, s2 = self._flat_scratch
+        state = {slot: self._packed_state(slot) for slot in slots}
+        with quiet_overflow():
+            if scale is not None:
+                g *= scale
+            if clip_value is not None:
+                np.clip(g, -clip_value, clip_value, out=g)
+            self.update(p, g, state, state, self.hp, next(iter(steps.values())), s1, s2)
+            if decay != 1.0:
+                p *= decay
+            p += s2
+        return {name: squared_norm(s2[part]) for name, part in parts.items()}
+
+    def _packed_state(self, slot: str) -> np.ndarray:
+        """Return the packed buffer of state `slot`, each parameter's state a view of it: zeros
+        before its first step, copied in where a checkpoint or a careful step left it elsewhere."""
+        flat = self._flat_states.get(slot)
+        if flat is None:
+            flat = self._flat_states[slot] = np.zeros_like(self._packed[0])
+        views = self._state_views.setdefault(slot, {})
+        for name, part in self._packed[2].items():
+            state, view = self.state[name], views.get(name)
+            current = state.get(slot)
+            if view is not None and current is view:
+                continue
+            if view is None:
+                view = views[name] = flat[part].reshape(self.params[name].shape)
+            if current is None:
+                view.fill(0)
+            else:
+                np.copyto(view, current)
+            spare = self._spare.get(name)
+            if spare is not None and spare.get(slot) is view:  # the careful step's buffer for the next state
+                spare[slot] = current
+            state[slot] = view
+        return flat
 
     def _two_phase(self, clipped, slots, steps, decay, grad_sq, largest) -> dict[str, float]:
         """Compute every update and new state into spare buffers, check them, then apply; return
@@ -424,6 +479,39 @@ def _update_bound(hp: dict, t: int, grad_norm: float, param_norm: float) -> floa
 def decay_factor(hp: dict) -> float:
     """Return what AdamW's decoupled weight decay multiplies each parameter by (1 otherwise)."""
     return 1 - hp["lr"] * hp["weight_decay"] if hp["type"] == "adamw" else 1.0
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _packed(params: dict[str, np.ndarray], grads: dict[str, np.ndarray]):
+    """Return (flat parameters, flat gradients, each parameter's slice of them) when every
+    parameter and gradient is a contiguous view of one buffer each, at the same places, and the
+    parameters, with their alignment gaps (layers.pack), fill the buffer; None otherwise."""
+    if not params:
+        return None
+    first = next(iter(params))
+    flat, flat_grads = params[first].base, grads[first].base
+    if (flat is None or flat_grads is None or flat.ndim != 1 or flat.shape != flat_grads.shape
+            or flat.dtype != flat_grads.dtype or not (flat.flags.c_contiguous and flat_grads.flags.c_contiguous)):
+        return None
+    parts, covered = {}, 0
+    for name, p in params.items():
+        g = grads[name]
+        if (p.base is not flat or g.base is not flat_grads or p.dtype != flat.dtype
+                or not (p.flags.c_contiguous and g.flags.c_contiguous)):
+            return None
+        offset = _address(p) - _address(flat)
+        if offset != _address(g) - _address(flat_grads) or offset % p.itemsize:
+            return None
+        start = offset // p.itemsize
+        parts[name] = slice(start, start + p.size)
+        covered += -(-p.size // ALIGN) * ALIGN
+    ordered = sorted(parts.values(), key=lambda part: part.start)
+    if covered != flat.size or any(a.stop > b.start for a, b in zip(ordered, ordered[1:])):
+        return None  # shared or overlapping parameters, or values in the buffer that are no parameter
+    return flat, flat_grads, parts
 
 
 def _sum_by_name(jobs: list, values: list) -> dict[str, float]:

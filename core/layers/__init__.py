@@ -60,6 +60,39 @@ def build(specs: list[dict], dtype: np.dtype, rng: np.random.Generator) -> list[
     return layers
 
 
+# Each parameter starts on a 64-byte boundary of the shared buffer (16 float32), as numpy's own
+# allocations do; the gaps hold zeros, which every update rule leaves zero.
+ALIGN = 16
+
+
+def pack(layers: list[Layer]) -> None:
+    """Move every parameter into one contiguous buffer, and its gradient into another, in order
+    (the values unchanged, nested and shared ones included): an optimizer then updates all of
+    them with one call per operation instead of one per parameter (optim.Optimizer)."""
+    owned = {}  # id -> (parameter, gradient), each array once (a residual block shares its layers')
+    for layer in walk(layers):
+        for name, p in layer.params.items():
+            owned.setdefault(id(p), (p, layer.grads[name]))
+    if not owned or len({p.dtype for p, _ in owned.values()}) != 1:
+        return
+    starts, total = [], 0
+    for p, _ in owned.values():
+        starts.append(total)
+        total += -(-p.size // ALIGN) * ALIGN
+    dtype = next(iter(owned.values()))[0].dtype
+    flat_params, flat_grads = np.zeros(total, dtype), np.zeros(total, dtype)
+    moved = {}
+    for (p, g), start in zip(owned.values(), starts):
+        for old, flat in ((p, flat_params), (g, flat_grads)):
+            view = flat[start:start + old.size].reshape(old.shape)
+            np.copyto(view, old)
+            moved[id(old)] = view
+    for layer in walk(layers):
+        for arrays in (layer.params, layer.grads):
+            for name, a in arrays.items():
+                arrays[name] = moved[id(a)]
+
+
 def output_shape(specs: list[dict], shape: tuple) -> tuple:
     """Return the shape a normalized spec list gives for inputs of `shape`; ShapeError if it cannot."""
     for i, spec in enumerate(specs):
@@ -78,6 +111,6 @@ def walk(layers: list[Layer]):
         yield from walk(layer.sublayers())
 
 
-__all__ = ["LAYERS", "Layer", "ShapeError", "build", "output_shape", "walk", "Linear", "ReLU", "LeakyReLU", "ELU", "GELU",
+__all__ = ["LAYERS", "Layer", "ShapeError", "build", "output_shape", "pack", "walk", "Linear", "ReLU", "LeakyReLU", "ELU", "GELU",
            "Sigmoid", "Tanh", "Softplus", "Dropout", "Flatten", "LayerNorm", "BatchNorm", "Residual", "RNN",
            "Conv2d", "MaxPool2d", "AvgPool2d"]
