@@ -24,14 +24,19 @@ class ReLU(Layer):
         return y, y
 
     def backward(self, dy, y):
-        return np.multiply(dy, y > 0)
+        # The mask written as float32 and multiplied in place: a bool operand takes numpy's
+        # slower mixed-type loop (the same products: 1 * dy, 0 * dy).
+        dx = np.greater(y, 0, out=np.empty_like(dy))
+        dx *= dy
+        return dx
 
     def activation_stats(self, y):
         # A unit is dead when it is zero for every example of the batch (a feature map's
         # channel, (N, C, H, W), when it is zero at every position too).
         units = 1 if y.ndim == 4 else y.ndim - 1
         alive = (y > 0).any(axis=tuple(a for a in range(y.ndim) if a != units))
-        return {"dead_fraction": float(1.0 - alive.mean())}
+        # The count over the size is alive.mean()'s float64 quotient, without its call overhead.
+        return {"dead_fraction": float(1.0 - np.count_nonzero(alive) / alive.size)}
 
 
 class LeakyReLU(Layer):
