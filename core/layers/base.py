@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numerics import zero
 from .options import Option
 
 
@@ -100,7 +101,7 @@ class Layer:
 
     def zero_grad(self) -> None:
         for g in self.grads.values():
-            g.fill(0)
+            zero(g)
         self._zero_grads = set(self.grads)
 
     def grads_written(self) -> None:
