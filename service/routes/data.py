@@ -69,7 +69,7 @@ async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Respons
                                  settings.max_tensor_elements)
     starts = range(0, len(rows), body.batch_size)
     if len(starts) > settings.max_stream_batches:
-        raise too_many_batches(settings.max_stream_batches, "rows")
+        raise too_many_batches(settings.max_stream_batches, "the rows make")
     steps = Steps(store, call.request.app.state.metrics, call.entry)
     for start in starts:
         batch = rows[start:start + body.batch_size]

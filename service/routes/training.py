@@ -189,7 +189,7 @@ async def train_steps(entry: EntryDep, request: Request, keep: KeepQuery = None)
                 index = 0
                 async for message, binary in stream:
                     if index == state.settings.max_stream_batches:
-                        raise too_many_batches(index, "the stream's frames")
+                        raise too_many_batches(index, "the stream has")
                     await batches.put(validated(message, binary, TrainStepRequest, decoder))
                     index += 1
                     if stopped.is_set():
@@ -216,8 +216,10 @@ async def train_steps(entry: EntryDep, request: Request, keep: KeepQuery = None)
     return await steps.answer()  # and under durability "step" before the answer
 
 
-def too_many_batches(batches: int, what: str = "the stream") -> ServiceError:
-    return ServiceError(413, "stream_too_long", f"{what} make more than {batches} batches "
+def too_many_batches(batches: int, what: str) -> ServiceError:
+    """Gives the 413 of a request carrying more batches than GRADSERVE_MAX_STREAM_BATCHES (`what`
+    has them: "the stream has", "the rows make")."""
+    return ServiceError(413, "stream_too_long", f"{what} more than {batches} batches "
                         f"(GRADSERVE_MAX_STREAM_BATCHES); send several requests")
 
 

@@ -177,3 +177,17 @@ def test_a_kept_stream_whose_first_batch_fails_leaves_no_set(api):
     kept = api.post(f"/v1/models/{model}/train_steps?keep=k", content=orjson.dumps(probabilities) + b"\n",
                     headers=NDJSON)
     assert kept.status_code == 200 and api.get(f"/v1/models/{model}/data").json()["data_sets"][0]["rows"] == 4
+
+
+def test_more_batches_than_a_stream_may_carry_are_413_either_way(make_client):
+    client = make_client(max_stream_batches=2)
+    model = create(client)["id"]
+    streamed = client.post(f"/v1/models/{model}/train_steps?keep=d", content=frames([[0], [1], [2]]), headers=NDJSON)
+    assert streamed.status_code == 413 and streamed.json()["code"] == "stream_too_long"
+    assert "the stream has more than 2 batches (GRADSERVE_MAX_STREAM_BATCHES)" in streamed.json()["detail"]
+    before = state(client, model)
+    named = client.post(f"/v1/models/{model}/data/d/train_steps", json={"rows": [0, 1], "batch_size": 1})
+    assert named.status_code == 200
+    too_many = client.post(f"/v1/models/{model}/data/d/train_steps", json={"rows": [0, 1, 0], "batch_size": 1})
+    assert too_many.status_code == 413 and "the rows make more than 2 batches" in too_many.json()["detail"]
+    assert state(client, model)[0] == before[0] + 2
