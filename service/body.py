@@ -19,8 +19,9 @@ from service.threads import off_loop
 
 M = TypeVar("M", bound=BaseModel)
 
-# Bodies bigger than this are parsed on a worker thread so the event loop stays free, and
-# their big numeric arrays without a Python float per element (service/listform.py).
+# Bodies bigger than this are parsed on a worker thread so the event loop stays free. Any of
+# listform.MIN_BYTES or more has its numeric arrays parsed without a Python float per element
+# (service/listform.py).
 OFFLOAD_BYTES = 256 * 1024
 
 
@@ -132,7 +133,7 @@ def load_json(json_part: memoryview) -> dict:
     """Gives the JSON object of a message (400 if it is no JSON, 422 if no object)."""
     if not json_part:
         json_part = memoryview(b"{}")  # an empty body means every field takes its default
-    message = listform.loads(json_part) if len(json_part) > OFFLOAD_BYTES else None
+    message = listform.loads(json_part) if len(json_part) >= listform.MIN_BYTES else None
     if message is None:
         try:
             message = orjson.loads(json_part)

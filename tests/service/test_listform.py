@@ -7,12 +7,13 @@ from hypothesis import given, settings, strategies as st
 
 from service.body import parse_message
 from service.errors import ServiceError
-from service.listform import MIN_ELEMENTS, NumericArray, loads
+from service.listform import MIN_BYTES, MIN_ELEMENTS, NumericArray, loads
 from service.schemas import ForwardRequest
 from service.tensors import decode
 
 RNG = np.random.default_rng(0)
 BIG = RNG.standard_normal((64, 96)).astype(np.float32)  # 6144 values: over MIN_ELEMENTS
+SMALL = RNG.standard_normal((32, 32)).astype(np.float32)  # a small model's batch: over MIN_BYTES as text
 
 
 def decoded(body: bytes, dtype=np.dtype("float32")) -> np.ndarray:
@@ -36,9 +37,12 @@ def body_of(message: dict) -> bytes:
     {"inputs": {"shape": [64, 96], "data": BIG.astype(np.float64)}},
     {"inputs": BIG},
     {"inputs": {"shape": [8, 8, 96], "datatype": "FP64", "data": BIG.reshape(8, 8, 96).astype(np.float64)}},
-], ids=["nested", "flat", "fp64-values", "bare", "rank-3"])
+    {"inputs": {"shape": [32, 32], "datatype": "FP32", "data": SMALL}},
+    {"inputs": np.ascontiguousarray(BIG[:, :1].repeat(4, axis=0))},  # (256, 1), as targets are
+], ids=["nested", "flat", "fp64-values", "bare", "rank-3", "small", "one-column"])
 def test_fast_and_general_parses_agree(message):
     body = body_of(message)
+    assert len(body) >= MIN_BYTES  # parse_message takes the fast way
     inputs = loads(memoryview(body))["inputs"]
     assert isinstance(inputs["data"] if isinstance(inputs, dict) else inputs, NumericArray)
     fast, slow = decoded(body), general(orjson.loads(body))
@@ -72,6 +76,13 @@ def test_non_numbers_take_the_general_way():
     rows[1][2] = "NaN"
     assert loads(memoryview(orjson.dumps({"inputs": rows}))) is None
     assert np.isnan(decoded(orjson.dumps({"inputs": rows}))[1, 2])  # the engine refuses it later
+
+
+def test_a_body_under_min_bytes_takes_the_general_way():
+    body = body_of({"inputs": SMALL[:2]})
+    assert len(body) < MIN_BYTES
+    assert isinstance(parse_message(body, None, ForwardRequest).inputs.data, list)
+    assert np.array_equal(decoded(body), SMALL[:2])
 
 
 def test_integers_first_take_the_general_way():
@@ -126,3 +137,50 @@ def test_threads_parse_at_once_each_with_its_own_parser():
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(decoded, bodies * 3))
     assert all(np.array_equal(r, BIG * (i % 8 + 1)) for i, r in enumerate(results))
+
+
+def test_what_simdjson_reads_differently_takes_the_general_way():
+    rows = {"inputs": SMALL}
+    assert loads(memoryview(b"\xef\xbb\xbf" + body_of(rows))) is None  # orjson refuses a BOM: 400
+    assert refusal(b"\xef\xbb\xbf" + body_of(rows)).status == 400
+    repeated = body_of(rows)[:-1] + b', "inputs": [[1.5]]}'  # orjson keeps the last
+    assert loads(memoryview(repeated)) is None
+    assert decoded(repeated).tolist() == [[1.5]]
+    nul_keys = b'{"x\\u0000": 5, "x": 6, ' + body_of(rows)[1:]  # a key lookup would stop at the NUL
+    assert loads(memoryview(nul_keys)) is None
+    assert np.array_equal(decoded(nul_keys), SMALL)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+                    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(extra=st.dictionaries(st.text(max_size=4), JSON, max_size=3), rows=st.integers(1, 4),
+       cut=st.integers(0, 2**16), byte=st.integers(0, 255))
+def test_the_fast_way_gives_what_orjson_gives_or_nothing(extra, rows, cut, byte):
+    """Any body the fast way takes, orjson reads the same, arrays for the numbers; bodies
+    broken by one byte included."""
+    text = body_of({**extra, "inputs": SMALL[:rows * 8]})
+    for body in (text, text[:cut % len(text)] + bytes([byte]) + text[cut % len(text) + 1:]):
+        fast = loads(memoryview(body))
+        if fast is None:
+            continue
+        try:
+            slow = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise AssertionError(f"the fast way read a body orjson refuses: {body[:80]!r}") from None
+        assert _plain(fast) == slow
+
+
+def _plain(value):
+    """`value` with each NumericArray as the nested lists of floats orjson would give."""
+    if isinstance(value, NumericArray):
+        return value.values.reshape(value.shape).tolist()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
