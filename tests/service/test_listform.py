@@ -151,8 +151,9 @@ def test_what_simdjson_reads_differently_takes_the_general_way():
     assert np.array_equal(decoded(nul_keys), SMALL)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-                    | st.text(),
+SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text()
+           | st.floats(allow_nan=False, allow_infinity=False))
+JSON = st.recursive(SCALARS,
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
                     max_leaves=12)
 
