@@ -44,7 +44,7 @@ from service.persistence import Checkpoints
 from service.registry import Registry
 from service.settings import Settings
 from service.shelf import Held, Save, Shelf, describe
-from service.store import flush_dirty, flush_every
+from service.store import every, expire_data, expiry_seconds, flush_dirty
 from service.threads import off_loop
 
 log = logging.getLogger("gradserve")
@@ -86,6 +86,7 @@ class ModelHost:
         self.node = ray.get_runtime_context().get_node_id()
         self.stopped: set[str] = set()  # budgets whose clients have gone
         self._flusher: asyncio.Task | None = None
+        self._expirer: asyncio.Task | None = None  # drops idle data sets
         if skipped:
             ray.get_actor(REGISTRY, namespace=settings.ray_namespace).skip.remote(skipped)
         log.info("%s: %d models loaded, %d skipped", self.name, len(loaded), len(skipped))
@@ -200,12 +201,21 @@ class ModelHost:
         """Writes every model with steps not yet on disk."""
         await flush_dirty(self.shelf, lambda held: self.locks.get(held.id))
 
+    async def expire_data(self) -> None:
+        """Drops every data set unused for GRADSERVE_DATA_TTL_SECONDS."""
+        await expire_data(self.shelf, lambda held: self.locks.get(held.id))
+
     def _wake(self) -> None:
-        """Starts the interval flusher (durability "interval") from within the actor's event
-        loop: a restarted host starts it at its first request, or a front-end's first refresh."""
+        """Starts the interval flusher (durability "interval") and the expirer of idle data sets
+        from within the actor's event loop: a restarted host starts them at its first request, or
+        a front-end's first refresh."""
+        loop = asyncio.get_running_loop()
         if self.settings.durability == "interval" and self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(
-                flush_every(self.settings.durability_interval_seconds, self.flush))
+            self._flusher = loop.create_task(every(self.settings.durability_interval_seconds, self.flush,
+                                                   "interval checkpoint"))
+        if self._expirer is None:
+            self._expirer = loop.create_task(every(expiry_seconds(self.settings), self.expire_data,
+                                                   "dropping idle data sets"))
 
     async def ping(self) -> str:
         self._wake()

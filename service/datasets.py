@@ -8,11 +8,14 @@ sending them again.
 A data set lives in the memory of the process that holds its model (the server, or the
 model's Ray host), as the model's pending tapes do: it is not part of the checkpoint, a
 restart drops it (404 data_not_found) and deleting the model drops its sets. The sets of one
-process hold at most GRADSERVE_MAX_DATA_BYTES together (413 data_too_large beyond).
+process hold at most GRADSERVE_MAX_DATA_BYTES together (413 data_too_large beyond). A set
+nobody used for GRADSERVE_DATA_TTL_SECONDS is dropped too, so that the sets of a client killed
+mid-fit do not hold their memory until the model goes.
 """
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +64,7 @@ class DataSet:
 
     def __init__(self, inputs: np.ndarray, targets: np.ndarray):
         self.rows, self.nbytes = 0, 0
+        self.used = time.monotonic()  # last added to or read
         self._parts = [(np.empty((0, *inputs.shape[1:]), inputs.dtype),
                         np.empty((0, *targets.shape[1:]), targets.dtype))]
 
@@ -142,24 +146,30 @@ def _owned(array: np.ndarray) -> np.ndarray:
 
 
 class DataSets:
-    """The data sets of one model, by name, their bytes counted in the process's budget."""
+    """The data sets of one model, by name, their bytes counted in the process's budget; a set
+    unused for `ttl_seconds` is dropped by the next call, or by `expire`."""
 
-    def __init__(self, budget: DataBudget):
-        self.budget = budget
+    def __init__(self, budget: DataBudget, ttl_seconds: float):
+        self.budget, self.ttl_seconds = budget, ttl_seconds
         self.sets: dict[str, DataSet] = {}
 
     def get(self, name: str) -> DataSet:
+        self.expire()
         found = self.sets.get(name)
         if found is None:
             raise ServiceError(404, "data_not_found", f"no data set {name!r} on this model (data sets live in the "
-                               f"server's memory: a restart drops them; add rows with POST /data/{{name}})")
+                               f"server's memory: a restart drops them, and a set unused for "
+                               f"GRADSERVE_DATA_TTL_SECONDS; add rows with POST /data/{{name}})")
+        found.used = time.monotonic()
         return found
 
     def add(self, name: str, inputs: np.ndarray, targets: np.ndarray) -> DataSet:
         """Appends rows (checked by the model first) to the set `name`, making it if needed."""
+        self.expire()
         data_set = self.sets.get(name) or DataSet(inputs, targets)
         data_set.check(inputs, targets)
         data_set.append(inputs, targets, self.budget)
+        data_set.used = time.monotonic()
         self.sets[name] = data_set
         return data_set
 
@@ -170,12 +180,27 @@ class DataSets:
         check_size(rows * math.prod(inputs.shape[1:]), loc, max_elements)
 
     def drop(self, name: str) -> None:
-        self.budget.give(self.get(name).nbytes)
-        del self.sets[name]
+        self.get(name)  # 404 if there is none
+        self._forget(name)
 
     def clear(self) -> None:
         for name in list(self.sets):
-            self.drop(name)
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self.budget.give(self.sets.pop(name).nbytes)
+
+    def idle(self) -> bool:
+        """Tells whether a set is due to expire (read without the model's lock: only looks)."""
+        oldest = time.monotonic() - self.ttl_seconds
+        return any(data_set.used < oldest for data_set in list(self.sets.values()))
+
+    def expire(self) -> None:
+        """Drops the sets unused for ttl_seconds."""
+        oldest = time.monotonic() - self.ttl_seconds
+        for name in [name for name, data_set in self.sets.items() if data_set.used < oldest]:
+            self._forget(name)
 
     def describe(self) -> list[dict]:
+        self.expire()
         return [data_set.describe(name) for name, data_set in self.sets.items()]

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_data_bytes: int = Field(
         2048 * MiB, ge=0, description="Bytes the data sets of a process (the server, or one Ray model host) hold "
         "together: rows a fit keeps on the server so they cross the wire once (0: none kept).")
+    data_ttl_seconds: float = Field(
+        3600.0, gt=0, description="A data set neither read nor added to for this long is dropped (404 "
+        "data_not_found): the sets of a client gone mid-fit do not hold their memory until the model goes.")
     max_stream_batches: int = Field(10_000, ge=1, description="Batches one train_steps stream may carry.")
     request_timeout_seconds: float = Field(
         30.0, gt=0, description="Time budget of long work (a gradient check): past it, or once its "

@@ -92,7 +92,7 @@ class Shelf:
                 held.history = History(path, held.model.step_count)
             except (sqlite3.Error, OSError) as exc:
                 held.history = _start_over(held, path, exc)
-        held.data = DataSets(self.data_budget)
+        held.data = DataSets(self.data_budget, self.settings.data_ttl_seconds)
         self.held[held.id] = held
 
     def add(self, held: Held) -> None:

@@ -58,14 +58,31 @@ async def flush_dirty(shelf: Shelf, lock_of: Callable[[Held], asyncio.Lock | Non
                     await off_loop(shelf.save, held)
 
 
-async def flush_every(seconds: float, flush: Callable[[], Awaitable[None]]) -> None:
-    """Runs `flush` every `seconds` (durability "interval"), logging what fails."""
+async def expire_data(shelf: Shelf, lock_of: Callable[[Held], asyncio.Lock | None]) -> None:
+    """Drops the data sets of `shelf`'s models unused for GRADSERVE_DATA_TTL_SECONDS, each under
+    its model's lock (None: the model is gone meanwhile)."""
+    for held in list(shelf.held.values()):
+        lock = lock_of(held)
+        if held.data.idle() and lock is not None:
+            async with lock:
+                if not held.deleted:
+                    held.data.expire()
+
+
+def expiry_seconds(settings: Settings) -> float:
+    """Gives how often idle data sets are looked for: often enough that none outlives its time
+    by more than half of it, or a minute."""
+    return min(settings.data_ttl_seconds / 2, 60.0)
+
+
+async def every(seconds: float, work: Callable[[], Awaitable[None]], what: str) -> None:
+    """Runs `work` every `seconds`, logging what fails as `what`."""
     while True:
         await asyncio.sleep(seconds)
         try:
-            await flush()
+            await work()
         except Exception:
-            log.exception("interval checkpoint failed")
+            log.exception("%s failed", what)
 
 
 @dataclass(eq=False)
@@ -89,6 +106,7 @@ class ModelStore:
         self._shelf: Shelf | None = None
         self._creating = asyncio.Lock()  # creation and deletion
         self._flusher: asyncio.Task | None = None
+        self._expirer: asyncio.Task | None = None  # drops idle data sets
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -102,18 +120,22 @@ class ModelStore:
             await off_loop(self._shelf.hold, Entry(item.id, item.model, item.owner))
             self.registry.owners[item.id] = item.owner
         if self.settings.durability == "interval":
-            self._flusher = asyncio.create_task(flush_every(self.settings.durability_interval_seconds, self.flush))
+            self._flusher = asyncio.create_task(every(self.settings.durability_interval_seconds, self.flush,
+                                                      "interval checkpoint"))
+        self._expirer = asyncio.create_task(every(expiry_seconds(self.settings), self.expire_data,
+                                                  "dropping idle data sets"))
         self.ready = True
         log.info("data in %s: %d models loaded, %d skipped, durability=%s", self.settings.data_dir.resolve(),
                  len(loaded), len(self.registry.skipped), self.settings.durability)
 
     async def close(self) -> None:
-        """Stops the flusher and writes every model with unsaved steps."""
+        """Stops the flusher and the expirer, and writes every model with unsaved steps."""
         self.ready = False
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._flusher, self._expirer):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         await self.flush()
         if self._shelf is not None:
             self._shelf.close()
@@ -121,6 +143,10 @@ class ModelStore:
     async def flush(self) -> None:
         """Writes every model that has steps not yet on disk."""
         await flush_dirty(self._shelf, lambda entry: entry.lock)
+
+    async def expire_data(self) -> None:
+        """Drops every data set unused for GRADSERVE_DATA_TTL_SECONDS."""
+        await expire_data(self._shelf, lambda entry: entry.lock)
 
     def count(self) -> int:
         """Gives the number of models."""

@@ -2,9 +2,15 @@
 evaluated by row index, with the same results, bit for bit, as sending those rows; every
 refusal a 4xx naming the problem that changes nothing; memory bounded per process."""
 
+import time
+from types import SimpleNamespace
+
+import httpx
 import numpy as np
 import orjson
 import pytest
+
+from service.datasets import DataBudget, DataSets
 
 from wire import MLP, binary_body, create, tensor
 
@@ -191,3 +197,45 @@ def test_more_batches_than_a_stream_may_carry_are_413_either_way(make_client):
     too_many = client.post(f"/v1/models/{model}/data/d/train_steps", json={"rows": [0, 1, 0], "batch_size": 1})
     assert too_many.status_code == 413 and "the rows make more than 2 batches" in too_many.json()["detail"]
     assert state(client, model)[0] == before[0] + 2
+
+
+def test_a_data_set_unused_for_its_time_to_live_is_dropped_with_its_bytes(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("service.datasets.time", SimpleNamespace(monotonic=lambda: now[0]))
+    budget = DataBudget(10_000)
+    sets = DataSets(budget, ttl_seconds=60)
+    sets.add("old", X[:10], Y[:10])
+    sets.add("used", X[:5], Y[:5])
+    now[0] += 40
+    sets.get("used")  # read: its time starts again
+    sets.add("old", X[10:12], Y[10:12])  # added to: likewise
+    now[0] += 40
+    assert not sets.idle() and {d["name"] for d in sets.describe()} == {"old", "used"}
+    now[0] += 30  # 70 s after "used" was read, 70 after "old" grew
+    assert sets.idle()
+    sets.expire()
+    assert sets.describe() == [] and budget.used == 0
+    with pytest.raises(Exception) as gone:
+        sets.get("old")
+    assert gone.value.status == 404 and "GRADSERVE_DATA_TTL_SECONDS" in gone.value.detail
+
+
+def test_idle_data_sets_are_dropped_without_a_request_on_their_model(make_live):
+    url = make_live(data_ttl_seconds=2.0, max_data_bytes=10_000)  # on Ray, one host: one budget for both models
+    with httpx.Client(base_url=url, timeout=30) as live:
+        idle, other = create(live)["id"], create(live)["id"]
+        for model, name, rows in ((idle, "d", X), (other, "kept", X[:4])):
+            added = live.post(f"/v1/models/{model}/data/{name}",
+                              json={"inputs": tensor(rows), "targets": tensor(Y[:len(rows)])})
+            assert added.status_code == 200, added.text
+        deadline, free = time.monotonic() + 15, []
+        while time.monotonic() < deadline:  # the expirer runs every half TTL; only `other` is asked
+            assert live.post(f"/v1/models/{other}/data/kept/evaluate", json={}).status_code == 200  # in use
+            free.append(live.get(f"/v1/models/{other}/data").json()["free_bytes"])
+            if free[-1] == 10_000 - 4 * 24:
+                break
+            time.sleep(0.2)
+        assert free[0] == 10_000 - 44 * 24 and free[-1] == 10_000 - 4 * 24, free  # idle's 40 rows freed, kept's 4 not
+        gone = live.post(f"/v1/models/{idle}/data/d/evaluate", json={})
+        assert gone.status_code == 404 and gone.json()["code"] == "data_not_found"
+        assert [s["name"] for s in live.get(f"/v1/models/{other}/data").json()["data_sets"]] == ["kept"]
