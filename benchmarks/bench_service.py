@@ -117,15 +117,22 @@ def echo_server(folder: str) -> Process:
 def interleaved(measures: dict[str, tuple[Callable[[], object], int]], rounds: int,
                 settle: float) -> dict[str, list[float]]:
     """Gives each measure's timings, taken in rounds (each round runs every measure `repeat`
-    times), so that a change in the machine's load touches all of them alike. `settle`
-    seconds pass between measures: OpenBLAS threads spin a while after their work, and
-    would otherwise take the cores from the next measure, in another process."""
+    times), so that a change in the machine's load touches all of them alike. Each round
+    starts one measure further down the list: a measure taken right after another is faster
+    or slower for it, and a fixed order gives the same measures that edge every round (a fit
+    on two servers differing only in their allocator settings came out 9-16% apart in three
+    runs in a fixed order, and alike when the order rotated). `settle` seconds pass
+    between measures: OpenBLAS threads spin a while after their work, and would otherwise take
+    the cores from the next measure, in another process."""
     for fn, repeat in measures.values():
         for _ in range(3):
             fn()
     times: dict[str, list[float]] = {name: [] for name in measures}
-    for _ in range(rounds):
-        for name, (fn, repeat) in measures.items():
+    names = list(measures)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, repeat = measures[name]
             time.sleep(settle)
             for _ in range(repeat):
                 start = time.perf_counter()
@@ -238,11 +245,13 @@ def run(args) -> list[tuple[str, str]]:
         for name, spec, rows, batch, features, classes, epochs in FITS:
             data = fit_work(spec, rows, batch, features, classes)
             local, remote = [], []
-            for _ in range(args.fit_rounds):
-                time.sleep(args.settle)
-                local.append(fit_in_process(spec, *data, epochs=epochs, batch=batch))
-                time.sleep(args.settle)
-                remote.append(fit_over_http(servers["none"].url, spec, *data, epochs=epochs, batch=batch))
+            for round_ in range(args.fit_rounds):  # which goes first alternates, as in interleaved()
+                for side in ((local, remote) if round_ % 2 == 0 else (remote, local)):
+                    time.sleep(args.settle)
+                    if side is local:
+                        local.append(fit_in_process(spec, *data, epochs=epochs, batch=batch))
+                    else:
+                        remote.append(fit_over_http(servers["none"].url, spec, *data, epochs=epochs, batch=batch))
             fits[name, epochs] = (float(np.median(local)), float(np.median(remote)))
 
     step, tiny, get = ms(t["in-process"]), ms(t["tiny in-process"]), ms(t["empty GET"])
