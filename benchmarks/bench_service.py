@@ -347,7 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=40, help="requests per measurement")
     parser.add_argument("--settle", type=float, default=0.2, help="seconds between measures")
-    parser.add_argument("--fit-rounds", type=int, default=5, help="runs of each fit comparison (median kept)")
+    parser.add_argument("--fit-rounds", type=int, default=9, help="runs of each fit comparison (median kept)")
     parser.add_argument("--write", action="store_true", help="update the Service section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     section = table(run(args), args.n, args.fit_rounds)
