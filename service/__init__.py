@@ -8,7 +8,7 @@
                      ({"error": ...} under /v2)
     tensor_object.py the tensor object of the wire (KServe V2), as pydantic models
     tensors.py       the one tensor codec: tensor objects <-> arrays, list and binary form
-    listform.py      big list-form bodies parsed without a Python float per element
+    listform.py      list-form bodies parsed without a Python float per element
     body.py          reading a body within the limit, JSON or binary (or a stream of
                      frames), into a pydantic model with its tensors decoded
     schemas.py       request and response models, with the examples /docs shows

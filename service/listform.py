@@ -8,9 +8,12 @@ was rectangular, so an array is taken this way only when its structure is verifi
 - every array at each level has the same length (the shape read off its first elements);
 - the leaves are numbers (as_buffer refuses anything else) and there are prod(shape) of them;
 - the JSON text holds exactly as many '[' as the message's arrays account for, so no leaf
-  hides inside brackets of its own ([3, [4]] flattens like [3, 4]; its extra '[' does not).
+  hides inside brackets of its own ([3, [4]] flattens like [3, 4]; its extra '[' does not);
+- it sits where a request model takes a tensor (TENSOR_FIELDS, "parameters"): a spec's option
+  or a tensor's shape stays the list orjson gives, and is checked as such.
 Whatever fails a check, and any array whose first number is written as an integer (it may be
-class labels), goes the general way instead: orjson and np.asarray, which name the problem.
+class labels), goes the general way instead: orjson and np.asarray, which name the problem
+(tests/service/test_listform.py holds both ways to the same arrays and the same refusals).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ MIN_BYTES = 2048
 MIN_ELEMENTS = 16
 KEEP_BYTES = 8 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
+MAX_RANK = 32  # axes of a tensor (numpy's limit is 64; no layer takes more than 4)
+# The request fields that are tensors (service/schemas.py's TensorInput fields), and "parameters"
+# (PUT /parameters: a tensor per name)
+TENSOR_FIELDS = frozenset({"inputs", "targets", "grad_output", "rows"})
 
 
 class NumericArray:
@@ -79,49 +86,82 @@ def loads(json_part) -> dict | None:
     return message
 
 
-def _convert(node, arrays: list[int]):
-    """Return `node` as Python values, big float arrays as NumericArray; count arrays in arrays[0]."""
+def _convert(doc, arrays: list[int]) -> dict:
+    """Return the message `doc` as Python values, its tensors' numeric arrays as NumericArray;
+    count arrays in arrays[0]. An array is a tensor's only where the request models take one:
+    a top-level TENSOR_FIELDS value or a value of the top-level "parameters", bare or as a tensor
+    object's "data". Anywhere else (a spec's options, a shape) it stays a list, as orjson gives it."""
+    return {key: _tensor(value, arrays) if key in TENSOR_FIELDS else
+            _tensors(value, arrays) if key == "parameters" else _plain(value, arrays)
+            for key, value in _items(doc)}
+
+
+def _tensors(node, arrays: list[int]):
     if isinstance(node, simdjson.Object):
-        keys = list(node.keys())
-        if len(set(keys)) != len(keys):  # node[key] would give the first; orjson keeps the last
-            raise ValueError("duplicate keys")
-        if any("\0" in key for key in keys):  # node[key] stops at a NUL: "x\u0000" finds "x"
-            raise ValueError("a key holds a NUL")
-        return {key: _convert(node[key], arrays) for key in keys}
+        return {key: _tensor(value, arrays) for key, value in _items(node)}
+    return _plain(node, arrays)
+
+
+def _tensor(node, arrays: list[int]):
+    if isinstance(node, simdjson.Object):  # a tensor object: its data may be numeric
+        return {key: _tensor(value, arrays) if key == "data" and isinstance(value, simdjson.Array)
+                else _plain(value, arrays) for key, value in _items(node)}
     if isinstance(node, simdjson.Array):
         numeric = _numeric(node, arrays)
         if numeric is not None:
             return numeric
+    return _plain(node, arrays)
+
+
+def _plain(node, arrays: list[int]):
+    if isinstance(node, simdjson.Object):
+        return {key: _plain(value, arrays) for key, value in _items(node)}
+    if isinstance(node, simdjson.Array):
         value = node.as_list()
         arrays[0] += _count_lists(value)
         return value
     return node
 
 
+def _items(node) -> list[tuple[str, object]]:
+    keys = list(node.keys())
+    if len(set(keys)) != len(keys):  # node[key] would give the first; orjson keeps the last
+        raise ValueError("duplicate keys")
+    if any("\0" in key for key in keys):  # node[key] stops at a NUL: "x\u0000" finds "x"
+        raise ValueError("a key holds a NUL")
+    return [(key, node[key]) for key in keys]
+
+
 def _numeric(array, arrays: list[int]) -> NumericArray | None:
+    """Gives a rectangular array of numbers, its first one written as a float, of at least
+    MIN_ELEMENTS and at most MAX_RANK axes, as a NumericArray; None for anything else. Its
+    arrays are counted only if it is taken: one given up on is counted by whoever takes it."""
     shape, first = [], array
     while isinstance(first, simdjson.Array):
-        if len(first) == 0:
+        if len(first) == 0 or len(shape) == MAX_RANK:
             return None
         shape.append(len(first))
         first = first[0]
     size = math.prod(shape)
     if not isinstance(first, float) or size < MIN_ELEMENTS:
         return None
-    level = [array]
-    for depth, length in enumerate(shape):
-        # len() of a number raises TypeError; a string or object of the right length passes
-        # here, but as_buffer below refuses it
-        if set(map(len, level)) != {length}:
-            return None
-        arrays[0] += len(level)
-        if depth + 1 < len(shape):
-            level = [child for node in level for child in node]
+    level, counted = [array], 0
     try:
+        for depth, length in enumerate(shape):
+            # len() of a number raises TypeError; a string or object of the right length
+            # passes here, but as_buffer below refuses it
+            if set(map(len, level)) != {length}:
+                return None
+            counted += len(level)
+            if depth + 1 < len(shape):
+                level = [child for node in level for child in node]
         values = np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
     except TypeError:  # a leaf that is not a number
         return None
-    return NumericArray(values, shape) if values.size == size else None
+    if values.size != size:
+        return None
+    arrays[0] += counted
+    return NumericArray(values, shape)
 
 
 def _count_lists(value) -> int:

@@ -8,7 +8,8 @@ Binary form: the tensor object carries {"parameters": {"binary_data_size": <byte
              row-major bytes, in the order the tensor objects appear in the JSON text.
 
 Decoding never loops over elements in Python: the body is parsed by orjson and handed to
-`np.asarray` (list form) or viewed in place with `np.frombuffer` (binary form). Encoding
+`np.asarray` (list form; from 2 KB up, service/listform.py parses numeric arrays straight into
+one buffer) or viewed in place with `np.frombuffer` (binary form). Encoding
 serialises arrays with orjson's NumPy support; non-finite values (slow path only) become the
 strings "NaN", "Infinity" and "-Infinity".
 """
@@ -25,7 +26,7 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from service.errors import ServiceError, invalid
-from service.listform import NumericArray
+from service.listform import MAX_RANK, NumericArray
 from service.tensor_object import DATATYPE_OF, DTYPES, HEADER, Tensor
 from service.threads import off_loop
 
@@ -115,10 +116,12 @@ def decode(value: Tensor | list, loc: tuple[str, ...], *, dtype: np.dtype, max_e
         # The bytes start wherever the JSON part ends; BLAS wants aligned data, and a copy
         # of an unaligned tensor costs less than what unaligned loads cost the engine.
         return array if array.flags.aligned else array.copy()
-    if isinstance(data, NumericArray):  # a big float array, parsed by service/listform.py
-        if dtype.kind != "f":  # its first value is written as a float, so is not all integers
-            raise invalid([*loc, "data"], f"{DATATYPE_OF[dtype]} data must be integers", "int_type")
-        array = data.values.astype(dtype, copy=False)
+    if isinstance(data, NumericArray):  # a float array, parsed by service/listform.py
+        if dtype.kind != "f":  # its first value is written as a float: refused as the list way refuses it
+            raise invalid([*loc, "data"], f"{DATATYPE_OF[dtype]} data must be integers: data{'[0]' * len(data.shape)} "
+                          f"is float {str(float(data.values[0]))[:20]!r}", "int_type")
+        with np.errstate(over="ignore"):  # past the dtype's range: inf, refused as non-finite later
+            array = data.values.astype(dtype, copy=False)
         check_size(array.size, loc, max_elements)
         shape = data.shape if shape is None else shape
         if array.size != math.prod(shape):
@@ -170,7 +173,6 @@ class Decoder:
 # non-finite outputs name what they stand for, and are refused later as non-finite inputs.
 _STRICT = ConfigDict(strict=True)
 _NAMED_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
-MAX_RANK = 32  # numpy's limit is 64; no layer takes more than 4 axes
 
 
 @lru_cache(maxsize=None)

@@ -226,6 +226,7 @@ def too_many_batches(batches: int, what: str) -> ServiceError:
 def _kept_train_step(model: Model, data_sets: DataSets, name: str, body: TrainStepRequest) -> dict:
     """Gives a train step's answer, its batch added to the data set `name` (taken back if the step fails)."""
     inputs, targets, _ = model.validate_batch(body.inputs, body.targets)
+    data_sets.expire()  # a set past its time is made anew by add: its batch's failure must drop it
     made = name not in data_sets.sets
     data_set = data_sets.add(name, inputs, targets)
     try:
