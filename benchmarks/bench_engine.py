@@ -5,13 +5,14 @@
 Prints median milliseconds and GFLOP/s (6 x the multiply-adds of the linear, conv2d, rnn, lstm,
 gru and attention layers, per time) for each config, with PyTorch side by side when torch is
 importable (it is optional, never required). The configs are gradserve specs; the torch side is
-the matching nn.Sequential.
+the matching nn.Sequential. Each side measures in a process of its own (--one-process: both here).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -221,32 +222,76 @@ def torch_step(spec, input_shape):
     return step
 
 
+def side(kind: str, connection) -> None:
+    """A worker measuring one side, gradserve or torch, in a process of its own: given
+    (config name, repeats), it answers the median ms of that config's step (each step built once)."""
+    if kind == "torch":
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+    make = torch_step if kind == "torch" else gradserve_step
+    steps, configs = {}, {name: (spec, shape) for name, spec, shape in CONFIGS}
+    while (ask := connection.recv()) is not None:
+        name, repeats = ask
+        if name not in steps:
+            steps[name] = make(*configs[name])
+        connection.send(median_ms(steps[name], repeats))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every config this many times over and give each ratio's range")
     parser.add_argument("--match", default="", help="run only the configs whose name contains this")
+    parser.add_argument("--one-process", action="store_true",
+                        help="measure both sides in this process, as before (torch's runs slow numpy's after them)")
     args = parser.parse_args()
     configs = [config for config in CONFIGS if args.match in config[0]]
     try:
         import torch
-        torch.set_num_threads(os.cpu_count())
     except ImportError:
         torch = None
+    sides = {"gradserve": None, **({"torch": None} if torch else {})}
+    if args.one_process:
+        if torch:
+            torch.set_num_threads(os.cpu_count())
+        built = {(kind, name): (torch_step if kind == "torch" else gradserve_step)(spec, shape)
+                 for kind in sides for name, spec, shape in configs}
+        measure = lambda kind, name: median_ms(built[kind, name], args.repeats)  # noqa: E731
+    else:
+        # Each side in a process of its own: in one process, a transformer step took 7.5 ms before
+        # torch ran the other configs and 13-14 ms after (allocator and thread state torch leaves;
+        # the service never loads torch), so every measure after torch's first was torch's too.
+        context = multiprocessing.get_context("spawn")
+        for kind in sides:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=side, args=(kind, theirs), daemon=True)
+            process.start()
+            sides[kind] = ours
+
+        def measure(kind: str, name: str) -> float:
+            sides[kind].send((name, args.repeats))
+            return sides[kind].recv()
     ours, theirs = {name: [] for name, _, _ in configs}, {name: [] for name, _, _ in configs}
     # Each config's two measures side by side, so that a ratio compares the same spell of the
-    # host (its speed moves by the minute); after torch a pause, for its OpenMP threads keep
-    # spinning a while after their last op and would slow whatever numpy runs next.
+    # host (its speed moves by the minute); after each a pause, for OpenBLAS's and torch's
+    # OpenMP threads keep spinning a while after their last op and would slow whatever runs next.
     for _ in range(args.rounds):
         for name, spec, input_shape in configs:
-            ours[name].append(median_ms(gradserve_step(spec, input_shape), args.repeats))
+            ours[name].append(measure("gradserve", name))
+            time.sleep(0.3)
             if torch:
-                theirs[name].append(median_ms(torch_step(spec, input_shape), args.repeats))
+                theirs[name].append(measure("torch", name))
                 time.sleep(0.5)
+    for connection in sides.values():
+        if connection is not None:
+            connection.send(None)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
-          + f"; median of {args.repeats} steps, {args.rounds} round(s); load average {os.getloadavg()[0]:.2f}")
+          + f"; median of {args.repeats} steps, {args.rounds} round(s), "
+          + ("both sides in one process" if args.one_process else "each side in a process of its own")
+          + f"; load average {os.getloadavg()[0]:.2f}")
     print("| config | gradserve ms | GFLOP/s | torch ms | gradserve / torch |")
     print("|---|---|---|---|---|")
     for name, spec, input_shape in configs:
