@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from contextlib import contextmanager
 import multiprocessing
 import os
 import platform
@@ -222,20 +223,56 @@ def torch_step(spec, input_shape):
     return step
 
 
-def side(kind: str, connection) -> None:
-    """A worker measuring one side, gradserve or torch, in a process of its own: given
-    (config name, repeats), it answers the median ms of that config's step (each step built once)."""
+# glibc maps a big block for itself and unmaps it when freed, under a threshold that adapts to
+# what was freed before, and trims the heap's top: so whether a step's arrays page-fault their
+# memory in anew depends on what the process did earlier. torch's LSTM step took 3.0-3.5 ms or
+# 5.5-6.5 ms by that alone (its "fast mode"), and gradserve's 784-256-10 b256 step 1.25 or 1.8-2.2
+# ms in a fresh process. Fixed thresholds give both sides the steady state, run after run.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+
+
+def side(kind: str, name: str, connection) -> None:
+    """A worker measuring one side, gradserve or torch, of one config, in a process of its own:
+    asked for a number of repeats, it answers the median ms of the config's step."""
     if kind == "torch":
         import torch
 
         torch.set_num_threads(os.cpu_count())
-    make = torch_step if kind == "torch" else gradserve_step
-    steps, configs = {}, {name: (spec, shape) for name, spec, shape in CONFIGS}
-    while (ask := connection.recv()) is not None:
-        name, repeats = ask
-        if name not in steps:
-            steps[name] = make(*configs[name])
-        connection.send(median_ms(steps[name], repeats))
+    spec, shape = next((spec, shape) for config, spec, shape in CONFIGS if config == name)
+    step = (torch_step if kind == "torch" else gradserve_step)(spec, shape)
+    connection.send("ready")
+    while (repeats := connection.recv()) is not None:
+        connection.send(median_ms(step, repeats))
+
+
+@contextmanager
+def sides(kinds: list[str], name: str, args):
+    """Gives measure(kind) -> median ms of config `name` on that side. Each side runs in a fresh
+    process for each config (--one-process: all in this one, as before). In one process, a
+    transformer step took 7.5 ms before torch ran the other configs and 13-14 ms after, and
+    torch's own transformer 9-11 ms fresh against 16-19 ms after its LSTM and GRU (the allocator
+    and thread state a model leaves behind); the service never loads torch."""
+    spec, shape = next((spec, shape) for config, spec, shape in CONFIGS if config == name)
+    if args.one_process:
+        steps = {kind: (torch_step if kind == "torch" else gradserve_step)(spec, shape) for kind in kinds}
+        yield lambda kind: median_ms(steps[kind], args.repeats)
+        return
+    context, connections = multiprocessing.get_context("spawn"), {}
+    for kind in kinds:
+        ours, theirs = context.Pipe()
+        context.Process(target=side, args=(kind, name, theirs), daemon=True).start()
+        connections[kind] = ours
+    for connection in connections.values():  # both built (torch's import is seconds of CPU) before any measure
+        connection.recv()
+
+    def measure(kind: str) -> float:
+        connections[kind].send(args.repeats)
+        return connections[kind].recv()
+    try:
+        yield measure
+    finally:
+        for connection in connections.values():
+            connection.send(None)
 
 
 def main():
@@ -245,52 +282,38 @@ def main():
                         help="measure every config this many times over and give each ratio's range")
     parser.add_argument("--match", default="", help="run only the configs whose name contains this")
     parser.add_argument("--one-process", action="store_true",
-                        help="measure both sides in this process, as before (torch's runs slow numpy's after them)")
+                        help="measure both sides of every config in this process, as before")
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="leave glibc's malloc thresholds to adapt (see FIXED_MALLOC)")
     args = parser.parse_args()
+    if not args.glibc_default:  # read by each side's process as it starts
+        os.environ.update({name: value for name, value in FIXED_MALLOC.items() if name not in os.environ})
     configs = [config for config in CONFIGS if args.match in config[0]]
     try:
         import torch
     except ImportError:
         torch = None
-    sides = {"gradserve": None, **({"torch": None} if torch else {})}
-    if args.one_process:
-        if torch:
-            torch.set_num_threads(os.cpu_count())
-        built = {(kind, name): (torch_step if kind == "torch" else gradserve_step)(spec, shape)
-                 for kind in sides for name, spec, shape in configs}
-        measure = lambda kind, name: median_ms(built[kind, name], args.repeats)  # noqa: E731
-    else:
-        # Each side in a process of its own: in one process, a transformer step took 7.5 ms before
-        # torch ran the other configs and 13-14 ms after (allocator and thread state torch leaves;
-        # the service never loads torch), so every measure after torch's first was torch's too.
-        context = multiprocessing.get_context("spawn")
-        for kind in sides:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=side, args=(kind, theirs), daemon=True)
-            process.start()
-            sides[kind] = ours
-
-        def measure(kind: str, name: str) -> float:
-            sides[kind].send((name, args.repeats))
-            return sides[kind].recv()
+    kinds = ["gradserve", *(["torch"] if torch else [])]
     ours, theirs = {name: [] for name, _, _ in configs}, {name: [] for name, _, _ in configs}
+    if args.one_process and torch:
+        torch.set_num_threads(os.cpu_count())
     # Each config's two measures side by side, so that a ratio compares the same spell of the
     # host (its speed moves by the minute); after each a pause, for OpenBLAS's and torch's
     # OpenMP threads keep spinning a while after their last op and would slow whatever runs next.
-    for _ in range(args.rounds):
-        for name, spec, input_shape in configs:
-            ours[name].append(measure("gradserve", name))
-            time.sleep(0.3)
-            if torch:
-                theirs[name].append(measure("torch", name))
-                time.sleep(0.5)
-    for connection in sides.values():
-        if connection is not None:
-            connection.send(None)
+    for name, spec, input_shape in configs:
+        with sides(kinds, name, args) as measure:
+            for _ in range(args.rounds):
+                ours[name].append(measure("gradserve"))
+                time.sleep(0.3)
+                if torch:
+                    theirs[name].append(measure("torch"))
+                    time.sleep(0.5)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
           + f"; median of {args.repeats} steps, {args.rounds} round(s), "
-          + ("both sides in one process" if args.one_process else "each side in a process of its own")
+          + ("both sides in one process" if args.one_process else "each side of each config in a fresh process")
+          + (", glibc's malloc thresholds adapting" if args.glibc_default or args.one_process else
+             ", glibc's malloc thresholds fixed (FIXED_MALLOC)")
           + f"; load average {os.getloadavg()[0]:.2f}")
     print("| config | gradserve ms | GFLOP/s | torch ms | gradserve / torch |")
     print("|---|---|---|---|---|")
