@@ -231,14 +231,13 @@ def torch_step(spec, input_shape):
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 
-def side(kind: str, name: str, connection) -> None:
+def side(kind: str, spec: dict, shape: tuple, connection) -> None:
     """A worker measuring one side, gradserve or torch, of one config, in a process of its own:
     asked for a number of repeats, it answers the median ms of the config's step."""
     if kind == "torch":
         import torch
 
         torch.set_num_threads(os.cpu_count())
-    spec, shape = next((spec, shape) for config, spec, shape in CONFIGS if config == name)
     step = (torch_step if kind == "torch" else gradserve_step)(spec, shape)
     connection.send("ready")
     while (repeats := connection.recv()) is not None:
@@ -246,13 +245,12 @@ def side(kind: str, name: str, connection) -> None:
 
 
 @contextmanager
-def sides(kinds: list[str], name: str, args):
-    """Gives measure(kind) -> median ms of config `name` on that side. Each side runs in a fresh
+def sides(kinds: list[str], spec: dict, shape: tuple, args):
+    """Gives measure(kind) -> median ms of the config (spec, input shape) on that side. Each side runs in a fresh
     process for each config (--one-process: all in this one, as before). In one process, a
     transformer step took 7.5 ms before torch ran the other configs and 13-14 ms after, and
-    torch's own transformer 9-11 ms fresh against 16-19 ms after its LSTM and GRU (the allocator
+    torch's own transformer 9-11 ms fresh against 16-19 ms after its other configs (the allocator
     and thread state a model leaves behind); the service never loads torch."""
-    spec, shape = next((spec, shape) for config, spec, shape in CONFIGS if config == name)
     if args.one_process:
         steps = {kind: (torch_step if kind == "torch" else gradserve_step)(spec, shape) for kind in kinds}
         yield lambda kind: median_ms(steps[kind], args.repeats)
@@ -260,7 +258,7 @@ def sides(kinds: list[str], name: str, args):
     context, connections = multiprocessing.get_context("spawn"), {}
     for kind in kinds:
         ours, theirs = context.Pipe()
-        context.Process(target=side, args=(kind, name, theirs), daemon=True).start()
+        context.Process(target=side, args=(kind, spec, shape, theirs), daemon=True).start()
         connections[kind] = ours
     for connection in connections.values():  # both built (torch's import is seconds of CPU) before any measure
         connection.recv()
@@ -301,7 +299,7 @@ def main():
     # host (its speed moves by the minute); after each a pause, for OpenBLAS's and torch's
     # OpenMP threads keep spinning a while after their last op and would slow whatever runs next.
     for name, spec, input_shape in configs:
-        with sides(kinds, name, args) as measure:
+        with sides(kinds, spec, input_shape, args) as measure:
             for _ in range(args.rounds):
                 ours[name].append(measure("gradserve"))
                 time.sleep(0.3)
