@@ -77,8 +77,9 @@ def room_taker(url: str, spec: dict, free_rows: int, when):
     return before, made
 
 
-def keeps(call) -> bool:
-    return "keep" in (call.params or {})
+def adds_training(call) -> bool:
+    return call.method == "POST" and data_routes(call) != "" and "/" not in data_routes(call) \
+        and not data_routes(call).endswith("-val")
 
 
 def adds_validation(call) -> bool:
@@ -86,7 +87,7 @@ def adds_validation(call) -> bool:
 
 
 @pytest.mark.parametrize("rows, validation_rows, free_rows, when", [
-    (400, 0, 200, keeps),  # after fit saw the room, before its stream fills it: 200 of its 400 rows fit
+    (400, 0, 200, adds_training),  # after fit saw the room, before it adds its rows: 200 of its 400 fit
     (300, 100, 300 + 10, adds_validation),  # the training rows kept, no room for the validation rows
 ], ids=["midway", "for the validation data"])
 def test_no_room_sends_the_rest(small_data_server, dataless_server, blobs, classifier, rows, validation_rows,
@@ -156,3 +157,31 @@ def test_a_cancelled_async_fit_deletes_its_data_sets(server, blobs, classifier):
             return (await model.data_sets()).data_sets
 
     assert asyncio.run(main()) == ()
+
+
+def test_a_bad_row_fails_at_its_batch_as_without_data_sets(server, dataless_server, blobs, classifier):
+    x, y = blobs(200, seed=13)
+    y[150] = 9  # not one of the 3 classes: the server refuses the rows it would keep
+
+    def fail(url):
+        with gs.Client(url) as client:
+            model = client.create_model(classifier)
+            with pytest.raises(gs.ValidationError) as caught:
+                model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+            return caught.value, model.parameters(), model.data_sets().data_sets
+
+    kept, sent = fail(server.url), fail(dataless_server.url)
+    assert kept[0].__notes__ == sent[0].__notes__ == [
+        "fit: raised by batch 5 of epoch 1 (the batches before it trained)"]  # rows 128-159
+    assert len(kept[0].completed) == len(sent[0].completed) == 4
+    assert {k: v.tobytes() for k, v in kept[1].items()} == {k: v.tobytes() for k, v in sent[1].items()}
+    assert kept[2] == ()
+
+
+def test_an_unshuffled_fit_trains_on_the_sets_own_rows(server, dataless_server, blobs, classifier):
+    spec = {**classifier, "layers": [{"type": "linear", "in_features": 2, "out_features": 8},
+                                     {"type": "batchnorm", "num_features": 8}, {"type": "relu"},
+                                     {"type": "dropout", "p": 0.2}, {"type": "linear", "out_features": 3}]}
+    x, y = blobs(200, seed=14)
+    with gs.Client(server.url) as client:
+        fit_and_compare(client, dataless_server.url, spec, x, y, blobs(50, seed=15), shuffle=False)

@@ -194,7 +194,7 @@ def test_export_onnx_writes_a_file_onnxruntime_runs_as_the_model(client, server,
 
 
 def requests_by_route(url: str) -> dict[str, float]:
-    """Gives the server's request counts by route template (from /metrics)."""
+    """Gives the server's request counts by route template, and by "METHOD route" (from /metrics)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -204,7 +204,8 @@ def requests_by_route(url: str) -> dict[str, float]:
         for sample in family.samples:
             if sample.name == "gradserve_requests_total":
                 route = sample.labels["route"]
-                counts[route] = counts.get(route, 0) + sample.value
+                for key in (route, f"{sample.labels['method']} {route}"):
+                    counts[key] = counts.get(key, 0) + sample.value
     return counts
 
 
@@ -237,8 +238,9 @@ def test_fit_sends_the_data_once_and_gives_what_sending_every_epoch_gives(server
     assert dict(kept[0]) == dict(sent[0])  # every epoch's loss, accuracy, val_loss, val_accuracy, exactly
     assert {k: v.tobytes() for k, v in kept[1].items()} == {k: v.tobytes() for k, v in sent[1].items()}
     assert kept[2].data_sets == () and sent[2].data_sets == ()  # fit deletes what it made
-    assert during["/v1/models/{model_id}/train_steps"] == 1  # the first epoch, kept
-    assert during["/v1/models/{model_id}/data/{name}/train_steps"] == 2  # the others, by row
+    assert during["POST /v1/models/{model_id}/data/{name}"] == 2  # the training rows, then the validation rows, once
+    assert during["/v1/models/{model_id}/data/{name}/train_steps"] == 3  # every epoch, by row
+    assert "/v1/models/{model_id}/train_steps" not in during
     assert "/v1/models/{model_id}/evaluate" not in during  # train and validation data evaluated where they are
 
 

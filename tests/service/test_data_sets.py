@@ -262,3 +262,17 @@ def test_a_kept_stream_failing_on_a_set_past_its_time_leaves_no_set(monkeypatch)
     with pytest.raises(FloatingPointError):
         _kept_train_step(Failing(), sets, "d", SimpleNamespace(inputs=X[4:7], targets=Y[4:7], lr=None))
     assert sets.sets == {} and sets.budget.used == 0
+
+
+@pytest.mark.parametrize("rows, view", [
+    ([3, 4, 5, 6], True), ([7], True), ([3, 5, 4], False), ([6, 5, 4], False), ([2, 2], False), ([], False),
+], ids=["range", "one row", "shuffled", "descending", "repeated", "none"])
+def test_consecutive_rows_are_read_only_views_of_the_set_others_copies(rows, view):
+    sets = DataSets(DataBudget(1 << 20), ttl_seconds=60)
+    sets.add("s", X[:20], Y[:20])
+    sets.add("s", X[20:], Y[20:])  # two parts, joined by the first read
+    inputs, targets = sets.get("s").take(np.array(rows, np.int64))
+    assert inputs.tobytes() == X[rows].tobytes() and targets.tobytes() == Y[rows].tobytes()
+    joined = sets.get("s").take(None)[0]
+    assert np.shares_memory(inputs, joined) == view
+    assert inputs.flags.writeable == (not view)  # a step that wrote its batch would change the set

@@ -437,7 +437,8 @@ class RemoteModel(ModelCalls):
         verbose: int = 1,
     ) -> History:
         """Returns the History of training on (x, y), as Keras's ``fit``: the same train steps
-        as one train_step per batch, sent as train_steps streams so the server never waits."""
+        as one train_step per batch, on rows it first adds to a data set of the model when the
+        server has room, else sent as train_steps streams (see _fit.py)."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
         return self._drive(loop.calls(self, self._client.binary, asynchronous=False))
@@ -643,7 +644,8 @@ class AsyncRemoteModel(ModelCalls):
         verbose: int = 1,
     ) -> History:
         """Returns the History of training on (x, y), as Keras's ``fit``: the same train steps
-        as one train_step per batch, sent as train_steps streams so the server never waits."""
+        as one train_step per batch, on rows it first adds to a data set of the model when the
+        server has room, else sent as train_steps streams (see _fit.py)."""
         loop = self._fit_loop(x, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                               validation_data=validation_data, seed=seed, verbose=verbose)
         return await self._drive(loop.calls(self, self._client.binary, asynchronous=True))
