@@ -32,6 +32,20 @@ T = TypeVar("T")
 Save = Literal["no", "later", "step", "always"]
 
 
+@dataclass(frozen=True)
+class Run:
+    """Work of train steps one after another, in one call (a data set's batches): the Shelf
+    gives `fn(model, *args, i)` for i = start, start + 1, ... < stop, until one raises or
+    `seconds` have passed, each step recorded in the history as one call's step would be; the
+    answer is (the results, the exception that stopped the run, or None). One call a run
+    instead of one a step: the hop to a worker thread (on Ray, the actor call) once a run."""
+
+    fn: Callable[..., Any]
+    start: int
+    stop: int
+    seconds: float
+
+
 @dataclass(eq=False)
 class Held:
     """One model in this process, with its owner and pending tapes."""
@@ -144,21 +158,15 @@ class Shelf:
 
     def work(self, held: Held, fn: Callable[..., T], args: tuple = (), save: Save = "no",
              keep_tape: bool | None = None) -> T | tuple[Any, str | None]:
-        """Gives `fn(model, *args)`, then writes the checkpoint as `save` and the durability ask
-        ("later": steps taken, written by the next flush or a later save).
+        """Gives `fn(model, *args)` (a Run's results), then writes the checkpoint as `save` and
+        the durability ask ("later": steps taken, written by the next flush or a later save).
 
         With `keep_tape` True or False, fn gives (result, tape) and the answer is (result, the
         tape's id): kept for a later backward if True, None if False. A WithData fn is given the
         model's data sets after the model.
         """
         self.alive(held)
-        steps = held.model.step_count
-        if isinstance(fn, WithData):
-            result = compute(fn.fn, held.model, held.data, *args)
-        else:
-            result = compute(fn, held.model, *args)
-        if held.history is not None and held.model.step_count != steps:
-            held.history.append(held.model.step_record())
+        result = self._run(held, fn, args) if isinstance(fn, Run) else self._call(held, fn, args)
         if self.writes(save):
             self.save(held)
         elif save != "no":
@@ -167,6 +175,30 @@ class Shelf:
             return result
         result, tape = result
         return result, self.keep_tape(held, tape) if keep_tape else None
+
+    def _call(self, held: Held, fn: Callable[..., T], args: tuple) -> T:
+        """Gives `fn(model, *args)` (with the model's data sets if WithData), recording the step it took."""
+        steps = held.model.step_count
+        if isinstance(fn, WithData):
+            result = compute(fn.fn, held.model, held.data, *args)
+        else:
+            result = compute(fn, held.model, *args)
+        if held.history is not None and held.model.step_count != steps:
+            held.history.append(held.model.step_record())
+        return result
+
+    def _run(self, held: Held, run: Run, args: tuple) -> tuple[list, Exception | None]:
+        """Gives the results of a Run's steps, and the exception that stopped it (see Run)."""
+        results: list = []
+        started = time.perf_counter()
+        for i in range(run.start, run.stop):
+            try:
+                results.append(self._call(held, run.fn, (*args, i)))
+            except Exception as exc:  # the caller answers it, after the steps before it
+                return results, exc
+            if time.perf_counter() - started >= run.seconds:
+                break
+        return results, None
 
     def work_on_tape(self, held: Held, tape_id: str, fn: Callable[..., T], args: tuple = ()) -> T:
         """Gives `fn(model, tape, *args)` for a pending tape, consuming the tape unless the

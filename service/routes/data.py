@@ -62,19 +62,19 @@ def _drop(model: Model, data_sets: DataSets, name: str) -> None:
 async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Response:
     """Applies a train step on each batch of the given rows, in order: the same steps, bit for
     bit, as train_steps sending those rows. Every row index is checked before the first step;
-    then, as in train_steps, the first batch that fails stops the rest, and each batch takes
-    the model's lock on its own."""
+    then, as in train_steps, the first batch that fails stops the rest. The batches take the
+    model's lock a run at a time (about 10 ms of steps): requests of other clients on the same
+    model may run between two runs."""
     body, store, settings = call.body, call.store, call.request.app.state.settings
     rows, flat = await store.run(call.entry, WithData(_checked_rows), name, body.rows, body.batch_size,
                                  settings.max_tensor_elements)
-    starts = range(0, len(rows), body.batch_size)
-    if len(starts) > settings.max_stream_batches:
+    batches = len(range(0, len(rows), body.batch_size))
+    if batches > settings.max_stream_batches:
         raise too_many_batches(settings.max_stream_batches, "the rows make")
-    steps = Steps(store, call.request.app.state.metrics, call.entry)
-    for start in starts:
-        batch = rows[start:start + body.batch_size]
-        if not await steps.apply(WithData(_train_rows), name, batch, body.lr, rows=len(batch) if flat else None):
-            break
+    steps, batch = Steps(store, call.request.app.state.metrics, call.entry), 0
+    while batch < batches and steps.failure is None:
+        batch = await steps.run(WithData(_train_batch), name, rows, body.batch_size, body.lr, start=batch,
+                                stop=batches, rows=len(rows) - batch * body.batch_size if flat else None)
     return await steps.answer()
 
 
@@ -88,9 +88,12 @@ def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size
     return rows, inline_rows(data_set.take(rows[:0])[0]) is not None
 
 
-def _train_rows(model: Model, data_sets: DataSets, name: str, rows, lr: float | None) -> dict:
+def _train_batch(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, lr: float | None,
+                 batch: int) -> dict:
+    """Gives the train step on batch `batch` of `rows`, row indices of the set (checked again:
+    the set may have been deleted and made anew between two runs)."""
     data_set = data_sets.get(name)
-    inputs, targets = data_set.take(data_set.index(rows))
+    inputs, targets = data_set.take(data_set.index(rows[batch * batch_size:(batch + 1) * batch_size]))
     return step_answer(model.train_step(inputs, targets, lr))
 
 

@@ -23,8 +23,13 @@ from service.schemas import (
     ForwardBackwardResponse,
     ForwardRequest, ForwardResponse, ModelInfo, StepRequest, StreamErrorBody, TrainStepRequest, TrainStepsResponse,
 )
+from service.shelf import Run
 from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
+
+# A data set's batches are applied in Runs of about this long: one hop (on Ray, one actor call)
+# a run rather than a step, and requests of others on the model wait at most about this long.
+RUN_SECONDS = 0.01
 
 KeepQuery = Annotated[DataName | None, Query(description="Also add each applied batch to this data set of "
                                            "the model (made if needed), so that later epochs name its rows.")]
@@ -86,15 +91,23 @@ async def _reply_backprop(body: BackwardRequest | ForwardBackwardRequest, result
     return await reply(payload, binary=body.binary_data_output)
 
 
+REFUSALS = (NothingToStepError, NonFiniteGradientError, NonFiniteUpdateError)  # steps core refuses
+
+
 async def _counting_steps(metrics: Metrics, step):
     """Gives `await step`, counting applied and refused steps."""
     try:
         result = await step
-    except (NothingToStepError, NonFiniteGradientError, NonFiniteUpdateError) as exc:
-        metrics.refused_steps.labels(CORE_ERRORS[type(exc)][1]).inc()
+    except REFUSALS as exc:
+        _count_refused(metrics, exc)
         raise
     metrics.steps.inc()
     return result
+
+
+def _count_refused(metrics: Metrics, exc: Exception) -> None:
+    if isinstance(exc, REFUSALS):
+        metrics.refused_steps.labels(CORE_ERRORS[type(exc)][1]).inc()
 
 
 @router.post("/step", response_model=StepResult)
@@ -255,6 +268,21 @@ class Steps:
         except Exception as exc:
             self.fail(exc)
         return self.failure is None
+
+    async def run(self, fn, *args, start: int, stop: int, rows: int | None = None) -> int:
+        """Applies `fn(model, *args, i)` as the next steps, i from `start` (before `stop`), as
+        many as one Run takes (RUN_SECONDS); gives the i to go on from."""
+        try:
+            done, failure = await self.store.run(self.entry, Run(fn, start, stop, RUN_SECONDS), *args,
+                                                 save=self.store.stream_save, rows=rows)
+        except Exception as exc:
+            done, failure = [], exc
+        self.metrics.steps.inc(len(done))
+        self.completed += done
+        if failure is not None:
+            _count_refused(self.metrics, failure)
+            self.fail(failure)
+        return start + len(done)
 
     def fail(self, exc: Exception) -> None:
         """Stops at this batch, failed with `exc` (re-raised if it is a bug: no answer maps it)."""

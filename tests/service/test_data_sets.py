@@ -276,3 +276,37 @@ def test_consecutive_rows_are_read_only_views_of_the_set_others_copies(rows, vie
     joined = sets.get("s").take(None)[0]
     assert np.shares_memory(inputs, joined) == view
     assert inputs.flags.writeable == (not view)  # a step that wrote its batch would change the set
+
+
+def test_a_run_of_batches_stops_at_the_one_that_fails_as_a_stream_does(api):
+    kept, sent = create(api)["id"], create(api)["id"]
+    x = X.copy()
+    x[20] = 3e38  # finite, but batch 2 of 8-row batches overflows its forward
+    assert api.post(f"/v1/models/{kept}/data/train", json={"inputs": tensor(x), "targets": tensor(Y)}).status_code == 200
+    on_data = api.post(f"/v1/models/{kept}/data/train/train_steps", json={"rows": list(range(40)), "batch_size": 8})
+    streamed = api.post(f"/v1/models/{sent}/train_steps", headers=NDJSON, content=b"".join(
+        orjson.dumps({"inputs": tensor(x[i:i + 8]), "targets": tensor(Y[i:i + 8])}) + b"\n" for i in range(0, 40, 8)))
+    assert on_data.status_code == streamed.status_code == 409, on_data.text
+    assert on_data.json() == streamed.json() and on_data.json()["batch"] == 2
+    assert state(api, kept)[0] == 2 and state(api, kept)[2] == state(api, sent)[2]
+    assert api.get(f"/v1/models/{kept}/history").json()["step"] == [1, 2]  # one record a step of the run
+
+
+def test_runs_of_any_length_apply_the_same_steps(client, monkeypatch):
+    import service.routes.training as training
+    from service.shelf import Shelf
+
+    runs = []
+    run = Shelf._run
+    monkeypatch.setattr(Shelf, "_run", lambda self, held, r, args: runs.append(r) or run(self, held, r, args))
+    answers = []
+    for seconds in (10.0, 0.0):  # one run for every batch; a run a batch
+        monkeypatch.setattr(training, "RUN_SECONDS", seconds)
+        model = create(client)["id"]
+        client.post(f"/v1/models/{model}/data/train", json={"inputs": tensor(X), "targets": tensor(Y)})
+        order = np.random.default_rng(2).permutation(40).tolist()
+        answers.append((client.post(f"/v1/models/{model}/data/train/train_steps",
+                                    json={"rows": order, "batch_size": 8}).json(), state(client, model)[1:]))
+        assert client.get(f"/v1/models/{model}/history").json()["step"] == [1, 2, 3, 4, 5]
+    assert [(r.start, r.stop) for r in runs] == [(0, 5), (0, 5), (1, 5), (2, 5), (3, 5), (4, 5)]
+    assert answers[0] == answers[1] and len(answers[0][0]["steps"]) == 5
