@@ -282,7 +282,8 @@ def test_a_run_of_batches_stops_at_the_one_that_fails_as_a_stream_does(api):
     kept, sent = create(api)["id"], create(api)["id"]
     x = X.copy()
     x[20] = 3e38  # finite, but batch 2 of 8-row batches overflows its forward
-    assert api.post(f"/v1/models/{kept}/data/train", json={"inputs": tensor(x), "targets": tensor(Y)}).status_code == 200
+    added = api.post(f"/v1/models/{kept}/data/train", json={"inputs": tensor(x), "targets": tensor(Y)})
+    assert added.status_code == 200, added.text
     on_data = api.post(f"/v1/models/{kept}/data/train/train_steps", json={"rows": list(range(40)), "batch_size": 8})
     streamed = api.post(f"/v1/models/{sent}/train_steps", headers=NDJSON, content=b"".join(
         orjson.dumps({"inputs": tensor(x[i:i + 8]), "targets": tensor(Y[i:i + 8])}) + b"\n" for i in range(0, 40, 8)))
