@@ -108,8 +108,11 @@ class DataSet:
     def _joined(self) -> tuple[np.ndarray, np.ndarray]:
         """Gives the rows as one array each, joining the parts appended since the last join: part
         by part into the new arrays, each part let go once copied, so the join needs little more
-        memory than the set."""
-        if len(self._parts) > 1:
+        memory than the set. A set of one append keeps that append's arrays (a fit's rows added
+        in one request: their bytes are not copied again)."""
+        if len(self._parts) == 2 and not len(self._parts[0][0]):
+            self._parts = self._parts[1:]
+        elif len(self._parts) > 1:
             first_inputs, first_targets = self._parts[0]
             inputs = np.empty((self.rows, *first_inputs.shape[1:]), first_inputs.dtype)
             targets = np.empty((self.rows, *first_targets.shape[1:]), first_targets.dtype)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from gradserve_client._codec import JSON_LENGTH_HEADER, as_tensor, decode, encode
+from gradserve_client._codec import JSON_LENGTH_HEADER, as_tensor, decode, encode, encode_frame
 
 ARRAYS = [
     np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
@@ -23,6 +23,13 @@ def test_an_array_comes_back_with_its_values_shape_and_dtype(arr, binary):
     back = decode(body, headers)["inputs"]
     assert back.dtype == arr.dtype and back.shape == arr.shape
     np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("arr", ARRAYS, ids=lambda a: f"{a.dtype}{a.shape}")
+def test_a_binary_frame_is_the_json_line_then_the_bytes_of_the_array(arr):
+    line, raw = encode_frame({"inputs": arr}, binary=True)
+    assert json.loads(line)["inputs"]["parameters"]["binary_data_size"] == arr.nbytes == len(raw)
+    assert bytes(raw) == arr.astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
 def test_binary_body_is_the_json_part_then_little_endian_bytes_in_text_order():

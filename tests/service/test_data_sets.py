@@ -311,3 +311,16 @@ def test_runs_of_any_length_apply_the_same_steps(client, monkeypatch):
         assert client.get(f"/v1/models/{model}/history").json()["step"] == [1, 2, 3, 4, 5]
     assert [(r.start, r.stop) for r in runs] == [(0, 5), (0, 5), (1, 5), (2, 5), (3, 5), (4, 5)]
     assert answers[0] == answers[1] and len(answers[0][0]["steps"]) == 5
+
+
+def test_a_set_of_one_append_keeps_its_arrays_and_of_more_joins_them():
+    sets = DataSets(DataBudget(1 << 20), ttl_seconds=60)
+    inputs, targets = X.copy(), Y.copy()
+    sets.add("one", inputs, targets)
+    assert sets.get("one").take(None)[0] is inputs and sets.get("one").take(None)[1] is targets  # no copy
+    sets.add("two", X[:25].copy(), Y[:25].copy())
+    sets.add("two", X[25:].copy(), Y[25:].copy())
+    joined = sets.get("two").take(None)
+    assert joined[0].tobytes() == X.tobytes() and joined[1].tobytes() == Y.tobytes()
+    sets.add("one", X[:3].copy(), Y[:3].copy())  # an append after a read joins again
+    assert sets.get("one").take(None)[0].tobytes() == np.concatenate([X, X[:3]]).tobytes()

@@ -47,8 +47,8 @@ def as_tensor(x: Any, dtype: Any = None) -> np.ndarray:
 
 def encode(payload: Mapping[str, Any], *, binary: bool) -> tuple[bytes, dict[str, str]]:
     """Returns the request body and its headers for a payload that may hold numpy arrays."""
-    buffers: list[bytes] = []
-    document = _to_wire(payload, buffers if binary else None)
+    buffers: list[memoryview] = []  # views of the arrays: the body below is their one copy
+    document = _to_wire(payload, buffers if binary else None, copy=False)
     if not buffers:
         text = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
         return text, {"Content-Type": "application/json"}
@@ -98,7 +98,7 @@ def _tensor_object(arr: np.ndarray, buffers: list | None, copy: bool = True) -> 
     obj: dict[str, Any] = {"shape": list(arr.shape), "datatype": _NAMES[arr.dtype]}
     if buffers is not None:
         contiguous = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        raw = contiguous.tobytes() if copy else memoryview(contiguous).cast("B")
+        raw = contiguous.tobytes() if copy else memoryview(contiguous.reshape(-1).view(np.uint8))
         buffers.append(raw)
         obj["parameters"] = {"binary_data_size": len(raw)}
     elif arr.dtype.kind == "f" and not np.isfinite(arr).all():

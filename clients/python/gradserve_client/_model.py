@@ -16,7 +16,7 @@ import numpy as np
 from ._base import Call
 from ._codec import as_tensor, encode_frame
 from ._exceptions import APIError, stream_failure
-from ._fit import FitLoop, History, Plan, eval_rows
+from ._fit import FitLoop, History, Plan, request_rows
 from ._history import StepHistory
 from ._types import (
     BackwardResult,
@@ -193,7 +193,7 @@ class ModelCalls:
 
     def _evaluation_chunks(self, x: Any, y: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         x, y = np.asarray(x), np.asarray(y)
-        rows = eval_rows(x, y)
+        rows = request_rows(x, y, self._client.binary)
         return [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
 
     def _gradcheck_call(self, x: Any, targets: Any, grad_output: Any, options: dict[str, Any]) -> Call:
@@ -312,7 +312,7 @@ class RemoteModel(ModelCalls):
 
     def evaluate(self, x: Any, y: Any) -> Evaluation:
         """Returns the loss (and a classifier's accuracy) of eval-mode outputs for (x, y), sent in
-        requests of about 8 MiB; nothing on the server changes."""
+        requests of about 32 MiB (8 in list form); nothing on the server changes."""
         return Evaluation.combine([self._client._call(self._evaluate_call(xb, yb))
                                    for xb, yb in self._evaluation_chunks(x, y)])
 
@@ -330,7 +330,7 @@ class RemoteModel(ModelCalls):
 
     def add_data(self, name: str, x: Any, y: Any) -> DataSetInfo:
         """Adds rows (x, y) to the model's data set ``name`` on the server (made if needed), sent in
-        requests of about 8 MiB. Data sets live in the server's memory, not in checkpoints."""
+        requests of about 32 MiB (8 in list form). Data sets live in the server's memory, not in checkpoints."""
         info = None
         for xb, yb in self._evaluation_chunks(x, y):
             info = self._client._call(self._add_data_call(name, xb, yb))
@@ -519,7 +519,7 @@ class AsyncRemoteModel(ModelCalls):
 
     async def evaluate(self, x: Any, y: Any) -> Evaluation:
         """Returns the loss (and a classifier's accuracy) of eval-mode outputs for (x, y), sent in
-        requests of about 8 MiB; nothing on the server changes."""
+        requests of about 32 MiB (8 in list form); nothing on the server changes."""
         return Evaluation.combine([await self._client._call(self._evaluate_call(xb, yb))
                                    for xb, yb in self._evaluation_chunks(x, y)])
 
@@ -537,7 +537,7 @@ class AsyncRemoteModel(ModelCalls):
 
     async def add_data(self, name: str, x: Any, y: Any) -> DataSetInfo:
         """Adds rows (x, y) to the model's data set ``name`` on the server (made if needed), sent in
-        requests of about 8 MiB. Data sets live in the server's memory, not in checkpoints."""
+        requests of about 32 MiB (8 in list form). Data sets live in the server's memory, not in checkpoints."""
         info = None
         for xb, yb in self._evaluation_chunks(x, y):
             info = await self._client._call(self._add_data_call(name, xb, yb))
