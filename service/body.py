@@ -7,6 +7,7 @@ parameter, because a body may be binary (the JSON part followed by raw tensor by
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import numpy as np
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -77,16 +78,21 @@ async def frames(request: Request, limit: int) -> AsyncIterator[tuple[dict, memo
             pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, aligned_at: int | None = None) -> bytes | memoryview:
     """Gives the raw body, refusing with 413 as soon as it is known to exceed `limit` bytes, and
-    with 415 a compressed one (it would be read as garbage: a byte count that does not add up)."""
+    with 415 a compressed one (it would be read as garbage: a byte count that does not add up).
+
+    With `aligned_at` (where a binary body's tensors start) and a Content-Length, the body is
+    read into a buffer where that byte is aligned, so that its tensors are read in place
+    rather than copied once more (25 MB of rows: one copy fewer, ~5 ms)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise ServiceError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; "
                            f"send the body uncompressed")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+    declared = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -97,7 +103,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # nobody will read the answer; a client may always go away
         raise ServiceError(499, "client_disconnected",
                            f"the client closed the connection after {size} bytes of its body") from None
-    return b"".join(chunks)
+    if aligned_at is None or declared != size or not 0 <= aligned_at <= size or len(chunks) < 2:
+        return b"".join(chunks)  # (one chunk: bytes as they came; a binary tensor in it is copied if unaligned)
+    return _aligned_join(chunks, size, aligned_at)
+
+
+ALIGN = 64  # bytes: any dtype's alignment, and a cache line
+
+
+def _aligned_join(chunks: list[bytes], size: int, aligned_at: int) -> memoryview:
+    """Gives the chunks joined in one buffer whose byte `aligned_at` is ALIGN-aligned."""
+    buffer = np.empty(size + ALIGN, np.uint8)
+    start = -(buffer.ctypes.data + aligned_at) % ALIGN
+    body = memoryview(buffer)[start:start + size]
+    at = 0
+    for chunk in chunks:
+        body[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    return body
 
 
 def _too_large(size: int, limit: int) -> ServiceError:
@@ -111,8 +134,10 @@ async def parse_body(request: Request, model: type[M], limit: int, decoder: Deco
     With a `decoder`, its tensor fields are decoded into arrays too: on a worker thread with
     the parsing when the body is big, and before the route waits for its model's lock.
     """
-    body = await read_body(request, limit)
-    json_part, binary = split_message(body, request.headers.get(HEADER))
+    header = request.headers.get(HEADER)
+    aligned_at = int(header) if header is not None and header.isascii() and header.isdigit() else None
+    body = await read_body(request, limit, aligned_at)
+    json_part, binary = split_message(body, header)
     if len(json_part) > OFFLOAD_BYTES:  # list-form tensors: parsing them takes a while
         return await off_loop(parse_parts, json_part, binary, model, decoder)
     return parse_parts(json_part, binary, model, decoder)

@@ -33,7 +33,7 @@ from service.threads import off_loop
 # -- decoding ----------------------------------------------------------------------------
 
 
-def split_message(body: bytes, header: str | None) -> tuple[memoryview, memoryview]:
+def split_message(body: bytes | memoryview, header: str | None) -> tuple[memoryview, memoryview]:
     """Gives the JSON part and the binary part of a request body."""
     whole = memoryview(body)
     if header is None:

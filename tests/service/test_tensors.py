@@ -171,3 +171,35 @@ def test_list_form_256_by_784_decodes_without_a_python_float_per_element():
     # The speed comes from here (see service/listform.py; timed in benchmarks/bench_service.py).
     assert isinstance(request.inputs.data, NumericArray)
     assert np.array_equal(decoded(request.inputs), x)
+
+
+class _Request:
+    """What read_body reads of a request: its headers and its body, in chunks."""
+
+    def __init__(self, chunks: list[bytes], headers: dict[str, str]):
+        self.chunks, self.headers = chunks, headers
+
+    async def stream(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+@pytest.mark.parametrize("json_length", [0, 1, 37, 64, 1001])
+def test_a_binary_body_is_read_with_its_tensors_aligned_and_not_copied_again(json_length):
+    import asyncio
+
+    from service.body import ALIGN, read_body
+    from service.tensors import split_message
+
+    x = np.arange(3000, dtype=np.float64)
+    body = b"{" + b" " * (json_length - 2) + b"}" if json_length >= 2 else b"{}"[:json_length]
+    raw = body + x.tobytes()
+    chunks = [raw[i:i + 4096] for i in range(0, len(raw), 4096)]
+    request = _Request(chunks, {"content-length": str(len(raw)), HEADER: str(json_length)})
+    read = asyncio.run(read_body(request, 1 << 20, aligned_at=json_length))
+    assert bytes(read) == raw
+    json_part, binary = split_message(read, str(json_length))
+    tensor = np.frombuffer(binary, np.float64)
+    assert tensor.ctypes.data % ALIGN == 0 and tensor.flags.aligned and (tensor == x).all()
+    unaligned = asyncio.run(read_body(_Request(chunks, {"content-length": str(len(raw))}), 1 << 20))
+    assert unaligned == raw  # without a binary part to align: the chunks joined
