@@ -12,7 +12,8 @@ embedded server runs twice, with its adaptive BLAS policy and with GRADSERVE_BLA
 is what Ray's model hosts get (Ray sets OMP_NUM_THREADS=1 in actors with num_cpus=0).
 
 1. per-request cost (median, p90; one keep-alive httpx client, binary bodies) of a 32-32-1 mse b32
-   and a 784-256-10 b256 train_step: embedded vs a Ray front-end on 1 node and on 2 nodes;
+   and a 784-256-10 b256 train_step: embedded vs a Ray front-end on 1 node and on 2 nodes; and
+   per step of training on a kept data set's rows (/data/{name}/train_steps);
 2. the 2-node cluster's memory (PSS of every process below this one but the front-ends): idle,
    with a front-end and no model, and with 1, 10, 100 models of 784-256-10 (Adam, one step each);
 3. aggregate train steps/s of 8 trainer threads on 8 models (784-256-10 b256): embedded, one
@@ -184,6 +185,34 @@ def per_request(url: str, data: dict, n_tiny: int, n_mnist: int, tag: str) -> di
     return {name: (ms(t), ms(t, 0.9)) for name, t in times.items()}
 
 
+# (name, spec, rows, batch, features, classes): a data set's rows trained on by index, as fit's epochs are.
+KEPT = [("tiny", TINY, 4096, 32, 32, None), ("mnist", MNIST, 2048, 256, 784, 10)]
+
+
+def kept_steps(url: str, tag: str, epochs: int = 5) -> dict[str, float]:
+    """Gives {name: median ms a step} of /data/{name}/train_steps over a kept set, an epoch a request."""
+    out = {}
+    with client_for(url) as client:
+        for name, spec, rows, batch, features, classes in KEPT:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((rows, features)).astype(np.float32)
+            y = rng.integers(0, classes, rows) if classes else rng.standard_normal((rows, 1)).astype(np.float32)
+            model = f"{name}-kept-{tag}"
+            create(client, spec, model)
+            body, headers = binary_body(x, y)
+            check(client.post(f"/v1/models/{model}/data/k", content=body, headers=headers))
+            times = []
+            for epoch in range(epochs + 1):  # the first warms up
+                order = orjson.dumps({"rows": rng.permutation(rows).tolist(), "batch_size": batch})
+                start = time.perf_counter()
+                check(client.post(f"/v1/models/{model}/data/k/train_steps", content=order,
+                                  headers={"Content-Type": "application/json"}))
+                times.append((time.perf_counter() - start) / (rows // batch))
+            out[name] = ms(times[1:])
+            check(client.delete(f"/v1/models/{model}"))
+    return out
+
+
 def throughput(urls: list[str], data: dict, trainers: int, seconds: float, tag: str,
                servers: list[int]) -> tuple[float, float]:
     """Gives the train steps/s of `trainers` threads, each its own client and 784-256-10 model,
@@ -261,7 +290,7 @@ def data_parallel(url: str, data: dict, repeat: int) -> dict[int, str]:
 
 def run(args) -> dict:
     data = bodies()
-    res: dict = {"latency": {}, "memory": [], "throughput": {}, "dp": {}}
+    res: dict = {"latency": {}, "kept": {}, "memory": [], "throughput": {}, "dp": {}}
     folder = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     sessions: list[str] = []
     with ExitStack() as stack:
@@ -269,6 +298,7 @@ def run(args) -> dict:
             """Per-request cost, then 8 trainers' rate, of one server (its processes stopped after)."""
             stack.callback(stop, server)
             res["latency"][latency] = per_request(server.url, data, args.tiny, args.mnist, tag)
+            res["kept"][latency] = kept_steps(server.url, tag)
             time.sleep(args.settle)
             res["throughput"][rate] = throughput([server.url], data, 8, args.seconds, tag, [server.process.pid])
             stack.pop_all().close()
@@ -348,6 +378,11 @@ def report(res: dict, args) -> str:
              "| server | 32-32-1 b32 median / p90 | 784-256-10 b256 median / p90 |", "|---|---|---|"]
     for name, t in res["latency"].items():
         lines.append(f"| {name} | {t['tiny'][0]:.2f} / {t['tiny'][1]:.2f} ms | {t['mnist'][0]:.2f} / {t['mnist'][1]:.2f} ms |")
+    lines += ["", "A kept data set's rows trained on by index (`/data/{name}/train_steps`, an epoch a request: "
+              "4,096 rows of 32-32-1 b32, 2,048 of 784-256-10 b256), median ms a step over 5 epochs:", "",
+              "| server | 32-32-1 b32 | 784-256-10 b256 |", "|---|---|---|"]
+    for name, t in res["kept"].items():
+        lines.append(f"| {name} | {t['tiny']:.3f} ms | {t['mnist']:.2f} ms |")
     idle = res["memory"][0][1]
     lines += ["", "Memory of the 2-node cluster (sum of PSS of its processes, front-ends excluded; ray_hosts=4):", "",
               "| state | processes | PSS | above idle |", "|---|---|---|---|"]
