@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from service import listform
 from service.errors import ServiceError, field_errors, invalid
-from service.tensors import HEADER, Decoder, Tensor, attach_binary, binary_size, split_message
+from service.tensors import HEADER, Decoder, Tensor, attach_binary, binary_size, byte_count, split_message
 from service.threads import off_loop
 
 M = TypeVar("M", bound=BaseModel)
@@ -90,7 +90,7 @@ async def read_body(request: Request, limit: int, aligned_at: int | None = None)
         raise ServiceError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; "
                            f"send the body uncompressed")
     declared = request.headers.get("content-length")
-    declared = int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
+    declared = int(declared) if declared is not None and byte_count(declared) else None
     if declared is not None and declared > limit:
         raise _too_large(declared, limit)
     chunks, size = [], 0
@@ -135,7 +135,7 @@ async def parse_body(request: Request, model: type[M], limit: int, decoder: Deco
     the parsing when the body is big, and before the route waits for its model's lock.
     """
     header = request.headers.get(HEADER)
-    aligned_at = int(header) if header is not None and header.isascii() and header.isdigit() else None
+    aligned_at = int(header) if header is not None and byte_count(header) else None
     body = await read_body(request, limit, aligned_at)
     json_part, binary = split_message(body, header)
     if len(json_part) > OFFLOAD_BYTES:  # list-form tensors: parsing them takes a while

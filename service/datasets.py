@@ -1,9 +1,8 @@
 """Data sets a model keeps on the server, so that training data crosses the wire once.
 
-A fit sends its first epoch's batches in a train_steps stream that keeps them
-(`?keep=<name>`), or adds rows with `POST /data/{name}`; its later epochs and its evaluations
-then name rows of the set (`/data/{name}/train_steps`, `/data/{name}/evaluate`) instead of
-sending them again.
+A fit adds its rows with `POST /data/{name}` (a train_steps stream may keep its batches too,
+`?keep=<name>`); its epochs and its evaluations then name rows of the set
+(`/data/{name}/train_steps`, `/data/{name}/evaluate`) instead of sending them again.
 
 A data set lives in the memory of the process that holds its model (the server, or the
 model's Ray host), as the model's pending tapes do: it is not part of the checkpoint, a
@@ -111,7 +110,7 @@ class DataSet:
         memory than the set. A set of one append keeps that append's arrays (a fit's rows added
         in one request: their bytes are not copied again)."""
         if len(self._parts) == 2 and not len(self._parts[0][0]):
-            self._parts = self._parts[1:]
+            self._parts = [(_unpinned(self._parts[1][0]), _unpinned(self._parts[1][1]))]
         elif len(self._parts) > 1:
             first_inputs, first_targets = self._parts[0]
             inputs = np.empty((self.rows, *first_inputs.shape[1:]), first_inputs.dtype)
@@ -149,14 +148,25 @@ def _read_only(view: np.ndarray) -> np.ndarray:
     return view
 
 
-def _owned(array: np.ndarray) -> np.ndarray:
-    """Gives `array`, copied unless its memory is numpy's or a Python bytes object's."""
+def _root(array: np.ndarray) -> object:
+    """Gives the object whose memory `array` views (itself if it owns its memory)."""
     base = array
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    return array if isinstance(base, (np.ndarray, bytes, bytearray)) else array.copy()
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """Gives `array`, copied unless its memory is numpy's or a Python bytes object's."""
+    return array if isinstance(_root(array), (np.ndarray, bytes, bytearray)) else array.copy()
+
+
+def _unpinned(array: np.ndarray) -> np.ndarray:
+    """Gives `array`, copied if the memory it keeps alive (the whole body of the request that
+    brought it: labels beside converted inputs) is more than twice its own."""
+    root = _root(array)
+    held = root.nbytes if isinstance(root, np.ndarray) else len(root)  # type: ignore[arg-type]
+    return array.copy() if held > 2 * array.nbytes + 4096 else array
 
 
 class DataSets:

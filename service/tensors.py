@@ -33,12 +33,18 @@ from service.threads import off_loop
 # -- decoding ----------------------------------------------------------------------------
 
 
+def byte_count(header: str) -> bool:
+    """Tells whether a header is a byte count: decimal digits only (int() would also take
+    "2_5_1", " 25", "+25", and refuse more than 4,300 digits with a ValueError)."""
+    return header.isascii() and header.isdigit() and len(header) <= 18
+
+
 def split_message(body: bytes | memoryview, header: str | None) -> tuple[memoryview, memoryview]:
     """Gives the JSON part and the binary part of a request body."""
     whole = memoryview(body)
     if header is None:
         return whole, whole[:0]
-    if not (header.isascii() and header.isdigit()):  # int() would also take "2_5_1", " 25", "+25"
+    if not byte_count(header):
         raise invalid(["header", HEADER], f"{HEADER} must be a decimal integer, got {header[:40]!r}")
     length = int(header)
     if not 0 <= length <= len(body):

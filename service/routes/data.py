@@ -9,12 +9,11 @@ from fastapi.responses import Response
 from core import Evaluation, Model
 from service.datasets import DataSets, WithData
 from service.deps import Call, DataName, EntryDep, StoreDep
-from service.routes.training import Steps, evaluation, step_answer, too_many_batches
+from service.routes.training import RUN_BATCHES, Steps, evaluation, step_answer, too_many_batches
 from service.schemas import (
     ERRORS, DataEvaluateRequest, DataRowsRequest, DataSetInfo, DataSetList, DataTrainRequest, StreamErrorBody,
     TrainStepsResponse,
 )
-from service.store import inline_rows
 from service.tensors import respond
 
 router = APIRouter(prefix="/v1/models/{model_id}/data", tags=["data"], responses=ERRORS)
@@ -66,26 +65,25 @@ async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Respons
     model's lock a run at a time (about 10 ms of steps): requests of other clients on the same
     model may run between two runs."""
     body, store, settings = call.body, call.store, call.request.app.state.settings
-    rows, flat = await store.run(call.entry, WithData(_checked_rows), name, body.rows, body.batch_size,
-                                 settings.max_tensor_elements)
-    batches = len(range(0, len(rows), body.batch_size))
+    size = body.batch_size
+    rows = await store.run(call.entry, WithData(_checked_rows), name, body.rows, size, settings.max_tensor_elements)
+    batches = len(range(0, len(rows), size))
     if batches > settings.max_stream_batches:
         raise too_many_batches(settings.max_stream_batches, "the rows make")
     steps, batch = Steps(store, call.request.app.state.metrics, call.entry), 0
     while batch < batches and steps.failure is None:
-        batch = await steps.run(WithData(_train_batch), name, rows, body.batch_size, body.lr, start=batch,
-                                stop=batches, rows=len(rows) - batch * body.batch_size if flat else None)
+        # a run is handed the rows of RUN_BATCHES batches at most (on Ray, they travel with each call)
+        window = rows[batch * size:(batch + RUN_BATCHES) * size]
+        batch += await steps.run(WithData(_train_batch), name, window, size, body.lr, start=0,
+                                 stop=len(range(0, len(window), size)))
     return await steps.answer()
 
 
-def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size: int,
-                  max_elements: int) -> tuple[object, bool]:
-    """Gives the rows checked (each batch held to GRADSERVE_MAX_TENSOR_ELEMENTS, as if sent),
-    and whether the set's inputs are (N, D) floats (store.inline_rows)."""
-    data_set = data_sets.get(name)
-    rows = data_set.index(rows)
+def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, max_elements: int):
+    """Gives the rows checked (each batch held to GRADSERVE_MAX_TENSOR_ELEMENTS, as if sent)."""
+    rows = data_sets.get(name).index(rows)
     data_sets.check_size(name, min(batch_size, len(rows)), max_elements, ("body", "rows"))
-    return rows, inline_rows(data_set.take(rows[:0])[0]) is not None
+    return rows
 
 
 def _train_batch(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, lr: float | None,

@@ -27,9 +27,11 @@ from service.shelf import Run
 from service.store import inline_rows
 from service.tensors import Decoder, number, reply, respond
 
-# A data set's batches are applied in Runs of about this long: one hop (on Ray, one actor call)
-# a run rather than a step, and requests of others on the model wait at most about this long.
+# A data set's batches are applied in Runs of about this long, and of at most RUN_BATCHES: one
+# hop (on Ray, one actor call) a run rather than a step, and requests of others on the model
+# wait at most about this long.
 RUN_SECONDS = 0.01
+RUN_BATCHES = 256
 
 KeepQuery = Annotated[DataName | None, Query(description="Also add each applied batch to this data set of "
                                            "the model (made if needed), so that later epochs name its rows.")]
@@ -269,12 +271,13 @@ class Steps:
             self.fail(exc)
         return self.failure is None
 
-    async def run(self, fn, *args, start: int, stop: int, rows: int | None = None) -> int:
+    async def run(self, fn, *args, start: int, stop: int) -> int:
         """Applies `fn(model, *args, i)` as the next steps, i from `start` (before `stop`), as
-        many as one Run takes (RUN_SECONDS); gives the i to go on from."""
+        many as one Run takes (RUN_SECONDS); gives how many it applied. Never on the event loop:
+        a run's steps may fill the history's buffer, whose write syncs to disk."""
         try:
             done, failure = await self.store.run(self.entry, Run(fn, start, stop, RUN_SECONDS), *args,
-                                                 save=self.store.stream_save, rows=rows)
+                                                 save=self.store.stream_save)
         except Exception as exc:
             done, failure = [], exc
         self.metrics.steps.inc(len(done))
@@ -282,7 +285,7 @@ class Steps:
         if failure is not None:
             _count_refused(self.metrics, failure)
             self.fail(failure)
-        return start + len(done)
+        return len(done)
 
     def fail(self, exc: Exception) -> None:
         """Stops at this batch, failed with `exc` (re-raised if it is a bug: no answer maps it)."""

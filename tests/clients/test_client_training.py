@@ -273,3 +273,16 @@ def test_the_data_set_calls(client, blobs, classifier):
     model.delete_data("train")
     with pytest.raises(gs.NotFoundError):
         model.evaluate_data("train")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=lambda d: np.dtype(d).name)
+def test_requests_of_examples_are_sized_as_they_travel(client, dtype):
+    from gradserve_client._fit import REQUEST_ELEMENTS, STREAM_BYTES
+
+    model = client.create_model({"layers": [{"type": "linear", "in_features": 784, "out_features": 10}],
+                                 "loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "sgd", "lr": 0.1}})
+    x, y = np.zeros((30_000, 784), dtype), np.zeros(30_000, np.int64)
+    rows = model._request_rows(x, y)
+    wire = model._tensor(x[:1]).itemsize  # uint8 pixels travel as INT64, float16 as FP32
+    assert rows * 784 * wire + rows * 8 <= STREAM_BYTES and rows * 784 <= REQUEST_ELEMENTS
+    assert rows * 784 * (wire + 1) > STREAM_BYTES or rows * 784 * 2 > REQUEST_ELEMENTS  # not much smaller either

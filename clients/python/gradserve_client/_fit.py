@@ -43,11 +43,14 @@ except ImportError:  # the optional "progress" extra
 MAX_STEPS_PER_REQUEST = 256
 STREAM_BYTES = 32 * 1024 * 1024
 # A request of examples (evaluate, rows added to a data set) carries about STREAM_BYTES of them in
-# binary form, LIST_BYTES in list form (whose JSON is ~3x the bytes: under the server's 64 MiB);
-# a kept set is evaluated in the same ranges, so that its evaluations are those of sending it.
-# Each request costs ~1-3 ms besides its work (measured: 4 evaluations of 2,048 rows of 784
-# floats 27.7 ms, one of the 8,192 rows 22.6), so they are as large as the server takes.
+# binary form, LIST_BYTES in list form (whose JSON is ~5x the bytes: under the server's 64 MiB),
+# counted as they travel (uint8 pixels as INT64, float16 as FP32), and at most REQUEST_ELEMENTS
+# in a tensor (half the server's default GRADSERVE_MAX_TENSOR_ELEMENTS). A kept set is evaluated
+# in the same ranges, so that its evaluations are those of sending it. Each request costs ~1-3 ms
+# besides its work (measured: 4 evaluations of 2,048 rows of 784 floats 27.7 ms, one of the
+# 8,192 rows 22.6), so they are as large as the server takes.
 LIST_BYTES = 8 * 1024 * 1024
+REQUEST_ELEMENTS = 8_000_000
 
 
 def _row_bytes(*arrays: np.ndarray) -> int:
@@ -60,9 +63,11 @@ def _stored_bytes(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> int:
     return sum(a.size * (8 if a.dtype.kind in "iub" else dtype.itemsize) for a in (x, y))
 
 
-def request_rows(x: np.ndarray, y: np.ndarray, binary: bool) -> int:
-    """Returns how many examples one request of examples carries (see STREAM_BYTES)."""
-    return max(1, (STREAM_BYTES if binary else LIST_BYTES) // max(_row_bytes(np.asarray(x), np.asarray(y)), 1))
+def request_rows(row_bytes: int, row_elements: int, binary: bool) -> int:
+    """Returns how many examples one request of examples carries (see STREAM_BYTES), from the
+    bytes of an example as sent and the elements of its largest tensor."""
+    by_bytes = (STREAM_BYTES if binary else LIST_BYTES) // max(row_bytes, 1)
+    return max(1, min(by_bytes, REQUEST_ELEMENTS // max(row_elements, 1)))
 
 
 class History(dict):
@@ -123,7 +128,6 @@ class FitLoop:
         sending everything. Whatever ends the fit, even an interrupt, it first deletes the data
         sets it made.
         """
-        self.binary = binary
         self.keep = f"fit-{secrets.token_hex(6)}" if (yield from self._room(model)) else None
         self.made = [] if self.keep is None else [self.keep]  # data sets to delete at the end
         self.keep_validation = self.epochs > 1  # evaluated once or not at all: sent as it is
@@ -207,7 +211,7 @@ class FitLoop:
             if stored not in self.made:
                 self.made.append(stored)
                 yield from self._add_rows(model, stored, x, y)
-        rows, parts = request_rows(x, y, self.binary), []
+        rows, parts = model._request_rows(x, y), []
         for start in range(0, len(x), rows):
             if stored is None:
                 call = model._evaluate_call(x[start:start + rows], y[start:start + rows])

@@ -191,9 +191,14 @@ class ModelCalls:
         return Call("POST", self._path("/evaluate"), payload, idempotent=True,
                     read=lambda body: from_body(Evaluation, body))
 
+    def _request_rows(self, x: Any, y: Any) -> int:
+        """Returns how many examples of (x, y) one request carries, counted as they travel."""
+        sent = [self._tensor(np.asarray(a)[:1]) for a in (x, y)]
+        return request_rows(sum(a.nbytes for a in sent), max(a.size for a in sent), self._client.binary)
+
     def _evaluation_chunks(self, x: Any, y: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         x, y = np.asarray(x), np.asarray(y)
-        rows = request_rows(x, y, self._client.binary)
+        rows = self._request_rows(x, y)
         return [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
 
     def _gradcheck_call(self, x: Any, targets: Any, grad_output: Any, options: dict[str, Any]) -> Call:
