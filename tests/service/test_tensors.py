@@ -203,3 +203,12 @@ def test_a_binary_body_is_read_with_its_tensors_aligned_and_not_copied_again(jso
     assert tensor.ctypes.data % ALIGN == 0 and tensor.flags.aligned and (tensor == x).all()
     unaligned = asyncio.run(read_body(_Request(chunks, {"content-length": str(len(raw))}), 1 << 20))
     assert unaligned == raw  # without a binary part to align: the chunks joined
+
+
+@pytest.mark.parametrize("header", ["9" * 5000, "1" * 19, "+25", " 25", "2_5"])
+def test_a_json_length_header_that_is_no_byte_count_is_422_naming_it(header):
+    from service.tensors import split_message
+
+    with pytest.raises(ServiceError) as caught:
+        split_message(b"{}", header)
+    assert caught.value.status == 422 and caught.value.detail[0]["loc"] == ["header", HEADER]
