@@ -87,3 +87,26 @@ def test_as_tensor_casts_floats_to_the_model_dtype_and_keeps_labels_integer():
     assert as_tensor(np.array([1, 2], dtype=np.int32), np.float32).dtype == np.int32
     with pytest.raises(TypeError):
         as_tensor(np.array(["a"]))
+
+
+def test_a_large_binary_body_is_views_of_the_arrays_in_pieces():
+    from gradserve_client._codec import PIECE_BYTES, encode_pieces
+
+    x = np.random.default_rng(0).standard_normal((1024, 784)).astype(np.float32)  # 3.2 MB
+    y = np.arange(1024, dtype=np.int64)
+    pieces, headers = encode_pieces({"inputs": x, "targets": y}, binary=True)
+    text, *views = pieces
+    assert len(views) == 5 and all(len(view) <= PIECE_BYTES for view in views)
+    assert np.shares_memory(np.frombuffer(views[0], np.uint8), x)  # no copy of the array
+    joined = b"".join(pieces)
+    assert int(headers["Content-Length"]) == len(joined)
+    assert int(headers[JSON_LENGTH_HEADER]) == len(text)
+    assert joined == encode({"inputs": x, "targets": y}, binary=True)[0]
+    np.testing.assert_array_equal(decode(joined, headers)["inputs"], x)
+
+
+def test_a_small_binary_body_is_one_piece():
+    from gradserve_client._codec import encode_pieces
+
+    pieces, headers = encode_pieces({"inputs": np.ones((4, 4), np.float32)}, binary=True)
+    assert len(pieces) == 1 and isinstance(pieces[0], bytes) and "Content-Length" not in headers

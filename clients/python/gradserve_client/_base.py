@@ -50,6 +50,18 @@ class Call:
     read: Callable[[Any], Any] = field(default=lambda body: body)
 
 
+class _AsyncPieces:
+    """A body's pieces as the async transport takes them (an async iterable, and not a plain
+    iterable, which httpx would take for a sync body)."""
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self):
+        for piece in self.pieces:
+            yield piece
+
+
 class BaseClient:
     """Settings, URL building, encoding, decoding and error mapping shared by both clients."""
 
@@ -91,8 +103,12 @@ class BaseClient:
         if content is not None:
             headers["Content-Type"] = call.content_type
         elif call.payload is not None:
-            content, body_headers = _codec.encode(call.payload, binary=self.binary)
+            pieces, body_headers = _codec.encode_pieces(call.payload, binary=self.binary)
             headers.update(body_headers)
+            if len(pieces) == 1:
+                content = pieces[0]
+            else:  # sent piece by piece, under the Content-Length of their sum
+                content = pieces if isinstance(http, httpx.Client) else _AsyncPieces(pieces)
         return http.build_request(
             call.method, self._url(call.path), params=params, content=content, headers=headers,
             timeout=self.timeout,

@@ -45,17 +45,38 @@ def as_tensor(x: Any, dtype: Any = None) -> np.ndarray:
     raise TypeError(f"cannot send an array of dtype {arr.dtype} (want float or int)")
 
 
+# A binary body of more than this many bytes is sent as pieces of at most this size, views of the
+# arrays, instead of one joined copy. A fresh copy of a large body faults its pages in, and the
+# sync transport re-slices (copies) what a partial send left: measured, adding 25.8 MB of rows
+# took the client 40 ms as one body against 22 for http.client sending it.
+PIECE_BYTES = 1 << 20
+
+
 def encode(payload: Mapping[str, Any], *, binary: bool) -> tuple[bytes, dict[str, str]]:
     """Returns the request body and its headers for a payload that may hold numpy arrays."""
-    buffers: list[memoryview] = []  # views of the arrays: the body below is their one copy
+    pieces, headers = encode_pieces(payload, binary=binary)
+    return b"".join(pieces), headers
+
+
+def encode_pieces(payload: Mapping[str, Any], *, binary: bool) -> tuple[list[bytes | memoryview], dict[str, str]]:
+    """Returns the request body as pieces to send one after the other, and its headers: the JSON
+    text, then (binary form) views of the arrays' bytes in pieces of at most PIECE_BYTES; a body
+    of PIECE_BYTES or less is one bytes object."""
+    buffers: list[memoryview] = []  # views of the arrays, not copies
     document = _to_wire(payload, buffers if binary else None, copy=False)
     if not buffers:
         text = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-        return text, {"Content-Type": "application/json"}
+        return [text], {"Content-Type": "application/json"}
     document["binary_data_output"] = True
     text = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     headers = {"Content-Type": "application/octet-stream", JSON_LENGTH_HEADER: str(len(text))}
-    return b"".join([text, *buffers]), headers
+    size = len(text) + sum(len(buffer) for buffer in buffers)
+    if size <= PIECE_BYTES:
+        return [b"".join([text, *buffers])], headers
+    pieces: list[bytes | memoryview] = [text]
+    for buffer in buffers:
+        pieces.extend(buffer[start:start + PIECE_BYTES] for start in range(0, len(buffer), PIECE_BYTES))
+    return pieces, {**headers, "Content-Length": str(size)}
 
 
 def encode_frame(payload: Mapping[str, Any], *, binary: bool) -> list[bytes | memoryview]:
