@@ -8,7 +8,9 @@ HTTP in list form and in binary form (durability "none" and the default "step", 
 fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99) and an
 empty GET /healthz on the same server; the list-form decode of a (256, 784) tensor; the same
 request bytes POSTed to a bare app on the same uvicorn stack (uvloop, httptools) that only
-answers their length. Then the Python client's `fit` (2 epochs, with its evaluation passes;
+answers their length; the 784-256-10 fit's 25.8 MB of rows added to a data set, POSTed to the
+bare app and sent through a plain loopback socket (what the bytes cost without HTTP). Then the
+Python client's `fit` (2 epochs, with its evaluation passes;
 784-256-10 also over 5) against the same work in-process: the client's fit keeps the first
 epoch's rows on the server, so they cross the wire once. Servers run as separate processes (`python -m service.cli
 serve`); the round trips use http.client on keep-alive connections, fit the gradserve client.
@@ -64,6 +66,22 @@ app = Starlette(routes=[Route("/floor", floor, methods=["POST"]), Route("/empty"
 """
 
 
+# A plain loopback socket that reads a length-prefixed message into one buffer and answers one
+# byte: what moving the bytes costs without any HTTP server's reading of them.
+SOCKET_SINK = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(f"sink on {server.getsockname()[1]}", flush=True)
+connection, _ = server.accept()
+buffer = bytearray(64 << 20)
+while head := connection.recv(8, socket.MSG_WAITALL):
+    size, view, got = int.from_bytes(head, "little"), memoryview(buffer), 0
+    while got < size:
+        got += connection.recv_into(view[got:size])
+    connection.sendall(b"k")
+"""
+
+
 def ms(times: list[float], q: float = 0.5) -> float:
     return 1e3 * float(np.quantile(times, q))
 
@@ -112,6 +130,25 @@ def echo_server(folder: str) -> Process:
     return Process([sys.executable, "-m", "uvicorn", "--app-dir", folder, "echo_app:app", "--port", "0",
                     "--loop", "uvloop", "--http", "httptools", "--log-level", "info", "--no-access-log"],
                    r"running on (http://[\d.]+:\d+)")
+
+
+def socket_sink() -> tuple[Process, socket.socket]:
+    sink = Process([sys.executable, "-c", SOCKET_SINK], r"sink on (\d+)")  # its "url" is the port
+    connection = socket.create_connection(("127.0.0.1", int(sink.url)))
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sink, connection
+
+
+def through_socket(connection: socket.socket, body: bytes) -> None:
+    connection.sendall(len(body).to_bytes(8, "little"))
+    connection.sendall(body)
+    assert connection.recv(1) == b"k"
+
+
+def add_and_drop(connection: http.client.HTTPConnection, body: bytes, headers: dict) -> None:
+    """Adds the rows in `body` to a data set of the model "mnist", then deletes the set."""
+    call(connection, "POST", "/v1/models/mnist/data/rows", body, headers)
+    call(connection, "DELETE", "/v1/models/mnist/data/rows")
 
 
 def interleaved(measures: dict[str, tuple[Callable[[], object], int]], rounds: int,
@@ -216,11 +253,17 @@ def run(args) -> list[tuple[str, str]]:
                                   dtype=np.dtype("float32"), max_elements=16_000_000), 1),
     }
     fits = {}
+    # the 784-256-10 fit's rows, as it adds them to a data set (one binary request)
+    rows_body, rows_headers = binary_body(*fit_work(MNIST, 8192, 256, 784, 10)[:2])
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         echo = echo_server(folder)
         stack.callback(echo.stop)
+        sink, sink_connection = socket_sink()
+        stack.callback(sink.stop)
         floor = lean(echo.url)
         measures.update({
+            "floor rows": (lambda: call(floor, "POST", "/floor", rows_body, rows_headers), 1),
+            "socket rows": (partial(through_socket, sink_connection, rows_body), 1),
             "floor binary": (lambda: call(floor, "POST", "/floor", bin_body, bin_headers), 1),
             "floor list": (lambda: call(floor, "POST", "/floor", body, json_headers), 1),
             "floor tiny": (lambda: call(floor, "POST", "/floor", tiny_body, json_headers), 10),
@@ -241,6 +284,7 @@ def run(args) -> list[tuple[str, str]]:
             })
             if durability == "none":
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
+                measures["add rows"] = (partial(add_and_drop, http_, rows_body, rows_headers), 1)
         t = interleaved(measures, args.n, args.settle)
         for name, spec, rows, batch, features, classes, epochs in FITS:
             data = fit_work(spec, rows, batch, features, classes)
@@ -271,6 +315,9 @@ def run(args) -> list[tuple[str, str]]:
     rows.append((f"bare uvicorn: POST of the list request bytes ({len(body) / 1e6:.2f} MB)",
                  f"{ms(t['floor list']):.2f} ms"))
     rows.append(("bare uvicorn: POST of the 32-32-1 list request bytes", f"{ms(t['floor tiny']):.3f} ms"))
+    rows.append((f"784-256-10 fit's rows ({len(rows_body) / 1e6:.1f} MB, binary): added to a data set and deleted "
+                 "/ bare uvicorn POST / plain loopback socket",
+                 f"{ms(t['add rows']):.1f} / {ms(t['floor rows']):.1f} / {ms(t['socket rows']):.1f} ms"))
     for (name, epochs), (local, remote) in fits.items():
         rows.append((f"fit {name}, {epochs} epochs with evaluation: in-process / over HTTP (rate)",
                      f"{local:.2f} / {remote:.2f} s ({local / remote:.2f}x)"))
