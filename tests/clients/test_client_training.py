@@ -283,6 +283,7 @@ def test_requests_of_examples_are_sized_as_they_travel(client, dtype):
                                  "loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "sgd", "lr": 0.1}})
     x, y = np.zeros((30_000, 784), dtype), np.zeros(30_000, np.int64)
     rows = model._request_rows(x, y)
-    wire = model._tensor(x[:1]).itemsize  # uint8 pixels travel as INT64, float16 as FP32
+    wire = model._inputs(x[:1]).itemsize  # uint8 pixels and float16 travel as FP32 (binary form)
+    assert wire == 4
     assert rows * 784 * wire + rows * 8 <= STREAM_BYTES and rows * 784 <= REQUEST_ELEMENTS
     assert rows * 784 * (wire + 1) > STREAM_BYTES or rows * 784 * 2 > REQUEST_ELEMENTS  # not much smaller either

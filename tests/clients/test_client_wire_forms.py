@@ -62,3 +62,32 @@ def test_a_body_sent_in_pieces_arrives_whole_from_both_clients(server):
                 return await (await client.model(model_b.id)).forward(x)
 
         np.testing.assert_array_equal(asyncio.run(forward_async()), expected)
+
+
+def test_small_integer_inputs_travel_as_floats_to_a_float_model_and_as_indices_to_an_embedding(server):
+    """uint8 pixels go to a float model as FP32 in binary form (4 bytes, not INT64's 8), with the
+    same results as sending them as floats; token ids stay INT64 for a model that embeds them."""
+    import json
+
+    from gradserve_client._codec import JSON_LENGTH_HEADER, encode_pieces
+
+    spec = {"layers": [{"type": "linear", "in_features": 6, "out_features": 2}], "loss": {"type": "mse"},
+            "optimizer": {"type": "sgd", "lr": 0.1}, "seed": 0}
+    pixels = np.random.default_rng(5).integers(0, 256, (4, 6)).astype(np.uint8)
+    targets = np.zeros((4, 2), np.float32)
+    with gs.Client(server.url, binary=True) as binary, gs.Client(server.url, binary=False) as listed:
+        model = binary.create_model(spec)
+        sent = model._inputs(pixels)
+        assert sent.dtype == np.float32 and np.array_equal(sent, pixels)
+        np.testing.assert_array_equal(model.forward(pixels), model.forward(pixels.astype(np.float32)))
+        np.testing.assert_array_equal(model.forward(pixels), listed.model(model.id).forward(pixels))
+        assert model.evaluate(pixels, targets).loss == model.evaluate(pixels.astype(np.float32), targets).loss
+
+        embedding = binary.create_model({"layers": [{"type": "embedding", "num_embeddings": 256, "embedding_dim": 3},
+                                                    {"type": "flatten"},
+                                                    {"type": "linear", "in_features": 18, "out_features": 2}],
+                                         "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "lr": 0.1}})
+        assert embedding._inputs(pixels).dtype == np.int64
+        (body,), headers = encode_pieces({"inputs": embedding._inputs(pixels)}, binary=True)
+        assert json.loads(body[:int(headers[JSON_LENGTH_HEADER])])["inputs"]["datatype"] == "INT64"
+        assert embedding.forward(pixels).shape == (4, 2)

@@ -91,6 +91,17 @@ class ModelCalls:
     def _tensor(self, x: Any) -> np.ndarray:
         return as_tensor(x, self.dtype)
 
+    def _inputs(self, x: Any) -> np.ndarray:
+        """Returns inputs as they travel. In binary form, integers of 8 or 16 bits (uint8 pixels,
+        say) go to a model whose inputs are floats in its float dtype, not as INT64: every such
+        integer is a float exactly, the one the server would turn it into, in half the bytes or
+        less. A model that starts with an embedding takes them as the indices they are."""
+        arr = np.asarray(x)
+        if (arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and self._client.binary
+                and self.info.spec["layers"][0].get("type") != "embedding"):
+            return arr.astype(self.dtype)
+        return self._tensor(arr)
+
     def _objective(self, targets: Any, grad_output: Any) -> dict[str, np.ndarray]:
         if (targets is None) == (grad_output is None):
             raise TypeError("pass exactly one of targets= or grad_output=")
@@ -102,7 +113,7 @@ class ModelCalls:
         return Call("GET", self._path(), idempotent=True, read=self._keep_info)
 
     def _forward_call(self, x: Any, train: bool, keep_tape: bool) -> Call:
-        payload: dict[str, Any] = {"inputs": self._tensor(x), "train": train or keep_tape}
+        payload: dict[str, Any] = {"inputs": self._inputs(x), "train": train or keep_tape}
         if keep_tape:
             payload["keep_tape"] = True
             return Call(
@@ -125,7 +136,7 @@ class ModelCalls:
     def _forward_backward_call(
         self, x: Any, targets: Any, grad_output: Any, return_outputs: bool, return_input_grad: bool
     ) -> Call:
-        payload = {"inputs": self._tensor(x), **self._objective(targets, grad_output)}
+        payload = {"inputs": self._inputs(x), **self._objective(targets, grad_output)}
         if return_outputs:
             payload["return_outputs"] = True
         if return_input_grad:
@@ -146,7 +157,7 @@ class ModelCalls:
         return Call("POST", self._path("/zero_grad"), {}, idempotent=True, read=self._keep_info)
 
     def _train_step_call(self, x: Any, y: Any, lr: float | None) -> Call:
-        payload = {"inputs": self._tensor(x), **self._objective(y, None)}
+        payload = {"inputs": self._inputs(x), **self._objective(y, None)}
         if lr is not None:
             payload["lr"] = lr
         return Call("POST", self._path("/train_step"), payload,
@@ -156,13 +167,13 @@ class ModelCalls:
                           keep: str | None = None) -> Call:
         # Not idempotent: the steps may have been applied. Frames are encoded as they are sent.
         frames = (AsyncFrames if asynchronous else Frames)(
-            [{"inputs": self._tensor(x), **self._objective(y, None)} for x, y in batches], binary)
+            [{"inputs": self._inputs(x), **self._objective(y, None)} for x, y in batches], binary)
         return Call("POST", self._path("/train_steps"), content=frames, content_type="application/x-ndjson",
                     params=None if keep is None else {"keep": keep}, read=_steps)
 
     def _add_data_call(self, name: str, x: Any, y: Any) -> Call:
         # Not idempotent: a replay would add the rows twice.
-        return Call("POST", self._data_path(name), {"inputs": self._tensor(x), **self._objective(y, None)},
+        return Call("POST", self._data_path(name), {"inputs": self._inputs(x), **self._objective(y, None)},
                     read=lambda body: from_body(DataSetInfo, body))
 
     def _data_sets_call(self) -> Call:
@@ -186,14 +197,14 @@ class ModelCalls:
         return self._path(f"/data/{quote(name, safe='')}{suffix}")
 
     def _evaluate_call(self, x: Any, y: Any) -> Call:
-        payload = {"inputs": self._tensor(x), **self._objective(y, None)}
+        payload = {"inputs": self._inputs(x), **self._objective(y, None)}
         # Eval mode, no gradients: nothing changes on the server, safe to replay.
         return Call("POST", self._path("/evaluate"), payload, idempotent=True,
                     read=lambda body: from_body(Evaluation, body))
 
     def _request_rows(self, x: Any, y: Any) -> int:
         """Returns how many examples of (x, y) one request carries, counted as they travel."""
-        sent = [self._tensor(np.asarray(a)[:1]) for a in (x, y)]
+        sent = [self._inputs(np.asarray(x)[:1]), self._tensor(np.asarray(y)[:1])]
         return request_rows(sum(a.nbytes for a in sent), max(a.size for a in sent), self._client.binary)
 
     def _evaluation_chunks(self, x: Any, y: Any) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -202,7 +213,7 @@ class ModelCalls:
         return [(x[i : i + rows], y[i : i + rows]) for i in range(0, len(x), rows)]
 
     def _gradcheck_call(self, x: Any, targets: Any, grad_output: Any, options: dict[str, Any]) -> Call:
-        payload = {"inputs": self._tensor(x), **self._objective(targets, grad_output)}
+        payload = {"inputs": self._inputs(x), **self._objective(targets, grad_output)}
         payload.update((k, v) for k, v in options.items() if v is not None)
         # Runs on a float64 copy of the model on the server: no state changes, safe to replay.
         return Call("POST", self._path("/gradcheck"), payload, idempotent=True,
