@@ -31,14 +31,14 @@ def _list(model: Model, data_sets: DataSets) -> dict:
 
 
 @router.post("/{name}", response_model=DataSetInfo)
-async def add_data(call: Call[DataRowsRequest], name: NamePath) -> DataSetInfo:
+async def add_data(call: Call[DataRowsRequest], name: NamePath) -> Response:
     """Adds rows (checked as a training batch of the model) to the data set `name`, made if needed.
 
     Data sets live in the memory of the process holding the model: not in its checkpoint, gone
     with a restart (404 data_not_found) or with the model.
     """
     body = call.body
-    return DataSetInfo(**await call.store.run(call.entry, WithData(_add), name, body.inputs, body.targets))
+    return respond(await call.store.run(call.entry, WithData(_add), name, body.inputs, body.targets))
 
 
 def _add(model: Model, data_sets: DataSets, name: str, inputs, targets) -> dict:

@@ -42,9 +42,12 @@ def pair(tmp_path: Path):
 
 def test_the_routes_taken_directly():
     routes = direct_routes(create_app(Settings(data_dir="/nonexistent-direct")))
-    assert sorted(routes) == sorted(
+    taken = [(method, prefix, "/".join(route.segments)) for (method, prefix, _), found in routes.items()
+             for route in found]
+    assert sorted(taken) == sorted(
         [("POST", "/v1/models/", name) for name in
          ("forward", "backward", "forward_backward", "step", "evaluate", "train_step")]
+        + [("POST", "/v1/models/", f"data/{{name}}{suffix}") for suffix in ("", "/train_steps", "/evaluate")]
         + [("POST", "/v2/models/", "infer")])
 
 
@@ -91,6 +94,20 @@ REQUESTS = [
                                                         "data": x.ravel().tolist()}]}), JSON),
     ("POST", "/v2/models/m/infer", body_of({"inputs": []}), JSON),  # the protocol's {"error": ...}
     ("POST", "/v2/models/nope/infer", body_of({"inputs": []}), JSON),
+    # a data set: its rows added, trained on and evaluated, and each way such a request fails
+    ("POST", "/v1/models/m/data/rows", body_of({"inputs": tensor(x), "targets": tensor(labels)}), JSON),
+    ("POST", "/v1/models/m/data/rows", *binary({}, {"inputs": x, "targets": labels})),
+    ("POST", "/v1/models/m/data/rows/train_steps", body_of({"rows": [3, 0, 2, 1], "batch_size": 2}), JSON),
+    ("POST", "/v1/models/m/data/rows/evaluate", body_of({"rows": [0, 1]}), JSON),
+    ("POST", "/v1/models/m/data/rows/evaluate", b"", JSON),  # every row
+    ("POST", "/v1/models/m/data/rows/evaluate", body_of({"rows": [0, 9]}), JSON),  # no row 9: 422
+    ("POST", "/v1/models/m/data/rows/train_steps", body_of({"rows": [0, 1]}), JSON),  # no batch_size: 422
+    ("POST", "/v1/models/m/data/nothing/evaluate", b"", JSON),  # no such set: 404
+    ("POST", "/v1/models/m/data/bad.name/evaluate", b"", JSON),  # a name off the pattern: FastAPI's 422
+    ("POST", "/v1/models/m/data/rows", body_of({"inputs": tensor(x), "targets": tensor(labels)}),
+     {"Content-Type": "application/json"}),  # no key: 401
+    ("GET", "/v1/models/m/data/rows/evaluate", None, AUTH),  # 405
+    ("POST", "/v1/models/m/data/rows/no_such_route", body_of({}), JSON),
 ]
 
 
@@ -107,7 +124,9 @@ def test_direct_answers_equal_fastapi_answers(pair):
     assert seen[("gradserve_requests_total", (*route, ("status", "200")))] == 2
     assert seen[("gradserve_requests_total", (*route, ("status", "401")))] == 2
     assert seen[("gradserve_request_duration_seconds_count", route)] == 10  # and the bad id, FastAPI's
-    assert seen[("gradserve_steps_total", ())] == 3
+    assert seen[("gradserve_steps_total", ())] == 5  # 3 train steps, a data set's 2 batches
+    route = (("method", "POST"), ("route", "/v1/models/{model_id}/data/{name}/evaluate"))
+    assert seen[("gradserve_requests_total", (*route, ("status", "200")))] == 2
 
 
 def test_a_kept_tape_goes_back_through_backward(pair):
