@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
-    """Gives how gradserve runs under uvicorn: uvloop, httptools with a deadline on request heads."""
-    return uvicorn.Config(app, loop="uvloop", http=with_header_timeout(settings.header_timeout_seconds),
-                          log_level=settings.log_level.lower(), access_log=False)
+    """Gives how gradserve runs under uvicorn: uvloop, httptools with a deadline on request heads
+    (and large bodies read into one buffer, service/protocol.py)."""
+    protocol = with_header_timeout(settings.header_timeout_seconds, settings.max_body_bytes)
+    return uvicorn.Config(app, loop="uvloop", http=protocol, log_level=settings.log_level.lower(), access_log=False)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""uvicorn's httptools protocol, with a deadline on each request's head and a longer read-ahead
-of request bodies.
+"""uvicorn's httptools protocol, with a deadline on each request's head, a longer read-ahead of
+request bodies, and large bodies read into one buffer.
 
 uvicorn closes an idle keep-alive connection, but not one that opened and never sent a
 complete request head (request line and headers), nor one that stops halfway through it: a
@@ -11,20 +11,64 @@ uvicorn also stops reading a connection as soon as 64 KiB of its body wait for t
 reads on once the app takes them: a 25 MB body (a train_steps stream, a big binary tensor)
 crosses in 400 pauses and resumes. Reading ahead up to BODY_READ_AHEAD halves the time such a
 body takes over loopback (23.6 -> 11.6 ms for 25 MB here).
+
+uvicorn copies a body three times on its way to the app (into the cycle's bytearray, out of it
+as bytes for each receive, and the app joins the pieces). A body of WHOLE_BYTES or more whose
+Content-Length is declared, within the server's limit, is instead read into one buffer made to
+its size, where the first byte after the JSON part of a binary message
+(Inference-Header-Content-Length) is aligned as service/body.py aligns it: each receive hands
+out a view of what arrived since, and the scope's `gradserve.body` extension is the whole
+buffer, which service/body.py takes as the body without a copy.
 """
 
 import asyncio
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import numpy as np
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from service.tensor_object import HEADER
 
 BODY_READ_AHEAD = 1024 * 1024  # bytes of a request body buffered before the connection is paused
+WHOLE_BYTES = 256 * 1024  # bodies this large are read into one buffer (see the module)
+ALIGN = 64  # bytes: any dtype's alignment, and a cache line
+BODY_EXTENSION = "gradserve.body"
+
+
+def aligned_buffer(size: int, aligned_at: int) -> memoryview:
+    """Gives a writable buffer of `size` bytes whose byte `aligned_at` is ALIGN-aligned."""
+    buffer = np.empty(size + ALIGN, np.uint8)
+    start = -(buffer.ctypes.data + aligned_at) % ALIGN
+    return memoryview(buffer)[start:start + size]
+
+
+class WholeBodyCycle(RequestResponseCycle):
+    """uvicorn's request cycle for a body read into one buffer: `whole`, `filled` bytes of it
+    so far, `given` of them handed to the app."""
+
+    whole: memoryview
+    filled = given = 0
+
+    async def receive(self):  # type: ignore[override]
+        # uvicorn's own receive, the body a view of the buffer instead of a copy of a bytearray
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body, self.given = self.whole[self.given:self.filled], self.filled
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol dropping connections whose request head is late, reading bodies further
-    ahead; see the module."""
+    ahead and large ones into one buffer; see the module."""
 
     header_timeout: float = 10.0
+    max_body_bytes: int = 64 * 1024 * 1024
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -34,15 +78,39 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
+        size, aligned_at = self._body_size()
+        made = self.cycle is not None and self.cycle.scope is self.scope  # not an upgrade's
+        if made and size is not None and WHOLE_BYTES <= size <= self.max_body_bytes:
+            self.cycle.__class__ = WholeBodyCycle  # its task is made already: it runs on the same object
+            self.cycle.whole = aligned_buffer(size, aligned_at if aligned_at is not None and aligned_at <= size else 0)
+            self.scope.setdefault("extensions", {})[BODY_EXTENSION] = self.cycle.whole
+
+    def _body_size(self) -> tuple[int | None, int | None]:
+        """Gives the request's Content-Length and Inference-Header-Content-Length (None if absent
+        or not a byte count)."""
+        found: dict[bytes, int | None] = {b"content-length": None, HEADER.lower().encode(): None}
+        for name, value in self.headers:
+            if name in found:
+                found[name] = int(value) if value.isdigit() and len(value) <= 18 else None
+        size, aligned_at = found.values()
+        return size, aligned_at
 
     def on_body(self, body: bytes) -> None:
         # uvicorn's own on_body, with BODY_READ_AHEAD for its 64 KiB HIGH_WATER_LIMIT
         if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
             return
-        self.cycle.body += body
-        if len(self.cycle.body) > BODY_READ_AHEAD:
+        cycle = self.cycle
+        if isinstance(cycle, WholeBodyCycle):
+            end = cycle.filled + len(body)  # httptools stops at Content-Length: it fits
+            cycle.whole[cycle.filled:end] = body
+            cycle.filled = end
+            buffered = end - cycle.given
+        else:
+            cycle.body += body
+            buffered = len(cycle.body)
+        if buffered > BODY_READ_AHEAD:
             self.flow.pause_reading()
-        self.cycle.message_event.set()
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # its head is in already: uvicorn starts it right away
@@ -70,6 +138,9 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[HeadTimeoutProtocol]:
-    """Gives the protocol class for uvicorn's `http=` option with this head deadline."""
-    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"header_timeout": seconds})
+def with_header_timeout(seconds: float,
+                        max_body_bytes: int = HeadTimeoutProtocol.max_body_bytes) -> type[HeadTimeoutProtocol]:
+    """Gives the protocol class for uvicorn's `http=` option with this head deadline, reading
+    bodies up to `max_body_bytes` (GRADSERVE_MAX_BODY_BYTES) into one buffer."""
+    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"header_timeout": seconds,
+                                                                "max_body_bytes": max_body_bytes})

@@ -10,7 +10,7 @@ import orjson
 import numpy as np
 import pytest
 
-from wire import MLP, create, tensor
+from wire import HEADER, MLP, create, tensor
 
 
 def raw_connection(url: str) -> socket.socket:
@@ -143,3 +143,76 @@ def test_only_plain_batches_of_vectors_may_run_on_the_event_loop():
     assert inline_rows(np.zeros((32, 50, 8), np.float32)) is None  # a sequence: T times the work
     assert inline_rows(np.zeros((4, 1, 28, 28), np.float32)) is None  # an image
     assert inline_rows(np.zeros((4, 12), np.int64)) is None  # token indices
+
+
+WIDE = {**MLP, "layers": [{"type": "linear", "in_features": 512, "out_features": 8}, {"type": "relu"},
+                          {"type": "linear", "in_features": 8, "out_features": 3}]}
+
+
+def answers_of(sock: socket.socket, count: int) -> list[tuple[int, dict]]:
+    """Reads `count` HTTP answers (Content-Length bodies) off `sock`: [(status, JSON body)]."""
+    received, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection: {received[-300:]!r}"
+            received += chunk
+        head, _, received = received.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(received) < length:
+            received += sock.recv(65536)
+        answers.append((int(head.split(b" ")[1]), orjson.loads(received[:length])))
+        received = received[length:]
+    return answers
+
+
+def test_large_bodies_read_into_one_buffer_give_what_the_same_requests_give_small(make_live):
+    """Bodies of service/protocol.py's WHOLE_BYTES or more are read into one buffer: a binary
+    train_step whose tensors start at an odd offset, sent in uneven writes with pauses, then two
+    such requests pipelined in one write, then a train_steps stream of large frames, each answers
+    as the same steps do on a model given them in list form (small bodies)."""
+    from core import Model
+    from service.protocol import WHOLE_BYTES
+
+    url = make_live()
+    rng = np.random.default_rng(7)
+    batches = [(rng.standard_normal((160, 512)).astype(np.float32), rng.integers(0, 3, 160)) for _ in range(6)]
+    info = create(httpx.Client(base_url=url), WIDE)
+    reference = Model.from_spec(WIDE)
+    expected = [reference.train_step(x, y).loss for x, y in batches]
+
+    def request(x, y, extra: bytes = b"") -> bytes:
+        head = orjson.dumps({"inputs": {"shape": list(x.shape), "datatype": "FP32",
+                                        "parameters": {"binary_data_size": x.nbytes}},
+                             "targets": {"shape": list(y.shape), "datatype": "INT64",
+                                         "parameters": {"binary_data_size": y.nbytes}}}) + extra
+        body = head + x.tobytes() + y.astype(np.int64).tobytes()
+        assert len(body) >= WHOLE_BYTES
+        return (f"POST /v1/models/{info['id']}/train_step HTTP/1.1\r\nHost: t\r\n"
+                f"Content-Type: application/octet-stream\r\n{HEADER}: {len(head)}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    sock = raw_connection(url)
+    sock.settimeout(30)
+    first = request(*batches[0], extra=b" " * 3)  # the tensors' bytes start at an odd offset
+    for start in range(0, len(first), 70_001):  # uneven writes, the server reading each as it comes
+        sock.sendall(first[start:start + 70_001])
+        time.sleep(0.002)
+    sock.sendall(request(*batches[1]) + request(*batches[2], extra=b" "))  # pipelined, in one write
+    losses = [body["loss"] for status, body in answers_of(sock, 3) if status == 200]
+    sock.close()
+
+    frames = b""
+    for x, y in batches[3:]:
+        line = orjson.dumps({"inputs": {"shape": list(x.shape), "datatype": "FP32",
+                                        "parameters": {"binary_data_size": x.nbytes}},
+                             "targets": {"shape": list(y.shape), "datatype": "INT64",
+                                         "parameters": {"binary_data_size": y.nbytes}}})
+        frames += line + b"\n" + x.tobytes() + y.astype(np.int64).tobytes()
+    assert len(frames) >= WHOLE_BYTES
+    streamed = httpx.post(f"{url}/v1/models/{info['id']}/train_steps", content=frames,
+                          headers={"Content-Type": "application/octet-stream"}, timeout=30)
+    assert streamed.status_code == 200, streamed.text
+    losses += [step["loss"] for step in streamed.json()["steps"]]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert len(losses) == 6
