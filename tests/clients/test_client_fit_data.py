@@ -87,7 +87,7 @@ def adds_validation(call) -> bool:
 
 
 @pytest.mark.parametrize("rows, validation_rows, free_rows, when", [
-    (400, 0, 200, adds_training),  # after fit saw the room, before it adds its rows: 200 of its 400 fit
+    (400, 0, 200, adds_training),  # before fit adds its rows: 200 of its 400 fit
     (300, 100, 300 + 10, adds_validation),  # the training rows kept, no room for the validation rows
 ], ids=["midway", "for the validation data"])
 def test_no_room_sends_the_rest(small_data_server, dataless_server, blobs, classifier, rows, validation_rows,

@@ -57,12 +57,6 @@ def _row_bytes(*arrays: np.ndarray) -> int:
     return sum(a[:1].nbytes for a in arrays)
 
 
-def _stored_bytes(x: np.ndarray, y: np.ndarray, dtype: np.dtype) -> int:
-    """Gives about what (x, y) take on the server: floats in the model's dtype, integers (labels,
-    tokens) as INT64."""
-    return sum(a.size * (8 if a.dtype.kind in "iub" else dtype.itemsize) for a in (x, y))
-
-
 def request_rows(row_bytes: int, row_elements: int, binary: bool) -> int:
     """Returns how many examples one request of examples carries (see STREAM_BYTES), from the
     bytes of an example as sent and the elements of its largest tensor."""
@@ -128,7 +122,7 @@ class FitLoop:
         sending everything. Whatever ends the fit, even an interrupt, it first deletes the data
         sets it made.
         """
-        self.keep = f"fit-{secrets.token_hex(6)}" if (yield from self._room(model)) else None
+        self.keep = f"fit-{secrets.token_hex(6)}" if self._keeps() else None
         self.made = [] if self.keep is None else [self.keep]  # data sets to delete at the end
         self.keep_validation = self.epochs > 1  # evaluated once or not at all: sent as it is
         try:
@@ -171,19 +165,11 @@ class FitLoop:
             self.record_group(group, results)
             return
 
-    def _room(self, model: ModelCalls) -> Plan:
-        """Gives whether to keep the data on the server: if it will be read again (a later epoch,
-        a classifier's accuracy) and the server has room for it."""
-        if not (self.epochs > 1 or (self.epochs and self.classifier)):
-            return False
-        needed = _stored_bytes(self.x, self.y, model.dtype)
-        if self.validation is not None and self.epochs > 1:
-            needed += _stored_bytes(*self.validation, model.dtype)
-        try:
-            listing = yield model._data_sets_call()
-        except APIError:  # a server without data sets: send the data every epoch
-            return False
-        return listing.free_bytes >= needed
+    def _keeps(self) -> bool:
+        """Tells whether to keep the data on the server: if it will be read again (a later epoch,
+        a classifier's accuracy). Whether the server has room, its answer to the rows says (413
+        data_too_large): asking first would cost every fit a round trip for the rare one refused."""
+        return self.epochs > 1 or (self.epochs > 0 and self.classifier)
 
     def _evaluate(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray) -> Plan:
         """Gives the Evaluation of (x, y), on rows the server keeps if it does, else sent."""
