@@ -181,15 +181,19 @@ def validated(message: dict, binary: memoryview, model: type[M], decoder: Decode
     return parsed
 
 
-def decode_fields(body: BaseModel, decoder: Decoder) -> None:
-    """Replaces each tensor field of `body` (and each tensor of a dict or list field) by its array.
+def decode_fields(body: BaseModel, decoder: Decoder, loc: tuple = ()) -> None:
+    """Replaces each tensor field of `body` (and each tensor of a dict or list field, and those
+    of a list of request models) by its array; `loc` is where `body` sits in the request's.
 
     `targets` (labels) and `rows` (row indices): integer data without a datatype becomes INT64.
     """
     for name in type(body).model_fields:
         value = getattr(body, name)
         if isinstance(value, Tensor):
-            setattr(body, name, decoder(value, name, labels=name in ("targets", "rows")))
+            setattr(body, name, decoder(value, (*loc, name), labels=name in ("targets", "rows")))
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            for index, item in enumerate(value):
+                decode_fields(item, decoder, (*loc, name, index))
         elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Tensor):
             setattr(body, name, {key: decoder(tensor, (name, key)) for key, tensor in value.items()})
         elif isinstance(value, list) and value and isinstance(value[0], Tensor):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 
-from core import ID_PATTERN, TrainStepResult
+from core import ID_PATTERN, Evaluation, TrainStepResult
 from service.tensor_object import Tensor, TensorInput
 
 ModelId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
@@ -125,12 +125,21 @@ class DataRowsRequest(BaseModel):
     targets: TensorInput = Field(description="Their targets (labels default to INT64).")
 
 
+class DataEvaluation(BaseModel):
+    data: str = Field(pattern=f"^{ID_PATTERN}$", description="A data set of the model.")
+    rows: TensorInput | None = Field(None, description="Its row indices to evaluate, in order; every row if absent.")
+
+
 class DataTrainRequest(BaseModel):
     model_config = _example({"rows": [3, 0, 2, 1], "batch_size": 2})
     rows: TensorInput = Field(description="Row indices of the data set in the order trained (integers; INT64 by "
                               "default): batches of batch_size, the last one possibly shorter.")
     batch_size: int = Field(ge=1, lt=2**63)
     lr: float | None = Field(None, description="As step's lr, from the first batch on.")
+    evaluate: list[DataEvaluation] = Field([], max_length=16, description=(
+        "Evaluations to give after the last batch, if every batch applied: each as /data/{name}/evaluate "
+        "gives it, in order (an epoch and its evaluations in one request). Their sets and rows are checked "
+        "before the first step."))
 
 
 class DataEvaluateRequest(BaseModel):
@@ -232,6 +241,10 @@ class ForwardBackwardResponse(BackwardResponse):
 
 class TrainStepsResponse(BaseModel):
     steps: list[TrainStepResult] = Field(description="One per batch, in the order sent.")
+
+
+class DataTrainResponse(TrainStepsResponse):
+    evaluations: list[Evaluation] = Field([], description="The evaluations asked for, in order.")
 
 
 class TensorShape(BaseModel):

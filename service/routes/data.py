@@ -11,8 +11,8 @@ from service.datasets import DataSets, WithData
 from service.deps import Call, DataName, EntryDep, StoreDep
 from service.routes.training import RUN_BATCHES, Steps, evaluation, step_answer, too_many_batches
 from service.schemas import (
-    ERRORS, DataEvaluateRequest, DataRowsRequest, DataSetInfo, DataSetList, DataTrainRequest, StreamErrorBody,
-    TrainStepsResponse,
+    ERRORS, DataEvaluateRequest, DataEvaluation, DataRowsRequest, DataSetInfo, DataSetList, DataTrainRequest,
+    DataTrainResponse, StreamErrorBody,
 )
 from service.tensors import respond
 
@@ -57,16 +57,19 @@ def _drop(model: Model, data_sets: DataSets, name: str) -> None:
     data_sets.drop(name)
 
 
-@router.post("/{name}/train_steps", response_model=TrainStepsResponse, responses={409: {"model": StreamErrorBody}})
+@router.post("/{name}/train_steps", response_model=DataTrainResponse, responses={409: {"model": StreamErrorBody}})
 async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Response:
     """Applies a train step on each batch of the given rows, in order: the same steps, bit for
-    bit, as train_steps sending those rows. Every row index is checked before the first step;
-    then, as in train_steps, the first batch that fails stops the rest. The batches take the
-    model's lock a run at a time (about 10 ms of steps): requests of other clients on the same
-    model may run between two runs."""
+    bit, as train_steps sending those rows; then, if every batch applied, gives the evaluations
+    asked for (`evaluate`), each as /data/{name}/evaluate gives it. Every row index, and every
+    evaluation's set and rows, is checked before the first step; then, as in train_steps, the
+    first batch that fails stops the rest (and no evaluation runs). The batches take the model's
+    lock a run at a time (about 10 ms of steps): requests of other clients on the same model may
+    run between two runs."""
     body, store, settings = call.body, call.store, call.request.app.state.settings
     size = body.batch_size
-    rows = await store.run(call.entry, WithData(_checked_rows), name, body.rows, size, settings.max_tensor_elements)
+    rows = await store.run(call.entry, WithData(_checked_rows), name, body.rows, size, settings.max_tensor_elements,
+                           body.evaluate)
     batches = len(range(0, len(rows), size))
     if batches > settings.max_stream_batches:
         raise too_many_batches(settings.max_stream_batches, "the rows make")
@@ -76,14 +79,29 @@ async def train_on_data(call: Call[DataTrainRequest], name: NamePath) -> Respons
         window = rows[batch * size:(batch + RUN_BATCHES) * size]
         batch += await steps.run(WithData(_train_batch), name, window, size, body.lr, start=0,
                                  stop=len(range(0, len(window), size)))
-    return await steps.answer()
+    if steps.failure is not None or not body.evaluate:
+        return await steps.answer()
+    try:  # (a set deleted meanwhile: the steps stay applied, the answer is its 404 with them)
+        evaluations = await store.run(call.entry, WithData(_evaluations), body.evaluate, settings.max_tensor_elements)
+    except Exception as exc:
+        steps.fail(exc)
+        return await steps.answer()
+    return await steps.answer(evaluations=evaluations)
 
 
-def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, max_elements: int):
-    """Gives the rows checked (each batch held to GRADSERVE_MAX_TENSOR_ELEMENTS, as if sent)."""
+def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, max_elements: int,
+                  evaluate: list[DataEvaluation]):
+    """Gives the rows checked (each batch held to GRADSERVE_MAX_TENSOR_ELEMENTS, as if sent), and
+    checks the sets and rows of the evaluations asked for after them."""
     rows = data_sets.get(name).index(rows)
     data_sets.check_size(name, min(batch_size, len(rows)), max_elements, ("body", "rows"))
+    for index, asked in enumerate(evaluate):
+        _evaluated_rows(data_sets, asked.data, asked.rows, max_elements, ("body", "evaluate", index, "rows"))
     return rows
+
+
+def _evaluations(model: Model, data_sets: DataSets, evaluate: list[DataEvaluation], max_elements: int) -> list[dict]:
+    return [_evaluate_rows(model, data_sets, asked.data, asked.rows, max_elements) for asked in evaluate]
 
 
 def _train_batch(model: Model, data_sets: DataSets, name: str, rows, batch_size: int, lr: float | None,
@@ -104,7 +122,13 @@ async def evaluate_data(call: Call[DataEvaluateRequest], name: NamePath) -> Resp
 
 
 def _evaluate_rows(model: Model, data_sets: DataSets, name: str, rows, max_elements: int) -> dict:
+    return evaluation(model, *data_sets.get(name).take(_evaluated_rows(data_sets, name, rows, max_elements)))
+
+
+def _evaluated_rows(data_sets: DataSets, name: str, rows, max_elements: int, loc: tuple = ("body", "rows")):
+    """Gives the rows of the set `name` to evaluate checked (None: all of them), held to
+    GRADSERVE_MAX_TENSOR_ELEMENTS; 404 if there is no such set."""
     data_set = data_sets.get(name)
-    rows = None if rows is None else data_set.index(rows)
-    data_sets.check_size(name, data_set.rows if rows is None else len(rows), max_elements, ("body", "rows"))
-    return evaluation(model, *data_set.take(rows))
+    rows = None if rows is None else data_set.index(rows, loc)
+    data_sets.check_size(name, data_set.rows if rows is None else len(rows), max_elements, loc)
+    return rows

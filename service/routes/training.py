@@ -293,12 +293,13 @@ class Steps:
             raise exc
         self.failure = exc
 
-    async def answer(self) -> Response:
+    async def answer(self, **more) -> Response:
+        """Gives the answer: every step's result (and `more` beside them), or the failure."""
         if self.completed and self.store.stream_save == "later":
             with suppress(ModelNotFound):  # deleted meanwhile
                 await self.store.run(self.entry, _saved, save="step")
         if self.failure is None:
-            return respond({"steps": self.completed})
+            return respond({"steps": self.completed, **more})
         status, code, detail = answer_for(self.failure)
         return respond({"detail": detail, "code": code, "batch": len(self.completed), "completed": self.completed},
                        status_code=status)

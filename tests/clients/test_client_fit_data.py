@@ -44,6 +44,21 @@ def data_routes(call) -> str:
     return call.path.split("/data/", 1)[1] if "/data/" in call.path else ""
 
 
+def test_a_kept_fit_is_its_rows_added_then_one_request_an_epoch(server, dataless_server, blobs, classifier):
+    """Each epoch's last request also evaluates what the server keeps (the training data's
+    accuracy, the validation data): no request of its own for them, the history the same."""
+    x, y = blobs(300, seed=11)
+    validation = blobs(50, seed=12)
+    calls = []
+    with gs.Client(server.url) as client:
+        intercepted(client, calls.append)
+        fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
+    routes = [(call.method, data_routes(call)) for call in calls if data_routes(call)]
+    name = routes[0][1]
+    assert routes == [("POST", name), ("POST", f"{name}-val")] + [("POST", f"{name}/train_steps")] * EPOCHS + [
+        ("DELETE", name), ("DELETE", f"{name}-val")]
+
+
 def test_a_data_set_lost_midway_is_sent_again(server, dataless_server, blobs, classifier):
     x, y = blobs(300, seed=1)
     validation = blobs(50, seed=2)

@@ -293,6 +293,69 @@ def test_a_run_of_batches_stops_at_the_one_that_fails_as_a_stream_does(api):
     assert api.get(f"/v1/models/{kept}/history").json()["step"] == [1, 2]  # one record a step of the run
 
 
+def test_evaluations_asked_with_the_steps_are_those_of_evaluate_after_them(api):
+    """An epoch and its evaluations in one request: the same steps, then each evaluation as
+    /data/{name}/evaluate gives it after those steps (rows named, in list or binary form, or all)."""
+    one, other = create(api)["id"], create(api)["id"]
+    for model in (one, other):
+        api.post(f"/v1/models/{model}/data/train", json={"inputs": tensor(X[:30]), "targets": tensor(Y[:30])})
+        api.post(f"/v1/models/{model}/data/val", json={"inputs": tensor(X[30:]), "targets": tensor(Y[30:])})
+    order = np.random.default_rng(2).permutation(30)
+    asked = [{"data": "train", "rows": list(range(0, 16))}, {"data": "train", "rows": list(range(16, 30))},
+             {"data": "val"}]
+    together = api.post(f"/v1/models/{one}/data/train/train_steps",
+                        json={"rows": order.tolist(), "batch_size": 8, "evaluate": asked})
+    assert together.status_code == 200, together.text
+    apart = api.post(f"/v1/models/{other}/data/train/train_steps", json={"rows": order.tolist(), "batch_size": 8})
+    assert together.json()["steps"] == apart.json()["steps"] and len(apart.json()["steps"]) == 4
+    after = [api.post(f"/v1/models/{other}/data/{a['data']}/evaluate", json={k: v for k, v in a.items() if k == "rows"}).json()
+             for a in asked]
+    assert together.json()["evaluations"] == after
+    assert after[2]["count"] == 10 and after[0] != after[1]
+    head = orjson.dumps({"rows": {"shape": [30], "datatype": "INT64", "parameters": {"binary_data_size": 240}},
+                         "batch_size": 8, "evaluate": [{"data": "val", "rows": {
+                             "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}}]})
+    body = head + order.astype(np.int64).tobytes() + np.array([9, 0], np.int64).tobytes()  # in the order named
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    binary = api.post(f"/v1/models/{one}/data/train/train_steps", content=body, headers=headers)
+    assert binary.status_code == 200, binary.text
+    assert binary.json()["evaluations"] == [api.post(f"/v1/models/{one}/data/val/evaluate", json={"rows": [9, 0]}).json()]
+    assert "evaluations" not in apart.json() or apart.json()["evaluations"] == []
+
+
+@pytest.mark.parametrize("evaluation, status, loc, words", [
+    ({"data": "val", "rows": [10]}, 422, ["body", "evaluate", 0, "rows"], "row 10 is not in the data set, which has 10 rows"),
+    ({"data": "val", "rows": [0.5]}, 422, ["body", "evaluate", 0, "rows"], "integer row indices"),
+    ({"data": "nope"}, 404, None, "no data set 'nope'"),
+    ({"data": "bad.name"}, 422, ["body", "evaluate", 0, "data"], "pattern"),
+    ({"rows": [0]}, 422, ["body", "evaluate", 0, "data"], "Field required"),
+])
+def test_a_bad_evaluation_is_refused_before_any_step(api, evaluation, status, loc, words):
+    model = create(api)["id"]
+    api.post(f"/v1/models/{model}/data/train", json={"inputs": tensor(X[:30]), "targets": tensor(Y[:30])})
+    api.post(f"/v1/models/{model}/data/val", json={"inputs": tensor(X[30:]), "targets": tensor(Y[30:])})
+    before = state(api, model)
+    response = api.post(f"/v1/models/{model}/data/train/train_steps",
+                        json={"rows": list(range(30)), "batch_size": 8, "evaluate": [evaluation]})
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    if loc is None:
+        assert words in detail and response.json()["code"] == "data_not_found"
+    else:
+        assert detail[0]["loc"] == loc and words in detail[0]["msg"], detail
+    assert state(api, model) == before
+
+
+def test_no_evaluation_runs_after_a_batch_that_fails(api):
+    model = create(api)["id"]
+    x = X.copy()
+    x[20] = 3e38  # finite, but batch 2 of 8-row batches overflows its forward
+    api.post(f"/v1/models/{model}/data/train", json={"inputs": tensor(x), "targets": tensor(Y)})
+    failed = api.post(f"/v1/models/{model}/data/train/train_steps",
+                      json={"rows": list(range(40)), "batch_size": 8, "evaluate": [{"data": "train"}]})
+    assert failed.status_code == 409 and failed.json()["batch"] == 2 and "evaluations" not in failed.json()
+
+
 def test_runs_of_any_length_apply_the_same_steps(client, monkeypatch):
     import service.routes.training as training
     from service.shelf import Shelf

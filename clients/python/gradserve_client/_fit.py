@@ -131,12 +131,20 @@ class FitLoop:
                     yield from self._add_rows(model, self.keep, self.x, self.y)  # row i of the set is row i of x
                 except APIError:
                     yield from self._stop_keeping(model)
+            if self.keep is not None and self.validation is not None and self.keep_validation:
+                yield from self._keep_validation(model)
             for epoch in range(self.epochs):
-                for group in self.requests(epoch):
-                    yield from self._train(model, epoch, group, binary, asynchronous)
                 evaluations = {}
+                groups = self.requests(epoch)
+                group = next(groups, None)
+                while group is not None:  # the last request of the epoch also evaluates what the server keeps
+                    following = next(groups, None)
+                    asked = self.kept_evaluations(model) if following is None else {}
+                    evaluations = yield from self._train(model, epoch, group, binary, asynchronous, asked)
+                    group = following
                 for name, x, y in self.eval_sets():
-                    evaluations[name] = yield from self._evaluate(model, name, x, y)
+                    if name not in evaluations:
+                        evaluations[name] = yield from self._evaluate(model, name, x, y)
                 self.end_epoch(epoch, evaluations)
         except BaseException:
             yield from self._forget(model, quietly=True)
@@ -144,11 +152,16 @@ class FitLoop:
         yield from self._forget(model)
         return self.history
 
-    def _train(self, model: ModelCalls, epoch: int, group: list[np.ndarray], binary: bool, asynchronous: bool) -> Plan:
-        """Applies one request's batches: rows of the kept set, or the rows themselves."""
+    def _train(self, model: ModelCalls, epoch: int, group: list[np.ndarray], binary: bool, asynchronous: bool,
+               asked: dict[str, list[tuple[str, np.ndarray | None]]]) -> Plan:
+        """Applies one request's batches: rows of the kept set, or the rows themselves. Gives the
+        evaluations `asked` (by eval set: the kept set and the ranges of its rows to evaluate,
+        see kept_evaluations) after those batches, from the same request, when the set is still
+        kept: {} otherwise."""
         while group:
+            parts = [part for ranges in asked.values() for part in ranges] if self.keep is not None else []
             if self.keep is not None:
-                call = model._train_on_data_call(self.keep, np.concatenate(group), self.batch_size, None)
+                call = model._train_on_data_call(self.keep, np.concatenate(group), self.batch_size, None, parts)
             else:
                 call = model._train_steps_call([(self.x[rows], self.y[rows]) for rows in group], binary, asynchronous)
             try:
@@ -162,8 +175,43 @@ class FitLoop:
                 group = group[len(error.completed):]  # the refused batch and those after it, sent
                 yield from self._stop_keeping(model)
                 continue
+            if not parts:
+                self.record_group(group, results)
+                return {}
+            results, evaluated = results
             self.record_group(group, results)
-            return
+            evaluations = {}
+            for name, ranges in asked.items():
+                evaluations[name] = Evaluation.combine(evaluated[:len(ranges)])
+                evaluated = evaluated[len(ranges):]
+            return evaluations
+        return {}
+
+    def _keep_validation(self, model: ModelCalls) -> Plan:
+        """Adds the validation data to a data set of its own before the first epoch, so that each
+        epoch's last request evaluates it; if the server refuses it (no room, a bad row), it is
+        sent to each evaluation instead, which then fails as sending it fails."""
+        stored = f"{self.keep}-val"
+        self.made.append(stored)
+        try:
+            yield from self._add_rows(model, stored, *self.validation)  # type: ignore[misc]
+        except APIError:
+            self.keep_validation = False
+            yield from self._forget(model, quietly=True, only=stored)
+
+    def kept_evaluations(self, model: ModelCalls) -> dict[str, list[tuple[str, np.ndarray | None]]]:
+        """Gives, for each eval set the server keeps, its data set and the ranges of rows to
+        evaluate: those of _evaluate_once (so the same evaluations, bit for bit), None for a
+        range of every row."""
+        asked = {}
+        for name, x, y in self.eval_sets() if self.keep is not None else ():
+            stored = self.keep if name == "train" else f"{self.keep}-val" if self.keep_validation else None
+            if stored is None or stored not in self.made:
+                continue
+            rows = model._request_rows(x, y)
+            asked[name] = [(stored, None if rows >= len(x) else np.arange(start, min(start + rows, len(x))))
+                           for start in range(0, len(x), rows)]
+        return asked
 
     def _keeps(self) -> bool:
         """Tells whether to keep the data on the server: if it will be read again (a later epoch,

@@ -182,11 +182,19 @@ class ModelCalls:
     def _delete_data_call(self, name: str) -> Call:
         return Call("DELETE", self._data_path(name), idempotent=True, read=lambda body: None)
 
-    def _train_on_data_call(self, name: str, rows: Any, batch_size: int, lr: float | None) -> Call:
+    def _train_on_data_call(self, name: str, rows: Any, batch_size: int, lr: float | None,
+                            evaluate: list[tuple[str, Any]] | None = None) -> Call:
+        """The call of train_on_data; with `evaluate` [(data set, row indices or None for all)],
+        its answer is (steps, the evaluations after them), from the same request."""
         payload: dict[str, Any] = {"rows": np.asarray(rows, np.int64), "batch_size": batch_size}
         if lr is not None:
             payload["lr"] = lr
-        return Call("POST", self._data_path(name, "/train_steps"), payload, read=_steps)
+        if not evaluate:
+            return Call("POST", self._data_path(name, "/train_steps"), payload, read=_steps)
+        payload["evaluate"] = [{"data": data, **({} if rows is None else {"rows": np.asarray(rows, np.int64)})}
+                               for data, rows in evaluate]
+        return Call("POST", self._data_path(name, "/train_steps"), payload, read=lambda body: (
+            _steps(body), [from_body(Evaluation, evaluation) for evaluation in body["evaluations"]]))
 
     def _evaluate_data_call(self, name: str, rows: Any) -> Call:
         payload = {} if rows is None else {"rows": np.asarray(rows, np.int64)}
