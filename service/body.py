@@ -191,10 +191,10 @@ def decode_fields(body: BaseModel, decoder: Decoder, loc: tuple = ()) -> None:
         value = getattr(body, name)
         if isinstance(value, Tensor):
             setattr(body, name, decoder(value, (*loc, name), labels=name in ("targets", "rows")))
-        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
-            for index, item in enumerate(value):
-                decode_fields(item, decoder, (*loc, name, index))
         elif isinstance(value, dict) and value and isinstance(next(iter(value.values())), Tensor):
             setattr(body, name, {key: decoder(tensor, (name, key)) for key, tensor in value.items()})
         elif isinstance(value, list) and value and isinstance(value[0], Tensor):
             setattr(body, name, [decoder(tensor, (name, index)) for index, tensor in enumerate(value)])
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):  # after Tensor, itself a model
+            for index, item in enumerate(value):
+                decode_fields(item, decoder, (*loc, name, index))

@@ -67,6 +67,27 @@ def test_a_client_gone_mid_body_is_no_500_and_no_traceback(make_live, caplog):
     assert httpx.post(f"{url}/v1/models/{info['id']}/forward", json={"inputs": [[0, 0, 0, 0]]}).status_code == 200
 
 
+def test_a_client_gone_mid_body_read_into_one_buffer_is_no_500(make_live, caplog):
+    """As above, for bodies that service/protocol.py reads into one buffer (a declared size of
+    WHOLE_BYTES or more): the client gone after part of it, or before any of it."""
+    from service.protocol import WHOLE_BYTES
+
+    url = make_live()
+    info = create(httpx.Client(base_url=url))
+    route = "/v1/models/{model_id}/train_step"
+    with caplog.at_level(logging.INFO):
+        for sent in (b"", b"\0" * 300_000):
+            sock = raw_connection(url)
+            sock.sendall(f"POST /v1/models/{info['id']}/train_step HTTP/1.1\r\nHost: t\r\n"
+                         f"Content-Type: application/octet-stream\r\n{HEADER}: 71\r\n"
+                         f"Content-Length: {4 * WHOLE_BYTES}\r\n\r\n".encode() + sent)
+            sock.close()
+        assert wait_for(lambda: requests_by_status(url, route).get("499") == 2), requests_by_status(url, route)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    x = np.zeros((2, 4), np.float32)
+    assert httpx.post(f"{url}/v1/models/{info['id']}/train_step", json={"inputs": tensor(x), "targets": [0, 1]}).status_code == 200
+
+
 @pytest.mark.parametrize("sent", [b"", b"POST /v1/models HTTP/1.1\r\nHost: t\r\nContent-Le"], ids=["nothing", "half a head"])
 def test_a_connection_whose_request_head_never_completes_is_closed(make_live, sent):
     url = make_live(header_timeout_seconds=0.5)
