@@ -52,7 +52,8 @@ def test_a_kept_fit_is_its_rows_added_then_one_request_an_epoch(server, dataless
     calls = []
     with gs.Client(server.url) as client:
         intercepted(client, calls.append)
-        fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
+        model, _ = fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
+        model.delete()
     routes = [(call.method, data_routes(call)) for call in calls if data_routes(call)]
     name = routes[0][1]
     assert routes == [("POST", name), ("POST", f"{name}-val")] + [("POST", f"{name}/train_steps")] * EPOCHS + [

@@ -321,6 +321,8 @@ def test_evaluations_asked_with_the_steps_are_those_of_evaluate_after_them(api):
     assert binary.status_code == 200, binary.text
     assert binary.json()["evaluations"] == [api.post(f"/v1/models/{one}/data/val/evaluate", json={"rows": [9, 0]}).json()]
     assert "evaluations" not in apart.json() or apart.json()["evaluations"] == []
+    for model in (one, other):  # the live servers are shared by the session, and hold 100 models at most
+        assert api.delete(f"/v1/models/{model}").status_code == 204
 
 
 @pytest.mark.parametrize("evaluation, status, loc, words", [
@@ -344,6 +346,7 @@ def test_a_bad_evaluation_is_refused_before_any_step(api, evaluation, status, lo
     else:
         assert detail[0]["loc"] == loc and words in detail[0]["msg"], detail
     assert state(api, model) == before
+    assert api.delete(f"/v1/models/{model}").status_code == 204
 
 
 def test_no_evaluation_runs_after_a_batch_that_fails(api):
@@ -354,6 +357,7 @@ def test_no_evaluation_runs_after_a_batch_that_fails(api):
     failed = api.post(f"/v1/models/{model}/data/train/train_steps",
                       json={"rows": list(range(40)), "batch_size": 8, "evaluate": [{"data": "train"}]})
     assert failed.status_code == 409 and failed.json()["batch"] == 2 and "evaluations" not in failed.json()
+    assert api.delete(f"/v1/models/{model}").status_code == 204
 
 
 def test_runs_of_any_length_apply_the_same_steps(client, monkeypatch):
