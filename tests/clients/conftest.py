@@ -18,9 +18,10 @@ def _start(data_dir: Path, **settings: str) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(data_dir)]
-    # Per-step fsync is not what these tests are about.
+    # Per-step fsync is not what these tests are about. Each server is shared by the session: it
+    # takes more models than the default 100, so that no test's pass depends on those before it.
     return start(command, f"http://127.0.0.1:{port}", data_dir.parent / f"{data_dir.name}.log",
-                 **{"GRADSERVE_DURABILITY": "none", **settings})
+                 **{"GRADSERVE_DURABILITY": "none", "GRADSERVE_MAX_MODELS": "2000", **settings})
 
 
 @pytest.fixture(scope="session")

@@ -81,9 +81,14 @@ def client(make_client) -> PortalClient:
     return make_client()
 
 
+# The session's shared servers take more models than the default 100: every test that uses one
+# adds its models, and whether a test passed must not depend on how many ran before it.
+SHARED_MAX_MODELS = 2000
+
+
 @pytest.fixture(scope="session")
 def live_url(tmp_path_factory) -> Iterator[str]:
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("live-data")))
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("live-data"), max_models=SHARED_MAX_MODELS))
     with uvicorn_in_thread(app) as url:
         yield url
 
@@ -118,7 +123,7 @@ def make_live(request, tmp_path: Path) -> Iterator[Callable[..., str]]:
 def ray_url(ray_cluster, tmp_path_factory) -> Iterator[str]:
     """A real uvicorn on 127.0.0.1 whose store is the session's Ray cluster (namespace "e2e")."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("ray-data"), ray_address=ray_cluster.address,
-                        ray_namespace="e2e", ray_hosts=2)
+                        ray_namespace="e2e", ray_hosts=2, max_models=SHARED_MAX_MODELS)
     with uvicorn_in_thread(create_app(settings)) as url:
         yield url
 
