@@ -14,12 +14,13 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.routing import APIRoute, iter_route_contexts
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from core import ID_PATTERN
 from service.auth import OwnerDep
 from service.body import parse_body
 from service.metrics import Metrics
+from service.schemas import DataName  # noqa: F401 (the routes take it from here, beside the other path types)
 from service.settings import Settings
 from service.store import Entry, ModelStore, inline_rows
 from service.tensors import Decoder
@@ -43,7 +44,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ModelIdPath = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
-DataName = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["train"], description="A data set's name.")]
 
 
 async def get_entry(model_id: ModelIdPath, request: Request, owner: OwnerDep) -> Entry:

@@ -14,6 +14,7 @@ from core import ID_PATTERN, Evaluation, TrainStepResult
 from service.tensor_object import Tensor, TensorInput
 
 ModelId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["xor-mlp"])]
+DataName = Annotated[str, Field(pattern=f"^{ID_PATTERN}$", examples=["train"], description="A data set's name.")]
 
 EXAMPLE_SPEC = {
     "id": "xor-mlp",
@@ -126,7 +127,7 @@ class DataRowsRequest(BaseModel):
 
 
 class DataEvaluation(BaseModel):
-    data: str = Field(pattern=f"^{ID_PATTERN}$", description="A data set of the model.")
+    data: DataName
     rows: TensorInput | None = Field(None, description="Its row indices to evaluate, in order; every row if absent.")
 
 

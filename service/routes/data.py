@@ -96,7 +96,7 @@ def _checked_rows(model: Model, data_sets: DataSets, name: str, rows, batch_size
     rows = data_sets.get(name).index(rows)
     data_sets.check_size(name, min(batch_size, len(rows)), max_elements, ("body", "rows"))
     for index, asked in enumerate(evaluate):
-        _evaluated_rows(data_sets, asked.data, asked.rows, max_elements, ("body", "evaluate", index, "rows"))
+        _evaluated(data_sets, asked.data, asked.rows, max_elements, ("body", "evaluate", index, "rows"))
     return rows
 
 
@@ -122,13 +122,14 @@ async def evaluate_data(call: Call[DataEvaluateRequest], name: NamePath) -> Resp
 
 
 def _evaluate_rows(model: Model, data_sets: DataSets, name: str, rows, max_elements: int) -> dict:
-    return evaluation(model, *data_sets.get(name).take(_evaluated_rows(data_sets, name, rows, max_elements)))
+    data_set, rows = _evaluated(data_sets, name, rows, max_elements)
+    return evaluation(model, *data_set.take(rows))
 
 
-def _evaluated_rows(data_sets: DataSets, name: str, rows, max_elements: int, loc: tuple = ("body", "rows")):
-    """Gives the rows of the set `name` to evaluate checked (None: all of them), held to
-    GRADSERVE_MAX_TENSOR_ELEMENTS; 404 if there is no such set."""
+def _evaluated(data_sets: DataSets, name: str, rows, max_elements: int, loc: tuple = ("body", "rows")):
+    """Gives (the set `name`, its rows to evaluate checked: None for all of them), the rows held
+    to GRADSERVE_MAX_TENSOR_ELEMENTS; 404 if there is no such set."""
     data_set = data_sets.get(name)
     rows = None if rows is None else data_set.index(rows, loc)
     data_sets.check_size(name, data_set.rows if rows is None else len(rows), max_elements, loc)
-    return rows
+    return data_set, rows

@@ -204,13 +204,11 @@ class FitLoop:
         evaluate: those of _evaluate_once (so the same evaluations, bit for bit), None for a
         range of every row."""
         asked = {}
-        for name, x, y in self.eval_sets() if self.keep is not None else ():
-            stored = self.keep if name == "train" else f"{self.keep}-val" if self.keep_validation else None
-            if stored is None or stored not in self.made:
-                continue
-            rows = model._request_rows(x, y)
-            asked[name] = [(stored, None if rows >= len(x) else np.arange(start, min(start + rows, len(x))))
-                           for start in range(0, len(x), rows)]
+        for name, x, y in self.eval_sets():
+            stored = self._stored(name)
+            if stored is not None:
+                ranges = self._ranges(model, x, y)
+                asked[name] = [(stored, None if len(ranges) == 1 else np.arange(start, stop)) for start, stop in ranges]
         return asked
 
     def _keeps(self) -> bool:
@@ -227,32 +225,34 @@ class FitLoop:
             except APIError as error:
                 if self.keep is None or error.code not in DATA_GONE:
                     raise
-                if name == "val" and error.code == "data_too_large":  # no room for it: only it is sent
-                    self.keep_validation = False
-                    yield from self._forget(model, quietly=True, only=f"{self.keep}-val")
-                else:
-                    yield from self._stop_keeping(model)
+                yield from self._stop_keeping(model)  # (a set lost: evaluations add no rows)
 
     def _evaluate_once(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray) -> Plan:
         """Gives the Evaluation of (x, y) in requests of request_rows examples: ranges of rows of
-        a data set when the server keeps (x, y) (the validation data is added to one first, if
-        other epochs follow), else (x, y) themselves."""
-        stored = None  # the data set whose row i is row i of x
-        if self.keep is not None and name == "train":
-            stored = self.keep
-        elif self.keep is not None and name == "val" and self.keep_validation:
-            stored = f"{self.keep}-val"
-            if stored not in self.made:
-                self.made.append(stored)
-                yield from self._add_rows(model, stored, x, y)
-        rows, parts = model._request_rows(x, y), []
-        for start in range(0, len(x), rows):
+        a data set when the server keeps (x, y), else (x, y) themselves."""
+        stored, parts = self._stored(name), []
+        for start, stop in self._ranges(model, x, y):
             if stored is None:
-                call = model._evaluate_call(x[start:start + rows], y[start:start + rows])
+                call = model._evaluate_call(x[start:stop], y[start:stop])
             else:
-                call = model._evaluate_data_call(stored, np.arange(start, min(start + rows, len(x))))
+                call = model._evaluate_data_call(stored, np.arange(start, stop))
             parts.append((yield call))
         return Evaluation.combine(parts)
+
+    def _stored(self, name: str) -> str | None:
+        """Gives the data set whose row i is row i of the eval set `name`, if the server keeps it."""
+        if self.keep is None:
+            return None
+        if name == "train":
+            return self.keep
+        stored = f"{self.keep}-val"
+        return stored if self.keep_validation and stored in self.made else None
+
+    @staticmethod
+    def _ranges(model: ModelCalls, x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
+        """Gives the (start, stop) rows of each request an evaluation of (x, y) makes."""
+        rows = model._request_rows(x, y)
+        return [(start, min(start + rows, len(x))) for start in range(0, len(x), rows)]
 
     def _add_rows(self, model: ModelCalls, name: str, x: np.ndarray, y: np.ndarray) -> Plan:
         """Adds (x, y) to the data set `name`, in order, as model.add_data does."""
