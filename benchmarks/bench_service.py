@@ -6,7 +6,8 @@
 Measures, interleaved in rounds: a 784-256-10 (Adam, batch 256) train step in-process with core, over
 HTTP in list form and in binary form (durability "none" and the default "step", which
 fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99) and an
-empty GET /healthz on the same server; the list-form decode of a (256, 784) tensor; the same
+empty GET /healthz on the same server (and the two, with the in-process step, back to back
+without pauses); the list-form decode of a (256, 784) tensor; the same
 request bytes POSTed to a bare app on the same uvicorn stack (uvloop, httptools) that only
 answers their length; the 784-256-10 fit's 25.8 MB of rows added to a data set, POSTed to the
 bare app and sent through a plain loopback socket (what the bytes cost without HTTP). Then the
@@ -151,6 +152,21 @@ def add_and_drop(connection: http.client.HTTPConnection, body: bytes, headers: d
     call(connection, "DELETE", "/v1/models/mnist/data/rows")
 
 
+def back_to_back(calls: dict[str, Callable[[], object]], cycles: int) -> dict[str, list[float]]:
+    """Gives each call's timings, the calls made one after another in cycles with no pause: as a
+    training loop sends its steps. (interleaved() pauses before each measure; after a pause this
+    host runs everything slower for a while, the longer code paths more: see RESULTS.md.)"""
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(cycles):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def interleaved(measures: dict[str, tuple[Callable[[], object], int]], rounds: int,
                 settle: float) -> dict[str, list[float]]:
     """Gives each measure's timings, taken in rounds (each round runs every measure `repeat`
@@ -286,6 +302,8 @@ def run(args) -> list[tuple[str, str]]:
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
                 measures["add rows"] = (partial(add_and_drop, http_, rows_body, rows_headers), 1)
         t = interleaved(measures, args.n, args.settle)
+        steady = back_to_back({name: measures[name][0] for name in ("tiny in-process", "tiny none", "empty GET")},
+                              cycles=2000)
         for name, spec, rows, batch, features, classes, epochs in FITS:
             data = fit_work(spec, rows, batch, features, classes)
             local, remote = [], []
@@ -310,6 +328,10 @@ def run(args) -> list[tuple[str, str]]:
                      f"{ms(t[f'list {durability}']):.2f} ms"))
         rows.append((f"32-32-1 train step round trip, list form, durability={durability} (p50 / p99)",
                      f"{ms(t[f'tiny {durability}']):.3f} / {ms(t[f'tiny {durability}'], 0.99):.3f} ms"))
+    b_step, b_rt, b_get = (ms(steady[name]) for name in ("tiny in-process", "tiny none", "empty GET"))
+    rows.append(("32-32-1 back to back, 2,000 cycles of in-process step, round trip, empty GET (no pauses): "
+                 "the three, and (round trip − step) / GET",
+                 f"{b_step:.3f} / {b_rt:.3f} / {b_get:.3f} ms ({(b_rt - b_step) / b_get:.2f})"))
     rows.append((f"bare uvicorn: POST of the binary request bytes ({len(bin_body) / 1e6:.2f} MB)",
                  f"{ms(t['floor binary']):.2f} ms"))
     rows.append((f"bare uvicorn: POST of the list request bytes ({len(body) / 1e6:.2f} MB)",
