@@ -152,6 +152,9 @@ def add_and_drop(connection: http.client.HTTPConnection, body: bytes, headers: d
     call(connection, "DELETE", "/v1/models/mnist/data/rows")
 
 
+STEADY = ("tiny in-process", "tiny none", "empty GET")  # the measures also timed back_to_back
+
+
 def back_to_back(calls: dict[str, Callable[[], object]], cycles: int) -> dict[str, list[float]]:
     """Gives each call's timings, the calls made one after another in cycles with no pause: as a
     training loop sends its steps. (interleaved() pauses before each measure; after a pause this
@@ -302,8 +305,7 @@ def run(args) -> list[tuple[str, str]]:
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
                 measures["add rows"] = (partial(add_and_drop, http_, rows_body, rows_headers), 1)
         t = interleaved(measures, args.n, args.settle)
-        steady = back_to_back({name: measures[name][0] for name in ("tiny in-process", "tiny none", "empty GET")},
-                              cycles=2000)
+        steady = back_to_back({name: measures[name][0] for name in STEADY}, cycles=2000)
         for name, spec, rows, batch, features, classes, epochs in FITS:
             data = fit_work(spec, rows, batch, features, classes)
             local, remote = [], []
@@ -328,7 +330,7 @@ def run(args) -> list[tuple[str, str]]:
                      f"{ms(t[f'list {durability}']):.2f} ms"))
         rows.append((f"32-32-1 train step round trip, list form, durability={durability} (p50 / p99)",
                      f"{ms(t[f'tiny {durability}']):.3f} / {ms(t[f'tiny {durability}'], 0.99):.3f} ms"))
-    b_step, b_rt, b_get = (ms(steady[name]) for name in ("tiny in-process", "tiny none", "empty GET"))
+    b_step, b_rt, b_get = (ms(steady[name]) for name in STEADY)
     rows.append(("32-32-1 back to back, 2,000 cycles of in-process step, round trip, empty GET (no pauses): "
                  "the three, and (round trip − step) / GET",
                  f"{b_step:.3f} / {b_rt:.3f} / {b_get:.3f} ms ({(b_rt - b_step) / b_get:.2f})"))
