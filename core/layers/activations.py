@@ -10,7 +10,8 @@ from ..numerics import sigmoid
 from .base import Layer
 from .options import choice, number
 
-# A unit counts as saturated when its output is this close to the activation's bounds.
+# A unit counts as saturated when its output is this close to the activation's bounds (a gated
+# RNN's gate too: core/layers/recurrent.py).
 SATURATION_MARGIN = 0.01
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import SATURATION_MARGIN
 from .base import Layer
 from .init import uniform_hidden
 from .options import flag, need_rank, size, take_size
-
-# A gate counts as saturated when it is this close to its bounds (0/1 for sigmoid, +-1 for tanh).
-SATURATION_MARGIN = 0.01
 
 
 def gate_saturation(gates: np.ndarray, names: str, tanh_gates: str) -> dict:

@@ -41,6 +41,46 @@ def test_saturated_gates_are_flagged(kind):
     assert report["flags"]["saturated_layers"] == ["0"]
 
 
+
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _gates_by_hand(kind: str, params: dict, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every step's gate values of an lstm or gru layer "0." from zero state, by torch's equations in float64."""
+    w_ih, w_hh, b_ih, b_hh = (params[f"0.{name}_l0"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    hidden = w_hh.shape[1]
+    h, c, seen = np.zeros((len(x), hidden)), np.zeros((len(x), hidden)), []
+    for step in range(x.shape[1]):
+        a_x, a_h = x[:, step] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        if kind == "lstm":
+            a = np.split(a_x + a_h, 4, axis=1)
+            i, f, g, o = _sigmoid(a[0]), _sigmoid(a[1]), np.tanh(a[2]), _sigmoid(a[3])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            seen.append({"i": i, "f": f, "g": g, "o": o})
+        else:
+            (x_r, x_z, x_n), (h_r, h_z, h_n) = np.split(a_x, 3, axis=1), np.split(a_h, 3, axis=1)
+            r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+            n = np.tanh(x_n + r * h_n)
+            h = (1 - z) * n + z * h
+            seen.append({"r": r, "z": z, "n": n})
+    return {name: np.stack([step[name] for step in seen]) for name in seen[0]}
+
+
+@pytest.mark.parametrize("kind, tanh_gate", [("lstm", "g"), ("gru", "n")])
+def test_gate_saturation_is_the_fraction_of_gate_values_near_their_bounds(kind, tanh_gate):
+    model = Model.from_spec({"layers": [{"type": kind, "input_size": 3, "hidden_size": 5},
+                                        {"type": "linear", "out_features": 2}],
+                             "loss": {"type": "softmax_cross_entropy"}, "dtype": "float64"})
+    model.set_parameters({name: p * (4.0 if name.startswith("0.") else 1) for name, p in model.parameters().items()})
+    model.forward_backward(X, LABELS)
+    measured = model.diagnostics()["layers"][0]["gates"]
+    expected = {name: float(np.mean(np.abs(g) > 0.99 if name == tanh_gate else (g < 0.01) | (g > 0.99)))
+                for name, g in _gates_by_hand(kind, model.parameters(), X).items()}
+    assert 0 < min(expected.values()) and max(expected.values()) < 1  # some saturated, not all: the count tells
+    assert measured == pytest.approx(expected, abs=1e-12)
+
 def test_report_of_a_transformer_names_its_layers_and_is_json():
     model = Model.from_spec({
         "layers": [{"type": "embedding", "num_embeddings": 5, "embedding_dim": 4}, {"type": "positional", "max_len": 3},
