@@ -91,4 +91,4 @@ class GRU(Recurrent):
 
     def activation_stats(self, cache):
         """Return the saturated fraction of all gates together and of each gate (r, z, n)."""
-        return gate_saturation(cache[1], "rzn", tanh_gates="n")
+        return gate_saturation(cache[1], "rzn", axis=2)  # n: the tanh gate

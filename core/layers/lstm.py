@@ -7,6 +7,10 @@ import numpy as np
 from .recurrent import Recurrent, gate_saturation
 
 
+# Backward transposes da (T, 4H, N) a block of steps at a time, about this many bytes: in cache.
+BLOCK_BYTES = 1 << 19
+
+
 class LSTM(Recurrent):
     """x: (N, T, D) -> (N, H), the last step, or (N, T, H) with return_sequences.
 
@@ -68,14 +72,15 @@ class LSTM(Recurrent):
         return y, (inputs, states, tanh_cs)
 
     def backward(self, dy, cache):
-        da = self._backward_through_time(dy, cache)
+        dx = self._backprop_through_time(dy, cache, input_grad=True)  # (D, T N)
         n, t = dy.shape[0], cache[2].shape[0]
-        dx = self._inside(self.params["weight_ih_l0"]).T @ da  # (D, T N)
         return dx.reshape(-1, t, n).transpose(2, 1, 0)
 
-    def _backward_through_time(self, dy, cache):
-        """Add the parameter gradients; return the gradients of the gates' pre-activations, (4H, T N),
-        in the inside order."""
+    def backward_params(self, dy, cache):
+        self._backprop_through_time(dy, cache, input_grad=False)
+
+    def _backprop_through_time(self, dy, cache, input_grad: bool):
+        """Add the parameter gradients; return the input gradient, (D, T N), if `input_grad`."""
         inputs, states, tanh_cs = cache
         hidden = self.hidden_size
         w_hh_t = np.ascontiguousarray(self._inside(self.params["weight_hh_l0"]).T)  # the faster layout
@@ -113,19 +118,33 @@ class LSTM(Recurrent):
             if step > 0:  # h_{-1} is no parameter's input: no gradient for it
                 dc *= f[step]
                 np.matmul(w_hh_t, da[step], out=dh)
-        # All four parameter gradients in one matmul over the columns (t, n): da against the rows
-        # [h_{t-1}; x_t; 1] of the forward's products (h_0 = 0; the ones give the biases').
-        da = np.ascontiguousarray(da.transpose(1, 0, 2)).reshape(4 * hidden, t * n)
-        grads = np.roll(da @ inputs[:, :t].reshape(-1, t * n).T, -hidden, axis=0)  # rows back in torch's order
+        # All four parameter gradients from products over the columns (t, n): da against the rows
+        # [h_{t-1}; x_t; 1] of the forward's products (h_0 = 0; the ones give the biases'). Those
+        # need da as (4H, t n): it is transposed a few steps at a time into a buffer that stays in
+        # the cache, each block's products added up (one transpose of the whole da cost a fifth more).
+        w_ih_t = self._inside(self.params["weight_ih_l0"]).T if input_grad else None
+        dx = np.empty((w_ih_t.shape[0], t * n), da.dtype) if input_grad else None
+        steps = max(1, BLOCK_BYTES // da[0].nbytes)
+        block = np.empty((4 * hidden, min(steps, t), n), da.dtype)
+        grads = None
+        for start in range(0, t, steps):
+            stop = min(t, start + steps)
+            columns = block[:, :stop - start]
+            np.copyto(columns, da[start:stop].transpose(1, 0, 2))
+            columns = columns.reshape(4 * hidden, -1)
+            product = columns @ inputs[:, start:stop].reshape(-1, (stop - start) * n).T
+            grads = product if grads is None else np.add(grads, product, out=grads)
+            if input_grad:
+                np.matmul(w_ih_t, columns, out=dx[:, start * n:stop * n])
+        grads = np.roll(grads, -hidden, axis=0)  # rows back in torch's order
         self._add("weight_hh_l0", grads[:, :hidden])
         self._add("weight_ih_l0", grads[:, hidden:-1])
         self._add("bias_ih_l0", grads[:, -1])
         self._add("bias_hh_l0", grads[:, -1])
-        return da
+        return dx
 
     def activation_stats(self, cache):
         """Return the saturated fraction of all gates together and of each gate (i, f, g, o)."""
-        hidden = self.hidden_size
-        stats = gate_saturation(cache[1][:-1, :4 * hidden].transpose(0, 2, 1), "oifg", tanh_gates="g")
+        stats = gate_saturation(cache[1][:-1, :4 * self.hidden_size], "oifg", axis=1)  # g: the tanh gate
         stats["gates"] = {name: stats["gates"][name] for name in "ifgo"}
         return stats

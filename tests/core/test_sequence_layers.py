@@ -33,6 +33,27 @@ def test_gated_rnns_stack(rnn):
                      {"type": "linear", "out_features": 2}], (2, 4, 3), CE, labels=True)
 
 
+
+def test_lstm_backward_in_blocks_of_steps(monkeypatch):
+    """Backward transposes the gates' gradients a block of steps at a time (lstm.BLOCK_BYTES): blocks
+    of 2 of 5 steps (the last one short) give the gradients of one block, and pass the check."""
+    from core.layers import lstm
+
+    spec = [{**LSTM, "return_sequences": True}, {"type": "lstm", "hidden_size": 4}]  # the first one's input grad too
+    x = np.random.default_rng(0).standard_normal((2, 5, 3))
+
+    def gradients():
+        model = Model.from_spec({"layers": spec, "loss": {"type": "mse"}, "dtype": "float64", "seed": 0})
+        model.forward_backward(x, np.zeros((2, 4)))
+        return {name: g.copy() for name, g in model.gradients().items()}
+
+    whole = gradients()
+    monkeypatch.setattr(lstm, "BLOCK_BYTES", 4 * 4 * 2 * 8 * 2)  # (4H, N) float64 steps: 2 a block
+    in_blocks = gradients()
+    for name, g in whole.items():
+        np.testing.assert_allclose(in_blocks[name], g, rtol=1e-12, atol=1e-14, err_msg=name)
+    check_gradients(spec, (2, 5, 3))
+
 def test_lstm_feeds_a_gru():
     check_gradients([{**LSTM, "return_sequences": True}, {"type": "gru", "hidden_size": 3, "return_sequences": True}],
                     (2, 4, 3))
