@@ -277,7 +277,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1,
-                        help="measure every config this many times over and give each ratio's range")
+                        help="measure every config this many times over and give each median and range")
     parser.add_argument("--match", default="", help="run only the configs whose name contains this")
     parser.add_argument("--one-process", action="store_true",
                         help="measure both sides of every config in this process, as before")
@@ -328,9 +328,10 @@ def main():
 
 
 def _spread(values, spec=".3f"):
-    """Return one value, or the range of several (one per round)."""
-    low, high = min(values), max(values)
-    return f"{low:{spec}}" if len(values) == 1 else f"{low:{spec}}-{high:{spec}}"
+    """Return one value, or the median of several (one per round) and their range."""
+    if len(values) == 1:
+        return f"{values[0]:{spec}}"
+    return f"{statistics.median(values):{spec}} ({min(values):{spec}}-{max(values):{spec}})"
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 Measures, interleaved in rounds: a 784-256-10 (Adam, batch 256) train step in-process with core, over
 HTTP in list form and in binary form (durability "none" and the default "step", which
 fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99) and an
-empty GET /healthz on the same server (and the two, with the in-process step, back to back
+empty GET /healthz on the same server (and the two, with the in-process step, in runs of 10
 without pauses); the list-form decode of a (256, 784) tensor; the same
 request bytes POSTed to a bare app on the same uvicorn stack (uvloop, httptools) that only
 answers their length; the 784-256-10 fit's 25.8 MB of rows added to a data set, POSTed to the
@@ -155,18 +155,21 @@ def add_and_drop(connection: http.client.HTTPConnection, body: bytes, headers: d
 STEADY = ("tiny in-process", "tiny none", "empty GET")  # the measures also timed back_to_back
 
 
-def back_to_back(calls: dict[str, Callable[[], object]], cycles: int) -> dict[str, list[float]]:
-    """Gives each call's timings, the calls made one after another in cycles with no pause: as a
-    training loop sends its steps. (interleaved() pauses before each measure; after a pause this
-    host runs everything slower for a while, the longer code paths more: see RESULTS.md.)"""
-    for fn in calls.values():
+def back_to_back(measures: dict[str, tuple[Callable[[], object], int]], cycles: int) -> dict[str, list[float]]:
+    """Gives each measure's timings, each run `repeat` times in a row, in cycles, with no pause:
+    as a training loop sends its steps. (interleaved() pauses before each measure. Calls
+    alternating one by one are no fairer: on this host a step after other code runs up to 2x
+    slower than in a run of steps, so alternation slowed the in-process step and the GET more
+    than the round trip and flattered their ratio: see RESULTS.md.)"""
+    for fn, _ in measures.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[str, list[float]] = {name: [] for name in measures}
     for _ in range(cycles):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+        for name, (fn, repeat) in measures.items():
+            for _ in range(repeat):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -305,7 +308,7 @@ def run(args) -> list[tuple[str, str]]:
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
                 measures["add rows"] = (partial(add_and_drop, http_, rows_body, rows_headers), 1)
         t = interleaved(measures, args.n, args.settle)
-        steady = back_to_back({name: measures[name][0] for name in STEADY}, cycles=2000)
+        steady = back_to_back({name: measures[name] for name in STEADY}, cycles=200)
         for name, spec, rows, batch, features, classes, epochs in FITS:
             data = fit_work(spec, rows, batch, features, classes)
             local, remote = [], []
@@ -331,8 +334,8 @@ def run(args) -> list[tuple[str, str]]:
         rows.append((f"32-32-1 train step round trip, list form, durability={durability} (p50 / p99)",
                      f"{ms(t[f'tiny {durability}']):.3f} / {ms(t[f'tiny {durability}'], 0.99):.3f} ms"))
     b_step, b_rt, b_get = (ms(steady[name]) for name in STEADY)
-    rows.append(("32-32-1 back to back, 2,000 cycles of in-process step, round trip, empty GET (no pauses): "
-                 "the three, and (round trip − step) / GET",
+    rows.append(("32-32-1 without pauses, in runs of 10 (200 cycles): in-process step, round trip, empty GET, "
+                 "and (round trip − step) / GET",
                  f"{b_step:.3f} / {b_rt:.3f} / {b_get:.3f} ms ({(b_rt - b_step) / b_get:.2f})"))
     rows.append((f"bare uvicorn: POST of the binary request bytes ({len(bin_body) / 1e6:.2f} MB)",
                  f"{ms(t['floor binary']):.2f} ms"))
