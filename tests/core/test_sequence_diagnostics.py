@@ -41,7 +41,6 @@ def test_saturated_gates_are_flagged(kind):
     assert report["flags"]["saturated_layers"] == ["0"]
 
 
-
 def _sigmoid(a):
     return 1 / (1 + np.exp(-a))
 
@@ -80,6 +79,7 @@ def test_gate_saturation_is_the_fraction_of_gate_values_near_their_bounds(kind, 
                 for name, g in _gates_by_hand(kind, model.parameters(), X).items()}
     assert 0 < min(expected.values()) and max(expected.values()) < 1  # some saturated, not all: the count tells
     assert measured == pytest.approx(expected, abs=1e-12)
+
 
 def test_report_of_a_transformer_names_its_layers_and_is_json():
     model = Model.from_spec({

@@ -33,7 +33,6 @@ def test_gated_rnns_stack(rnn):
                      {"type": "linear", "out_features": 2}], (2, 4, 3), CE, labels=True)
 
 
-
 def test_lstm_backward_in_blocks_of_steps(monkeypatch):
     """Backward transposes the gates' gradients a block of steps at a time (lstm.BLOCK_BYTES): blocks
     of 2 of 5 steps (the last one short) give the gradients of one block, and pass the check."""
@@ -53,6 +52,7 @@ def test_lstm_backward_in_blocks_of_steps(monkeypatch):
     for name, g in whole.items():
         np.testing.assert_allclose(in_blocks[name], g, rtol=1e-12, atol=1e-14, err_msg=name)
     check_gradients(spec, (2, 5, 3))
+
 
 def test_lstm_feeds_a_gru():
     check_gradients([{**LSTM, "return_sequences": True}, {"type": "gru", "hidden_size": 3, "return_sequences": True}],
