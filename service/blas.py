@@ -8,10 +8,12 @@ others compute keeps the cores busy with useful work; a request alone keeps the 
 cores. benchmarks/bench_blas_threads.py measures the three policies side by side.
 """
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy  # noqa: F401 (loads the BLAS: a controller made before it finds none, and would never limit it)
 from threadpoolctl import ThreadpoolController
 
 
@@ -36,6 +38,21 @@ class BlasPolicy:
         with self._lock:
             self._fixed = threads is not None
             self._controller.select(user_api="blas").limit(limits=threads or self._full)
+
+    def describe(self) -> str:
+        """Gives the BLAS the products run on, for the start-up log: library, version, kernels,
+        threads, and the environment variable that chose the kernels if one did.
+
+        OPENBLAS_CORETYPE pins OpenBLAS's kernels whatever the CPU: on an AVX-512 machine
+        pinned to Haswell's, products ran 1.3-1.8x slower than on the kernels OpenBLAS picks
+        (benchmarks/RESULTS.md), a cost worth seeing where the service starts."""
+        found = [f"{lib.internal_api} {lib.version} ({getattr(lib, 'architecture', None) or 'its'} kernels, "
+                 f"{lib.num_threads} threads)" for lib in self._controller.select(user_api="blas").lib_controllers]
+        described = ", ".join(found) or "none found"
+        coretype = os.environ.get("OPENBLAS_CORETYPE")
+        if coretype and any(lib.internal_api == "openblas" for lib in self._controller.lib_controllers):
+            described += f"; the kernels set by OPENBLAS_CORETYPE={coretype} (unset, OpenBLAS picks this CPU's)"
+        return described
 
     @contextmanager
     def computing(self) -> Iterator[None]:

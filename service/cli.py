@@ -8,6 +8,7 @@ from pathlib import Path
 
 import uvicorn
 
+from service.blas import POLICY
 from service.main import create_app
 from service.protocol import with_header_timeout
 from service.settings import Settings
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log.info("gradserve listening on %s (data dir %s); dashboard: %s/ui", url, settings.data_dir.resolve(), url)
+    log.info("matrix products on %s", POLICY.describe())
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run(sockets=[sock])
 
 

@@ -53,3 +53,11 @@ def test_the_start_up_line_names_the_dashboard(tmp_path, monkeypatch, caplog):
     main(["serve", "--port", "0", "--data-dir", str(tmp_path)])
     started = next(r.getMessage() for r in caplog.records if "listening on" in r.getMessage())
     assert re.search(r"listening on http://127\.0\.0\.1:\d+ .*; dashboard: http://127\.0\.0\.1:\d+/ui$", started)
+
+
+def test_the_start_up_log_names_the_blas(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gradserve")
+    monkeypatch.setattr("uvicorn.Server.run", lambda server, sockets: sockets[0].close())
+    main(["serve", "--port", "0", "--data-dir", str(tmp_path)])
+    blas = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("matrix products on "))
+    assert re.search(r"on \w+ [\d.]+ \(\w+ kernels, \d+ threads\)", blas), blas
