@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core import Model  # noqa: E402
 from core.layers import output_shape  # noqa: E402
 from core.layers.options import as_pair  # noqa: E402
+from service.blas import POLICY  # noqa: E402
 
 LENET = [  # LeCun's LeNet-5 shape on 28x28 inputs (valid convolutions, max pooling)
     {"type": "conv2d", "out_channels": 6, "kernel_size": 5}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
@@ -319,7 +320,8 @@ def main():
                 if torch:
                     theirs[name].append(measure("torch"))
                     time.sleep(0.5)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__}"
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()} {os.cpu_count()} cores, numpy {np.__version__} "
+          + f"on {POLICY.describe()}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed")
           + f"; median of {args.repeats} steps, {args.rounds} round(s), "
           + ("both sides in one process" if args.one_process else "each side of each config in a fresh process")
