@@ -1,5 +1,8 @@
 """The BLAS thread policy: every core while one request computes, one thread each while several do."""
 
+import subprocess
+import sys
+
 from threadpoolctl import threadpool_info
 
 from service.blas import BlasPolicy
@@ -37,9 +40,6 @@ def test_a_fixed_count_holds_whatever_computes():
 def test_the_service_policy_finds_the_blas_whatever_is_imported_first():
     """`gradserve serve` imports service.cli first: its policy must still see numpy's BLAS (a
     controller made before numpy is loaded finds none, and then never limits it)."""
-    import subprocess
-    import sys
-
     code = "import service.cli; from service.blas import POLICY; print(POLICY.describe())"
     described = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                timeout=60).stdout
