@@ -12,17 +12,22 @@ reads on once the app takes them: a 25 MB body (a train_steps stream, a big bina
 crosses in 400 pauses and resumes. Reading ahead up to BODY_READ_AHEAD halves the time such a
 body takes over loopback (23.6 -> 11.6 ms for 25 MB here).
 
-uvicorn copies a body three times on its way to the app (into the cycle's bytearray, out of it
-as bytes for each receive, and the app joins the pieces). A body of WHOLE_BYTES or more whose
+uvicorn copies a body four times on its way to the app (out of the event loop's read buffer as
+bytes, out of those by the parser for each piece of body, into the cycle's bytearray, out of it
+as bytes for each receive; and the app joins the pieces). A body of WHOLE_BYTES or more whose
 Content-Length is declared, within the server's limit, is instead read into one buffer made to
 its size, where the first byte after the JSON part of a binary message
 (Inference-Header-Content-Length) is aligned as service/body.py aligns it: each receive hands
 out a view of what arrived since, and the scope's `gradserve.body` extension is the whole
-buffer, which service/body.py takes as the body without a copy.
+buffer, which service/body.py takes as the body without a copy. What the request head's read
+brought of the body goes through the parser; the rest is read by a BodyReader straight from the
+socket into the buffer (asyncio's buffered protocol: the kernel's copy is the only one), which
+then hands the connection back to the HTTP protocol with a parser at the next request's start.
 """
 
 import asyncio
 
+import httptools
 import numpy as np
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -63,6 +68,37 @@ class WholeBodyCycle(RequestResponseCycle):
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
 
+class BodyReader(asyncio.BufferedProtocol):
+    """The connection's protocol while the rest of a WholeBodyCycle's body arrives: the socket
+    is read straight into the buffer, and no further than the body's end; the transport's other
+    calls go to the HTTP protocol, which gets the connection back once the body is in."""
+
+    def __init__(self, http: "HeadTimeoutProtocol", cycle: WholeBodyCycle):
+        self.http, self.cycle = http, cycle
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.cycle.whole[self.cycle.filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        cycle = self.cycle
+        cycle.filled += nbytes
+        cycle.message_event.set()
+        if cycle.filled == len(cycle.whole):
+            self.http.body_read()
+
+    def eof_received(self) -> bool | None:
+        return self.http.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.http.resume_writing()
+
+
 class HeadTimeoutProtocol(HttpToolsProtocol):
     """HttpToolsProtocol dropping connections whose request head is late, reading bodies further
     ahead and large ones into one buffer; see the module."""
@@ -94,6 +130,20 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
                 found[name] = int(value) if value.isdigit() and len(value) <= 18 else None
         size, aligned_at = found.values()
         return size, aligned_at
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if isinstance(cycle, WholeBodyCycle) and cycle.filled < len(cycle.whole) and not self.transport.is_closing():
+            self.transport.set_protocol(BodyReader(self, cycle))  # the rest of the body, see the module
+
+    def body_read(self) -> None:
+        """Takes the connection back from the BodyReader once the body is in: a new parser (the
+        old one still counts the body's bytes it did not see) starts at the next request."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets it
+        self.transport.set_protocol(self)
+        self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         # uvicorn's own on_body, with BODY_READ_AHEAD for its 64 KiB HIGH_WATER_LIMIT

@@ -237,3 +237,79 @@ def test_large_bodies_read_into_one_buffer_give_what_the_same_requests_give_smal
     losses += [step["loss"] for step in streamed.json()["steps"]]
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     assert len(losses) == 6
+
+
+def binary_train_step(model_id: str, x: np.ndarray, y: np.ndarray,
+                      expect_continue: bool = False) -> tuple[bytes, bytes]:
+    """Gives (the request head, its body) of a binary train_step of (x, y)."""
+    json_part = orjson.dumps({"inputs": {"shape": list(x.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}},
+                              "targets": {"shape": list(y.shape), "datatype": "INT64",
+                                          "parameters": {"binary_data_size": y.nbytes}}})
+    body = json_part + x.tobytes() + y.astype(np.int64).tobytes()
+    head = (f"POST /v1/models/{model_id}/train_step HTTP/1.1\r\nHost: t\r\n"
+            f"Content-Type: application/octet-stream\r\n{HEADER}: {len(json_part)}\r\n"
+            + ("Expect: 100-continue\r\n" if expect_continue else "")
+            + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+def test_a_large_body_past_its_first_read_goes_from_the_socket_straight_into_its_buffer(make_live, monkeypatch):
+    """What the read of the request head brings of a large body goes through the HTTP parser; the
+    rest is read by service/protocol.py's BodyReader into the body's buffer (no copy of it in
+    Python), and the connection is the HTTP protocol's again for the next request."""
+    from service.protocol import BodyReader
+
+    read = []
+    buffer_updated = BodyReader.buffer_updated
+    monkeypatch.setattr(BodyReader, "buffer_updated", lambda self, n: read.append(n) or buffer_updated(self, n))
+    url = make_live()
+    info = create(httpx.Client(base_url=url), WIDE)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((600, 512)).astype(np.float32), rng.integers(0, 3, 600)  # 1.2 MB
+    head, body = binary_train_step(info["id"], x, y)
+    sock = raw_connection(url)
+    sock.settimeout(30)
+    sock.sendall(head + body[:1000])
+    time.sleep(0.05)  # the head and the body's first bytes read before the rest is sent
+    for start in range(1000, len(body), 300_000):
+        sock.sendall(body[start:start + 300_000])
+        time.sleep(0.01)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    (status, answer), (health, _) = answers_of(sock, 2)
+    sock.close()
+    assert status == 200 and health == 200
+    assert sum(read) >= len(body) - 1000 and sum(read) <= len(body)  # never past the body's end
+    from core import Model
+    assert answer["loss"] == pytest.approx(Model.from_spec(WIDE).train_step(x, y).loss, rel=1e-6)
+
+
+def test_a_large_body_answered_before_it_arrived_leaves_the_connection_in_step(make_live):
+    """An answer given before its body is in (no such model: 404) does not end the body's read:
+    the rest of it is read and dropped, and the next request on the connection is answered."""
+    url = make_live()
+    x, y = np.ones((600, 512), np.float32), np.zeros(600)
+    head, body = binary_train_step("no-such-model", x, y)
+    sock = raw_connection(url)
+    sock.settimeout(30)
+    sock.sendall(head + body[:1000])
+    (status, answer), = answers_of(sock, 1)
+    assert status == 404, answer
+    sock.sendall(body[1000:] + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answers_of(sock, 1)[0][0] == 200
+    sock.close()
+
+
+def test_a_large_body_sent_after_100_continue_is_read_whole(make_live):
+    url = make_live()
+    info = create(httpx.Client(base_url=url), WIDE)
+    x, y = np.full((600, 512), 0.01, np.float32), np.arange(600) % 3
+    head, body = binary_train_step(info["id"], x, y, expect_continue=True)
+    sock = raw_connection(url)
+    sock.settimeout(30)
+    sock.sendall(head)
+    assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    sock.sendall(body)
+    (status, answer), = answers_of(sock, 1)
+    sock.close()
+    assert status == 200 and answer["step"] == 1
