@@ -110,3 +110,22 @@ def test_a_small_binary_body_is_one_piece():
 
     pieces, headers = encode_pieces({"inputs": np.ones((4, 4), np.float32)}, binary=True)
     assert len(pieces) == 1 and isinstance(pieces[0], bytes) and "Content-Length" not in headers
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "list"])
+def test_rows_of_several_arrays_travel_as_the_one_tensor_of_their_rows(binary):
+    from gradserve_client._codec import PIECE_BYTES, Rows, encode_pieces
+
+    rng = np.random.default_rng(1)
+    first = rng.standard_normal((900, 784)).astype(np.float32)
+    second = rng.standard_normal((300, 784)).astype(np.float32)
+    labels = Rows(np.arange(900), np.arange(300))
+    pieces, headers = encode_pieces({"inputs": Rows(first, second), "targets": labels}, binary=binary)
+    joined = np.concatenate([first, second])
+    expected = encode({"inputs": joined, "targets": np.concatenate([np.arange(900), np.arange(300)])}, binary=binary)
+    assert b"".join(pieces) == expected[0] and {**headers, **expected[1]} == headers
+    if binary:  # each array's bytes are views of it: no joined copy
+        assert len(pieces[0]) < PIECE_BYTES and np.shares_memory(np.frombuffer(pieces[1], np.uint8), first)
+        assert any(np.shares_memory(np.frombuffer(piece, np.uint8), second) for piece in pieces[1:])
+    with pytest.raises(ValueError, match="one dtype and one row shape"):
+        Rows(first, second[:, :10])

@@ -45,8 +45,9 @@ def data_routes(call) -> str:
 
 
 def test_a_kept_fit_is_its_rows_added_then_one_request_an_epoch(server, dataless_server, blobs, classifier):
-    """Each epoch's last request also evaluates what the server keeps (the training data's
-    accuracy, the validation data): no request of its own for them, the history the same."""
+    """The training rows and, after them, the validation rows are added to one data set in one
+    request; each epoch's last request also evaluates them (the training data's accuracy, the
+    validation data): no request of its own for them, the history the same."""
     x, y = blobs(300, seed=11)
     validation = blobs(50, seed=12)
     calls = []
@@ -54,10 +55,13 @@ def test_a_kept_fit_is_its_rows_added_then_one_request_an_epoch(server, dataless
         intercepted(client, calls.append)
         model, _ = fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
         model.delete()
-    routes = [(call.method, data_routes(call)) for call in calls if data_routes(call)]
+    kept = [call for call in calls if data_routes(call)]
+    routes = [(call.method, data_routes(call)) for call in kept]
     name = routes[0][1]
-    assert routes == [("POST", name), ("POST", f"{name}-val")] + [("POST", f"{name}/train_steps")] * EPOCHS + [
-        ("DELETE", name), ("DELETE", f"{name}-val")]
+    assert routes == [("POST", name)] + [("POST", f"{name}/train_steps")] * EPOCHS + [("DELETE", name)]
+    added = kept[0].payload
+    assert added["inputs"].shape == (350, 2) and added["targets"].shape == (350,)
+    assert np.concatenate(added["inputs"].blocks).tobytes() == np.concatenate([x, validation[0]]).tobytes()
 
 
 def test_a_data_set_lost_midway_is_sent_again(server, dataless_server, blobs, classifier):
@@ -98,24 +102,26 @@ def adds_training(call) -> bool:
         and not data_routes(call).endswith("-val")
 
 
-def adds_validation(call) -> bool:
-    return call.method == "POST" and data_routes(call).endswith("-val")
-
-
-@pytest.mark.parametrize("rows, validation_rows, free_rows, when", [
-    (400, 0, 200, adds_training),  # before fit adds its rows: 200 of its 400 fit
-    (300, 100, 300 + 10, adds_validation),  # the training rows kept, no room for the validation rows
+@pytest.mark.parametrize("rows, validation_rows, free_rows, posts", [
+    (400, 0, 200, [""]),  # before fit adds its rows: 200 of its 400 fit; then every batch sent
+    # no room for the validation rows with the training rows, nor in a set of their own: the
+    # training rows kept alone, the validation rows sent
+    (300, 100, 300 + 10, ["", "", "-val"] + ["/train_steps"] * EPOCHS),
 ], ids=["midway", "for the validation data"])
 def test_no_room_sends_the_rest(small_data_server, dataless_server, blobs, classifier, rows, validation_rows,
-                                free_rows, when):
+                                free_rows, posts):
+    """`posts`: the fit's POSTs to its data sets, in order, the set's name cut from each."""
     x, y = blobs(rows, seed=3)  # rows of 2 FP32 and an INT64 label: 16 bytes each
     validation = blobs(validation_rows, seed=4) if validation_rows else None
-    hook, hogs = room_taker(small_data_server.url, classifier, free_rows, when)
+    hook, hogs = room_taker(small_data_server.url, classifier, free_rows, adds_training)
+    calls = []
     with gs.Client(small_data_server.url) as client:
-        intercepted(client, hook)
+        intercepted(client, lambda call: calls.append(call) or hook(call))
         model, _ = fit_and_compare(client, dataless_server.url, classifier, x, y, validation)
         assert hogs and model.data_sets().data_sets == ()
         client.model(hogs[0].id).delete()
+    routes = [data_routes(call) for call in calls if call.method == "POST" and data_routes(call)]
+    assert [route.removeprefix(routes[0]) for route in routes] == posts, routes
 
 
 def test_a_one_row_validation_set_of_a_batchnorm_model(server, dataless_server, blobs, classifier):

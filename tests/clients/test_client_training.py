@@ -238,7 +238,8 @@ def test_fit_sends_the_data_once_and_gives_what_sending_every_epoch_gives(server
     assert dict(kept[0]) == dict(sent[0])  # every epoch's loss, accuracy, val_loss, val_accuracy, exactly
     assert {k: v.tobytes() for k, v in kept[1].items()} == {k: v.tobytes() for k, v in sent[1].items()}
     assert kept[2].data_sets == () and sent[2].data_sets == ()  # fit deletes what it made
-    assert during["POST /v1/models/{model_id}/data/{name}"] == 2  # the training rows, then the validation rows, once
+    assert during["POST /v1/models/{model_id}/data/{name}"] == 1  # the training rows, then the validation rows,
+    assert during["DELETE /v1/models/{model_id}/data/{name}"] == 1  # in one request, to one set
     assert during["/v1/models/{model_id}/data/{name}/train_steps"] == 3  # every epoch, by row
     assert "/v1/models/{model_id}/train_steps" not in during
     assert "/v1/models/{model_id}/evaluate" not in during  # train and validation data evaluated where they are

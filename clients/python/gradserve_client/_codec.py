@@ -52,6 +52,19 @@ def as_tensor(x: Any, dtype: Any = None) -> np.ndarray:
 PIECE_BYTES = 1 << 20
 
 
+class Rows:
+    """One tensor made of the rows of several arrays of one dtype and row shape, one after the
+    other: in binary form each array's bytes are sent as they are, not joined into a new array
+    first (a fit's training and validation rows, added to one data set in one request)."""
+
+    def __init__(self, *blocks: np.ndarray) -> None:
+        if not blocks or any(b.dtype != blocks[0].dtype or b.shape[1:] != blocks[0].shape[1:] for b in blocks):
+            raise ValueError("Rows takes arrays of one dtype and one row shape")
+        self.blocks = blocks
+        self.dtype = blocks[0].dtype
+        self.shape = (sum(len(b) for b in blocks), *blocks[0].shape[1:])
+
+
 def encode(payload: Mapping[str, Any], *, binary: bool) -> tuple[bytes, dict[str, str]]:
     """Returns the request body and its headers for a payload that may hold numpy arrays."""
     pieces, headers = encode_pieces(payload, binary=binary)
@@ -106,6 +119,12 @@ def _to_wire(value: Any, buffers: list | None, copy: bool = True) -> Any:
     # Walks in insertion order, which is the order json.dumps writes, so buffers line up.
     if isinstance(value, np.ndarray):
         return _tensor_object(as_tensor(value), buffers, copy)
+    if isinstance(value, Rows):
+        if buffers is None:  # list form: the numbers are written out anyway
+            return _tensor_object(as_tensor(np.concatenate(value.blocks)), None)
+        parts = [_tensor_object(as_tensor(block), buffers, copy) for block in value.blocks]
+        size = sum(part["parameters"]["binary_data_size"] for part in parts)
+        return {"shape": list(value.shape), "datatype": parts[0]["datatype"], "parameters": {"binary_data_size": size}}
     if isinstance(value, Mapping):
         return {str(k): _to_wire(v, buffers, copy) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -2,7 +2,8 @@
 
 `FitLoop.calls` is the whole loop, written once without I/O: a generator of the calls to make,
 in order, each sent back its answer (or thrown its error) by the model class's driver. When the
-server has room, the fit first adds its data to a data set of the model, in order, and every
+server has room, the fit first adds its data to a data set of the model, in order (the
+validation data after the training rows, in the same request when both fit one), and every
 epoch's batches and the evaluations after each epoch then name rows of the set instead of
 sending them: the data crosses the wire once, in a few large requests, before the first step
 (measured: a 16,384-row 32-32-1 fit's first epoch streamed took 99 ms, its rows added and
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._codec import Rows
 from ._exceptions import APIError, GradserveError, NotFoundError, stream_failure
 from ._types import Evaluation
 
@@ -125,13 +127,15 @@ class FitLoop:
         self.keep = f"fit-{secrets.token_hex(6)}" if self._keeps() else None
         self.made = [] if self.keep is None else [self.keep]  # data sets to delete at the end
         self.keep_validation = self.epochs > 1  # evaluated once or not at all: sent as it is
+        self.validation_from = None  # the kept set's first row of the validation data, if it holds it
         try:
             if self.keep is not None:
                 try:
-                    yield from self._add_rows(model, self.keep, self.x, self.y)  # row i of the set is row i of x
+                    yield from self._add_kept(model)
                 except APIError:
                     yield from self._stop_keeping(model)
-            if self.keep is not None and self.validation is not None and self.keep_validation:
+            if self.keep is not None and self.validation_from is None and self.validation is not None \
+                    and self.keep_validation:
                 yield from self._keep_validation(model)
             for epoch in range(self.epochs):
                 evaluations = {}
@@ -187,10 +191,42 @@ class FitLoop:
             return evaluations
         return {}
 
+    def _add_kept(self, model: ModelCalls) -> Plan:
+        """Adds (x, y) to the kept set, row i of the set row i of x. When the validation data is
+        kept too and both travel in one request, it is added in that request, as the set's rows
+        from len(x) on (one request and one set fewer than a set of its own: ~5 ms of a 2-epoch
+        784-256-10 fit's 25.8 MB); if that request is refused (a bad row, no room), x alone is
+        added, and the validation data then goes to a set of its own."""
+        both = self._with_validation(model)
+        if both is not None:
+            try:
+                yield model._add_data_call(self.keep, *both)  # type: ignore[arg-type]
+            except APIError:
+                pass
+            else:
+                self.validation_from = len(self.x)
+                return
+        yield from self._add_rows(model, self.keep, self.x, self.y)
+
+    def _with_validation(self, model: ModelCalls) -> tuple[Rows, Rows] | None:
+        """Gives the rows of (x, y) then those of the validation data, as they travel, if the
+        validation data is to be kept, is alike (dtypes, row shapes) and both fit one request."""
+        if self.validation is None or not self.keep_validation:
+            return None
+        x_val, y_val = self.validation
+        if len(self.x) + len(x_val) > model._request_rows(self.x, self.y):
+            return None
+        inputs = [model._inputs(self.x), model._inputs(x_val)]
+        targets = [model._tensor(self.y), model._tensor(y_val)]
+        if any(a.dtype != b.dtype or a.shape[1:] != b.shape[1:] for a, b in (inputs, targets)):
+            return None
+        return Rows(*inputs), Rows(*targets)
+
     def _keep_validation(self, model: ModelCalls) -> Plan:
-        """Adds the validation data to a data set of its own before the first epoch, so that each
-        epoch's last request evaluates it; if the server refuses it (no room, a bad row), it is
-        sent to each evaluation instead, which then fails as sending it fails."""
+        """Adds the validation data to a data set of its own before the first epoch (when it did
+        not go with the training rows), so that each epoch's last request evaluates it; if the
+        server refuses it (no room, a bad row), it is sent to each evaluation instead, which
+        then fails as sending it fails."""
         stored = f"{self.keep}-val"
         self.made.append(stored)
         try:
@@ -207,8 +243,11 @@ class FitLoop:
         for name, x, y in self.eval_sets():
             stored = self._stored(name)
             if stored is not None:
+                data, first = stored
                 ranges = self._ranges(model, x, y)
-                asked[name] = [(stored, None if len(ranges) == 1 else np.arange(start, stop)) for start, stop in ranges]
+                whole = len(ranges) == 1 and self.validation_from is None  # the set is these rows and no more
+                asked[name] = [(data, None if whole else np.arange(first + start, first + stop))
+                               for start, stop in ranges]
         return asked
 
     def _keeps(self) -> bool:
@@ -235,18 +274,22 @@ class FitLoop:
             if stored is None:
                 call = model._evaluate_call(x[start:stop], y[start:stop])
             else:
-                call = model._evaluate_data_call(stored, np.arange(start, stop))
+                data, first = stored
+                call = model._evaluate_data_call(data, np.arange(first + start, first + stop))
             parts.append((yield call))
         return Evaluation.combine(parts)
 
-    def _stored(self, name: str) -> str | None:
-        """Gives the data set whose row i is row i of the eval set `name`, if the server keeps it."""
+    def _stored(self, name: str) -> tuple[str, int] | None:
+        """Gives (the data set, its row that is row 0 of the eval set `name`; the rows after it
+        follow the eval set's), if the server keeps that eval set."""
         if self.keep is None:
             return None
         if name == "train":
-            return self.keep
+            return self.keep, 0
+        if self.validation_from is not None:
+            return self.keep, self.validation_from
         stored = f"{self.keep}-val"
-        return stored if self.keep_validation and stored in self.made else None
+        return (stored, 0) if self.keep_validation and stored in self.made else None
 
     @staticmethod
     def _ranges(model: ModelCalls, x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
@@ -262,7 +305,7 @@ class FitLoop:
     def _stop_keeping(self, model: ModelCalls) -> Plan:
         """From now on, sends the rows themselves; deletes what the server still keeps."""
         yield from self._forget(model, quietly=True)
-        self.keep = None
+        self.keep = self.validation_from = None
 
     def _forget(self, model: ModelCalls, quietly: bool = False, only: str | None = None) -> Plan:
         """Deletes the data sets the fit made (`only` that one), one already gone being deleted;

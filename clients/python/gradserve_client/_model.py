@@ -14,7 +14,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ._base import Call
-from ._codec import as_tensor, encode_frame
+from ._codec import Rows, as_tensor, encode_frame
 from ._exceptions import APIError, stream_failure
 from ._fit import FitLoop, History, Plan, request_rows
 from ._history import StepHistory
@@ -172,8 +172,11 @@ class ModelCalls:
                     params=None if keep is None else {"keep": keep}, read=_steps)
 
     def _add_data_call(self, name: str, x: Any, y: Any) -> Call:
+        """The call adding (x, y) to the data set `name`: arrays, or Rows of arrays already as they
+        travel (see _inputs)."""
+        inputs, targets = (x, y) if isinstance(x, Rows) else (self._inputs(x), self._tensor(y))
         # Not idempotent: a replay would add the rows twice.
-        return Call("POST", self._data_path(name), {"inputs": self._inputs(x), **self._objective(y, None)},
+        return Call("POST", self._data_path(name), {"inputs": inputs, "targets": targets},
                     read=lambda body: from_body(DataSetInfo, body))
 
     def _data_sets_call(self) -> Call:
