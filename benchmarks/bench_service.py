@@ -351,7 +351,9 @@ def run(args) -> list[tuple[str, str]]:
 
     def goal(what: str, value: float, target: float, unit: str = "") -> tuple[str, str]:
         met = value <= target if unit != "x" else value >= target
-        return what, f"{value:.2f}{unit} {'≤' if unit != 'x' else '≥'} {target:.2f}{unit}: {'met' if met else 'NOT met'}"
+        digits = 2 if round(value, 2) != round(target, 2) else 3  # a value at the line shows which side it is on
+        return what, (f"{value:.{digits}f}{unit} {'≤' if unit != 'x' else '≥'} {target:.{digits}f}{unit}: "
+                      f"{'met' if met else 'NOT met'}")
 
     rows.append(goal("goal: 32-32-1 list train_step round trip (ms) ≤ in-process + 1.5 × empty GET",
                      ms(t["tiny none"]), tiny + 1.5 * get))
