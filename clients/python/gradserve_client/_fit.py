@@ -216,11 +216,10 @@ class FitLoop:
         x_val, y_val = self.validation
         if len(self.x) + len(x_val) > model._request_rows(self.x, self.y):
             return None
-        inputs = [model._inputs(self.x), model._inputs(x_val)]
-        targets = [model._tensor(self.y), model._tensor(y_val)]
-        if any(a.dtype != b.dtype or a.shape[1:] != b.shape[1:] for a, b in (inputs, targets)):
+        try:
+            return Rows(model._inputs(self.x), model._inputs(x_val)), Rows(model._tensor(self.y), model._tensor(y_val))
+        except ValueError:  # not alike: Rows holds arrays of one dtype and row shape
             return None
-        return Rows(*inputs), Rows(*targets)
 
     def _keep_validation(self, model: ModelCalls) -> Plan:
         """Adds the validation data to a data set of its own before the first epoch (when it did
