@@ -23,6 +23,12 @@ buffer, which service/body.py takes as the body without a copy. What the request
 brought of the body goes through the parser; the rest is read by a BodyReader straight from the
 socket into the buffer (asyncio's buffered protocol: the kernel's copy is the only one), which
 then hands the connection back to the HTTP protocol with a parser at the next request's start.
+
+uvicorn writes a response's head (status line and headers) and its body in two writes: over
+loopback each write is a trip through the kernel's TCP stack, the receiver's side included, and
+wakes the client for a head without its body. A cycle's writes go through a HeldHead, which
+holds the head and sends it in one write with the body's first piece (or, should none follow
+in the same turn of the event loop, in the next turn on its own).
 """
 
 import asyncio
@@ -35,6 +41,7 @@ from service.tensor_object import HEADER
 
 BODY_READ_AHEAD = 1024 * 1024  # bytes of a request body buffered before the connection is paused
 WHOLE_BYTES = 256 * 1024  # bodies this large are read into one buffer (see the module)
+JOINED_BYTES = 64 * 1024  # a held head is joined to a body piece up to this size, written beside a larger one
 ALIGN = 64  # bytes: any dtype's alignment, and a cache line
 BODY_EXTENSION = "gradserve.body"
 
@@ -46,7 +53,58 @@ def aligned_buffer(size: int, aligned_at: int) -> memoryview:
     return memoryview(buffer)[start:start + size]
 
 
-class WholeBodyCycle(RequestResponseCycle):
+class HeldHead:
+    """A cycle's transport: the write after `hold()` (the response's head) is held and goes out
+    with the next write (the body's first piece), or on its own at the loop's next turn."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport, self.loop = transport, loop
+        self.holding, self.head = False, b""
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def write(self, data: bytes) -> None:
+        if self.holding:
+            self.holding, self.head = False, data
+            self.loop.call_soon(self.flush)
+        elif self.head:
+            head, self.head = self.head, b""
+            if len(data) <= JOINED_BYTES:
+                self.transport.write(head + data)
+            else:
+                self.transport.writelines((head, data))
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        self.holding = False
+        if self.head:
+            head, self.head = self.head, b""
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request cycle, its transport a HeldHead: the head held for the body's first write."""
+
+    transport: HeldHead
+
+    async def send(self, message) -> None:  # type: ignore[override]
+        if message["type"] == "http.response.start" and not self.response_started:
+            self.transport.hold()
+            try:
+                await super().send(message)
+            finally:
+                self.transport.holding = False  # a head refused (a bad header) holds nothing
+            return
+        await super().send(message)
+
+
+class WholeBodyCycle(OneWriteCycle):
     """uvicorn's request cycle for a body read into one buffer: `whole`, `filled` bytes of it
     so far, `given` of them handed to the app."""
 
@@ -116,8 +174,13 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         size, aligned_at = self._body_size()
         made = self.cycle is not None and self.cycle.scope is self.scope  # not an upgrade's
-        if made and size is not None and WHOLE_BYTES <= size <= self.max_body_bytes:
-            self.cycle.__class__ = WholeBodyCycle  # its task is made already: it runs on the same object
+        if not made:
+            return
+        # its task is made already, but not started: it runs on the same object, of its new class
+        self.cycle.__class__ = OneWriteCycle
+        self.cycle.transport = HeldHead(self.transport, self.loop)
+        if size is not None and WHOLE_BYTES <= size <= self.max_body_bytes:
+            self.cycle.__class__ = WholeBodyCycle
             self.cycle.whole = aligned_buffer(size, aligned_at if aligned_at is not None and aligned_at <= size else 0)
             self.scope.setdefault("extensions", {})[BODY_EXTENSION] = self.cycle.whole
 

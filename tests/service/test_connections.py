@@ -313,3 +313,69 @@ def test_a_large_body_sent_after_100_continue_is_read_whole(make_live):
     (status, answer), = answers_of(sock, 1)
     sock.close()
     assert status == 200 and answer["step"] == 1
+
+
+class RecordedTransport:
+    """A transport that notes the bytes of each write (write or writelines) it passes on."""
+
+    def __init__(self, transport, writes: list[bytes]):
+        self.transport, self.writes = transport, writes
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def writelines(self, pieces):
+        pieces = list(pieces)
+        self.writes.append(b"".join(pieces))
+        self.transport.writelines(pieces)
+
+
+def chunked_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Reads one chunked HTTP answer off `sock`: (head, the body's chunks as they came, framing included)."""
+    received = b""
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection: {received[-300:]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_an_answer_leaves_in_one_write_its_head_with_its_body(make_live, monkeypatch):
+    """service/protocol.py holds an answer's head for its body's first write: one write for a small
+    answer, one (two pieces) for a large one; a streamed answer whose first piece comes later
+    (the history's CSV, read off the loop) has its head written on its own, then its pieces."""
+    from service.protocol import JOINED_BYTES, HeldHead
+
+    writes: list[bytes] = []
+    made = HeldHead.__init__
+    monkeypatch.setattr(HeldHead, "__init__", lambda self, transport, loop: made(
+        self, RecordedTransport(transport, writes), loop))
+    url = make_live()
+    wide = {**MLP, "layers": [{"type": "linear", "in_features": 512, "out_features": 64}, {"type": "relu"},
+                              {"type": "linear", "in_features": 64, "out_features": 3}]}
+    info = create(httpx.Client(base_url=url), wide)
+    sock = raw_connection(url)
+    step = orjson.dumps({"inputs": tensor(np.ones((2, 512))), "targets": tensor(np.array([0, 1]))})
+    for request in (f"POST /v1/models/{info['id']}/train_step HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(step)}\r\n\r\n".encode() + step,
+                    f"GET /v1/models/{info['id']}/parameters HTTP/1.1\r\nHost: t\r\n\r\n".encode()):
+        writes.clear()
+        sock.sendall(request)
+        (status, answer), = answers_of(sock, 1)
+        assert status == 200, answer
+        assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n"), [w[:100] for w in writes]
+        assert orjson.loads(writes[0].partition(b"\r\n\r\n")[2]) == answer
+    assert len(writes[0]) > JOINED_BYTES  # the parameters: a large answer, written beside its head
+
+    writes.clear()
+    sock.sendall(f"GET /v1/models/{info['id']}/history?format=csv HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head, body = chunked_answer(sock)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head.lower()
+    assert writes[0] == head + b"\r\n\r\n" and b"".join(writes[1:]) == body  # its head first, on its own
+    assert b"\n1," in body  # step 1's row
