@@ -27,8 +27,9 @@ then hands the connection back to the HTTP protocol with a parser at the next re
 uvicorn writes a response's head (status line and headers) and its body in two writes: over
 loopback each write is a trip through the kernel's TCP stack, the receiver's side included, and
 wakes the client for a head without its body. A cycle's writes go through a HeldHead, which
-holds the head and sends it in one write with the body's first piece (or, should none follow
-in the same turn of the event loop, in the next turn on its own).
+holds the head and sends it in one write with the body's first piece (or on its own when no
+body write follows: a HEAD request's answer, or a stream whose first piece takes longer than
+the event loop's turn).
 """
 
 import asyncio
@@ -55,7 +56,9 @@ def aligned_buffer(size: int, aligned_at: int) -> memoryview:
 
 class HeldHead:
     """A cycle's transport: the write after `hold()` (the response's head) is held and goes out
-    with the next write (the body's first piece), or on its own at the loop's next turn."""
+    with the next write (the body's first piece), or on its own: at the answer's end or the
+    connection's close (a HEAD request's answer writes no body), or at the loop's next turn (a
+    streamed answer whose first piece is not ready)."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self.transport, self.loop = transport, loop
@@ -87,6 +90,10 @@ class HeldHead:
             if not self.transport.is_closing():
                 self.transport.write(head)
 
+    def close(self) -> None:
+        self.flush()  # the answer to a HEAD request closing its connection: a head and no body write
+        self.transport.close()
+
 
 class OneWriteCycle(RequestResponseCycle):
     """uvicorn's request cycle, its transport a HeldHead: the head held for the body's first write."""
@@ -102,6 +109,7 @@ class OneWriteCycle(RequestResponseCycle):
                 self.transport.holding = False  # a head refused (a bad header) holds nothing
             return
         await super().send(message)
+        self.transport.flush()  # a head still held (a HEAD request's: its body is not written) goes now
 
 
 class WholeBodyCycle(OneWriteCycle):

@@ -379,3 +379,27 @@ def test_an_answer_leaves_in_one_write_its_head_with_its_body(make_live, monkeyp
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head.lower()
     assert writes[0] == head + b"\r\n\r\n" and b"".join(writes[1:]) == body  # its head first, on its own
     assert b"\n1," in body  # step 1's row
+
+
+def test_an_answer_whose_head_is_held_arrives_when_no_body_write_follows(make_live):
+    """A HEAD request's answer writes its head and no body: the held head goes at the answer's end,
+    before the connection closes (Connection: close) or the next answer on it."""
+    url = make_live()
+    sock = raw_connection(url)
+    sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n"), received  # GET only
+
+    sock = raw_connection(url)
+    sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    received = b""
+    while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    sock.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and rest.startswith(b"HTTP/1.1 200 OK\r\n"), received
