@@ -60,8 +60,8 @@ class HeldHead:
     connection's close (a HEAD request's answer writes no body), or at the loop's next turn (a
     streamed answer whose first piece is not ready)."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
-        self.transport, self.loop = transport, loop
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, cycle: RequestResponseCycle):
+        self.transport, self.loop, self.cycle = transport, loop, cycle
         self.holding, self.head = False, b""
 
     def __getattr__(self, name: str):
@@ -87,7 +87,9 @@ class HeldHead:
         self.holding = False
         if self.head:
             head, self.head = self.head, b""
-            if not self.transport.is_closing():
+            # as uvicorn's own writes: whenever the connection is not lost, even if it closes (what
+            # the transport still takes, it sends: a body written after its head never goes alone)
+            if not self.cycle.disconnected:
                 self.transport.write(head)
 
     def close(self) -> None:
@@ -186,7 +188,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             return
         # its task is made already, but not started: it runs on the same object, of its new class
         self.cycle.__class__ = OneWriteCycle
-        self.cycle.transport = HeldHead(self.transport, self.loop)
+        self.cycle.transport = HeldHead(self.transport, self.loop, self.cycle)
         if size is not None and WHOLE_BYTES <= size <= self.max_body_bytes:
             self.cycle.__class__ = WholeBodyCycle
             self.cycle.whole = aligned_buffer(size, aligned_at if aligned_at is not None and aligned_at <= size else 0)

@@ -353,8 +353,8 @@ def test_an_answer_leaves_in_one_write_its_head_with_its_body(make_live, monkeyp
 
     writes: list[bytes] = []
     made = HeldHead.__init__
-    monkeypatch.setattr(HeldHead, "__init__", lambda self, transport, loop: made(
-        self, RecordedTransport(transport, writes), loop))
+    monkeypatch.setattr(HeldHead, "__init__", lambda self, transport, loop, cycle: made(
+        self, RecordedTransport(transport, writes), loop, cycle))
     url = make_live()
     wide = {**MLP, "layers": [{"type": "linear", "in_features": 512, "out_features": 64}, {"type": "relu"},
                               {"type": "linear", "in_features": 64, "out_features": 3}]}
@@ -403,3 +403,46 @@ def test_an_answer_whose_head_is_held_arrives_when_no_body_write_follows(make_li
     sock.close()
     head, _, rest = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 405 ") and rest.startswith(b"HTTP/1.1 200 OK\r\n"), received
+
+
+def test_a_held_head_goes_out_whenever_its_body_does_even_on_a_closing_connection():
+    """A connection closed (a client's FIN) while an earlier answer is still buffered takes writes
+    until that buffer drains: a head held then, and its body written after, both go out, in order."""
+    import asyncio
+    import types
+
+    import uvloop
+
+    from service.protocol import HeldHead
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+
+        class Answering(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(b"A" * 8_000_000)  # an answer the client has not read yet
+                held = HeldHead(transport, loop, types.SimpleNamespace(disconnected=False))
+                held.hold()
+                held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+                transport.close()
+                loop.call_later(0.01, held.write, b"BODY")  # after the held head's own turn has passed
+
+        server = await loop.create_server(Answering, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def read_all() -> bytes:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            time.sleep(0.3)
+            received = b""
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+            sock.close()
+            return received
+
+        try:
+            return await loop.run_in_executor(None, read_all)
+        finally:
+            server.close()
+
+    received = uvloop.run(main())
+    assert received == b"A" * 8_000_000 + b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nBODY", received[8_000_000:]
