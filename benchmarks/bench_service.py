@@ -3,18 +3,19 @@
     .venv/bin/python benchmarks/bench_service.py            # print the table
     .venv/bin/python benchmarks/bench_service.py --write    # and put it in benchmarks/RESULTS.md
 
-Measures, interleaved in rounds: a 784-256-10 (Adam, batch 256) train step in-process with core, over
-HTTP in list form and in binary form (durability "none" and the default "step", which
+Measures, interleaved in rounds: a 784-256-10 (Adam, batch 256) train step in-process with core,
+over HTTP in list form and in binary form (durability "none" and the default "step", which
 fsyncs a checkpoint before answering); a 32-32-1 MSE train step's round trip (p50/p99) and an
 empty GET /healthz on the same server (and the two, with the in-process step, in runs of 10
-without pauses); the list-form decode of a (256, 784) tensor; the same
-request bytes POSTed to a bare app on the same uvicorn stack (uvloop, httptools) that only
-answers their length; the 784-256-10 fit's 25.8 MB of rows added to a data set, POSTed to the
-bare app and sent through a plain loopback socket (what the bytes cost without HTTP). Then the
-Python client's `fit` (2 epochs, with its evaluation passes;
+without pauses), and the same step through the Python client (binary form); the list-form decode
+of a (256, 784) tensor; the same request bytes POSTed to a bare app on the same uvicorn stack
+(uvloop, httptools) that only answers their length; the 784-256-10 fit's 25.8 MB of rows added
+to a data set, POSTed to the bare app and sent through a plain loopback socket (what the bytes
+cost without HTTP). Then the Python client's `fit` (2 epochs, with its evaluation passes;
 784-256-10 also over 5) against the same work in-process: the client's fit keeps the first
-epoch's rows on the server, so they cross the wire once. Servers run as separate processes (`python -m service.cli
-serve`); the round trips use http.client on keep-alive connections, fit the gradserve client.
+epoch's rows on the server, so they cross the wire once. Servers run as separate processes
+(`python -m service.cli serve`); the round trips use http.client on keep-alive connections
+(but the one row named the Python client's), fit the gradserve client.
 """
 
 import argparse
@@ -306,6 +307,8 @@ def run(args) -> list[tuple[str, str]]:
             })
             if durability == "none":
                 measures["empty GET"] = (partial(call, http_, "GET", "/healthz"), 10)
+                client = stack.enter_context(Client(server.url)).model("tiny")
+                measures["tiny client"] = (partial(client.train_step, tx, ty), 10)
                 measures["add rows"] = (partial(add_and_drop, http_, rows_body, rows_headers), 1)
         t = interleaved(measures, args.n, args.settle)
         steady = back_to_back({name: measures[name] for name in STEADY}, cycles=200)
@@ -333,6 +336,8 @@ def run(args) -> list[tuple[str, str]]:
                      f"{ms(t[f'list {durability}']):.2f} ms"))
         rows.append((f"32-32-1 train step round trip, list form, durability={durability} (p50 / p99)",
                      f"{ms(t[f'tiny {durability}']):.3f} / {ms(t[f'tiny {durability}'], 0.99):.3f} ms"))
+    rows.append(("32-32-1 train step round trip, the Python client (binary form), durability=none",
+                 f"{ms(t['tiny client']):.3f} ms"))
     b_step, b_rt, b_get = (ms(steady[name]) for name in STEADY)
     rows.append(("32-32-1 without pauses, in runs of 10 (200 cycles): in-process step, round trip, empty GET, "
                  "and (round trip − step) / GET",
