@@ -33,6 +33,7 @@ the event loop's turn).
 """
 
 import asyncio
+import weakref
 
 import httptools
 import numpy as np
@@ -61,7 +62,10 @@ class HeldHead:
     streamed answer whose first piece is not ready)."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, cycle: RequestResponseCycle):
-        self.transport, self.loop, self.cycle = transport, loop, cycle
+        # the cycle by a weak reference: one back to the cycle that holds this would make the two a
+        # cycle for the garbage collector, and keep a large body's buffer until it runs (the next
+        # such body then paged in afresh: a 29 MB upload 17 -> 80 ms)
+        self.transport, self.loop, self.cycle = transport, loop, weakref.ref(cycle)
         self.holding, self.head = False, b""
 
     def __getattr__(self, name: str):
@@ -89,7 +93,8 @@ class HeldHead:
             head, self.head = self.head, b""
             # as uvicorn's own writes: whenever the connection is not lost, even if it closes (what
             # the transport still takes, it sends: a body written after its head never goes alone)
-            if not self.cycle.disconnected:
+            cycle = self.cycle()
+            if cycle is not None and not cycle.disconnected:
                 self.transport.write(head)
 
     def close(self) -> None:
