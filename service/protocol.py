@@ -191,11 +191,11 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         made = self.cycle is not None and self.cycle.scope is self.scope  # not an upgrade's
         if not made:
             return
+        whole = size is not None and WHOLE_BYTES <= size <= self.max_body_bytes
         # its task is made already, but not started: it runs on the same object, of its new class
-        self.cycle.__class__ = OneWriteCycle
+        self.cycle.__class__ = WholeBodyCycle if whole else OneWriteCycle
         self.cycle.transport = HeldHead(self.transport, self.loop, self.cycle)
-        if size is not None and WHOLE_BYTES <= size <= self.max_body_bytes:
-            self.cycle.__class__ = WholeBodyCycle
+        if whole:
             self.cycle.whole = aligned_buffer(size, aligned_at if aligned_at is not None and aligned_at <= size else 0)
             self.scope.setdefault("extensions", {})[BODY_EXTENSION] = self.cycle.whole
 

@@ -6,7 +6,6 @@ safe to replay, how to read the answer); the two clients only differ in how they
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import socket
@@ -30,7 +29,8 @@ DEFAULT_MAX_RETRIES = 2
 SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 # URLs joined to the base URL, kept by path: httpx parses a URL anew for every join (~20 us),
-# and a model's calls go to a few paths over and over.
+# and a model's calls go to a few paths over and over. A plain dict, not an lru_cache of a bound
+# method, which would make each client a reference cycle.
 URLS_KEPT = 1024
 
 # Nothing reached the server: replaying any request is safe.
@@ -89,10 +89,15 @@ class BaseClient:
             raise ValueError(f"Invalid max_retries: {max_retries}")
         self.max_retries = max_retries
         self.binary = binary
-        self._url = functools.lru_cache(maxsize=URLS_KEPT)(self._join)
+        self._urls: dict[str, httpx.URL] = {}
 
-    def _join(self, path: str) -> httpx.URL:
-        return self.base_url.join(path.lstrip("/"))
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= URLS_KEPT:
+                self._urls.clear()
+            url = self._urls[path] = self.base_url.join(path.lstrip("/"))
+        return url
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"gradserve-client/{__version__}", "Accept": "application/json"}
