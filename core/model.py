@@ -22,8 +22,10 @@ from .errors import InputError, NonFiniteGradientError, NonFiniteUpdateError, No
 from .layers import Layer, ShapeError, build, output_shape, pack, walk
 from .layers.norm import BatchNorm
 from .layers.shape import Dropout
-from .numerics import quiet_overflow, squared_norm
+from .numerics import quiet_overflow, squared_norm, zero
 from .optim import Optimizer, lr_problem
+
+SHAPES_KEPT = 64  # output shapes remembered per model, by input shape (a batch size each, mostly)
 
 
 @dataclass
@@ -126,6 +128,8 @@ class Model:
         self.step_count = 0
         self.accumulated = 0
         self._has_batchnorm = any(isinstance(layer, BatchNorm) for layer in walk(self.layers))
+        self._with_grads = [layer for layer in walk(self.layers) if layer.grads]
+        self._output_shapes: dict[tuple, tuple[int, ...]] = {}  # by input shape: the layers never change
         self.history = _History()
 
     # ---- construction ------------------------------------------------------------------
@@ -223,11 +227,19 @@ class Model:
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Return the shape forward gives for inputs of `input_shape`."""
+        input_shape = tuple(input_shape)
+        known = self._output_shapes.get(input_shape)
+        if known is not None:
+            return known
         try:
-            return output_shape(self.spec["layers"], tuple(input_shape))
+            known = output_shape(self.spec["layers"], input_shape)
         except ShapeError as e:
             # Only reachable for sizes known at run time only (a flattened sequence, an image).
-            raise InputError.at(["inputs"], e.at_run_time(tuple(input_shape))) from None
+            raise InputError.at(["inputs"], e.at_run_time(input_shape)) from None
+        if len(self._output_shapes) >= SHAPES_KEPT:
+            self._output_shapes.clear()
+        self._output_shapes[input_shape] = known
+        return known
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -523,8 +535,14 @@ class Model:
         return history.last_step
 
     def zero_grad(self) -> None:
-        for layer in self.layers:
-            layer.zero_grad()
+        packed = self.optimizer.packed_grads
+        if packed is not None:  # every gradient is a view of it: one memset instead of one per parameter
+            zero(packed)
+            for layer in self._with_grads:
+                layer.grads_zeroed()
+        else:
+            for layer in self.layers:
+                layer.zero_grad()
         self.accumulated = 0
         self.history.loss_sum, self.history.losses = 0.0, 0
 
@@ -585,7 +603,7 @@ def _checked_lr(lr):
 
 def _finite(a: np.ndarray, field: str) -> np.ndarray:
     """Return `a`, or raise InputError at `field` if it holds NaN or Inf."""
-    if not np.isfinite(a).all():
+    if not np.logical_and.reduce(np.isfinite(a), axis=None):  # all(), without its Python wrapper
         raise InputError.at([field], f"{field} hold non-finite values (NaN or Inf)")
     return a
 

@@ -221,6 +221,7 @@ class Optimizer:
         # operation for them all, instead of one per parameter (call overhead was most of a
         # small model's step); the state and scratch are packed the same way.
         self._packed = None if self._parallel else _packed(params, grads)
+        self._largest = float(np.finfo(next(iter(params.values())).dtype).max) if params else math.inf
         if self._packed is not None:
             flat = self._packed[0]
             self._flat_scratch = (np.empty_like(flat), np.empty_like(flat))
@@ -228,6 +229,11 @@ class Optimizer:
                              for name, part in self._packed[2].items()}
             self._flat_states: dict[str, np.ndarray] = {}
             self._state_views: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def packed_grads(self) -> np.ndarray | None:
+        """Gives the one buffer every gradient is a view of, when the step runs on packed buffers."""
+        return None if self._packed is None else self._packed[1]
 
     @property
     def lr(self) -> float:
@@ -250,8 +256,11 @@ class Optimizer:
         Both give the same bits.
         """
         flat = {name: g.reshape(-1) for name, g in self.grads.items()}
-        grad_sq = _sum_by_name(
-            self._jobs, _run(lambda job: squared_norm(flat[job[0]][job[1]]), self._jobs, self._parallel))
+        if self._parallel:
+            grad_sq = _sum_by_name(
+                self._jobs, _run(lambda job: squared_norm(flat[job[0]][job[1]]), self._jobs, self._parallel))
+        else:  # a job per parameter, the whole of it (as _jobs has them): its norm, without the job's machinery
+            grad_sq = {name: squared_norm(g) for name, g in flat.items() if g.size}
         grad_norm = math.sqrt(sum(grad_sq.values()))
         if not math.isfinite(grad_norm):
             bad = [name for name, sq in grad_sq.items() if not math.isfinite(sq)]
@@ -261,7 +270,7 @@ class Optimizer:
         slots = state_slots(self.hp)
         steps = {name: int(self.state[name].get("step", 0)) + 1 for name in self.params}
         decay = decay_factor(self.hp)
-        largest = float(np.finfo(next(iter(self.params.values())).dtype).max) if self.params else math.inf
+        largest = self._largest
         if careful is None:
             careful = not self._surely_finite(grad_sq, decay, largest, steps)
 

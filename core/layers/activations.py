@@ -35,7 +35,7 @@ class ReLU(Layer):
         # A unit is dead when it is zero for every example of the batch (a feature map's
         # channel, (N, C, H, W), when it is zero at every position too).
         units = 1 if y.ndim == 4 else y.ndim - 1
-        alive = (y > 0).any(axis=tuple(a for a in range(y.ndim) if a != units))
+        alive = np.logical_or.reduce(y > 0, axis=tuple(a for a in range(y.ndim) if a != units))  # any(), unwrapped
         # The count over the size is alive.mean()'s float64 quotient, without its call overhead.
         return {"dead_fraction": float(1.0 - np.count_nonzero(alive) / alive.size)}
 
