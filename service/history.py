@@ -21,6 +21,7 @@ import io
 import math
 import sqlite3
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def flatten(record: dict) -> dict[str, float | None]:
     return flat
 
 
+def _layout(record: dict) -> tuple:
+    """Gives what decides a record's flat column names: its parameters' and activations' names
+    and statistics, in order (the same from step to step of one model, nearly always)."""
+    return tuple((name, tuple(stats)) for group in GROUPS for name, stats in record[group].items())
+
+
+def _values(record: dict, now: float) -> list[float | None]:
+    """Gives a record's values in the order of flatten's names, `now` as its time."""
+    values = [now, *(record[name] for name in TOP[1:])]
+    for group in GROUPS:
+        for stats in record[group].values():
+            values += stats.values()
+    return values
+
+
 class History:
     """The records of one model, in its own SQLite file. Its owner calls it one request at a
     time (under the model's lock); reads go through a Snapshot, outside the lock."""
@@ -72,6 +88,7 @@ class History:
             raise
         self._position = {name: i for i, name in enumerate(self.columns)}
         self._new_columns: list[str] = []
+        self._layouts: dict[tuple, tuple[list[int], bool]] = {}  # _layout -> (column positions, in order)
         self._buffer: list[tuple[int, bytes, str]] = []
         self.last: dict = {"loss": None, "flags": []}
         if last is not None:
@@ -80,17 +97,26 @@ class History:
 
     def append(self, record: dict) -> None:
         """Buffers the record of a step just taken; writes the buffer once it holds BUFFERED."""
-        flat = flatten({**record, "time": time.time()})
-        for name in flat:
-            if name not in self._position:
-                self._position[name] = len(self.columns)
-                self.columns.append(name)
-                self._new_columns.append(name)
-        values = np.full(len(self.columns), np.nan)
-        for name, value in flat.items():
-            if value is not None:
-                values[self._position[name]] = value
-        self._buffer.append((record["step"], values.tobytes(), " ".join(record["flags"])))
+        now, layout = time.time(), _layout(record)
+        known = self._layouts.get(layout)
+        if known is None:  # a record of new names: its columns found (or added) once
+            names = list(flatten({**record, "time": now}))
+            for name in names:
+                if name not in self._position:
+                    self._position[name] = len(self.columns)
+                    self.columns.append(name)
+                    self._new_columns.append(name)
+            positions = [self._position[name] for name in names]
+            known = self._layouts[layout] = positions, positions == list(range(len(positions)))
+        positions, in_order = known
+        values = [math.nan if value is None else value for value in _values(record, now)]
+        if in_order and len(positions) == len(self.columns):  # every column, in order: the common case
+            blob = array("d", values).tobytes()
+        else:
+            row = np.full(len(self.columns), np.nan)
+            row[positions] = values
+            blob = row.tobytes()
+        self._buffer.append((record["step"], blob, " ".join(record["flags"])))
         self.last = {"loss": _none(record["loss"]), "flags": record["flags"]}
         if len(self._buffer) >= BUFFERED:
             self.flush()
