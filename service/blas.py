@@ -10,8 +10,6 @@ cores. benchmarks/bench_blas_threads.py measures the three policies side by side
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy  # noqa: F401 (loads the BLAS: a controller made before it finds none, and would never limit it)
 from threadpoolctl import ThreadpoolController
@@ -54,14 +52,16 @@ class BlasPolicy:
             described += f"; the kernels set by OPENBLAS_CORETYPE={coretype} (unset, OpenBLAS picks this CPU's)"
         return described
 
-    @contextmanager
-    def computing(self) -> Iterator[None]:
-        """Runs the block as one computing request."""
+    def computing(self) -> "BlasPolicy":
+        """Gives a context that runs its block as one computing request (the policy itself:
+        a generator's context cost 2.2 us a request, the policy's own methods 0.9)."""
+        return self
+
+    def __enter__(self) -> None:
         self._change(+1)
-        try:
-            yield
-        finally:
-            self._change(-1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._change(-1)
 
     def _change(self, delta: int) -> None:
         with self._lock:
