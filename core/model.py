@@ -128,6 +128,7 @@ class Model:
         self.step_count = 0
         self.accumulated = 0
         self._has_batchnorm = any(isinstance(layer, BatchNorm) for layer in walk(self.layers))
+        self._draws = any(isinstance(layer, Dropout) for layer in walk(self.layers))  # the only layer that uses rng
         self._with_grads = [layer for layer in walk(self.layers) if layer.grads]
         self._output_shapes: dict[tuple, tuple[int, ...]] = {}  # by input shape: the layers never change
         self.history = _History()
@@ -381,14 +382,17 @@ class Model:
         # A refused step must leave the model as it was: the batch's forward moved batchnorm's
         # running statistics, the dropout generator and the diagnostics of the last batch.
         buffers = {name: b.copy() for name, b in self._buffers.items()}
-        rng_state, activations = self.rng.bit_generator.state, self.history.activations
+        rng_state = self.rng.bit_generator.state if self._draws else None
+        activations = self.history.activations
         loss = self.train_batch(x, targets).loss
         try:
             return TrainStepResult(**vars(self.step(lr)), loss=loss)  # its fields are scalars: no asdict's deep copy
         except (NonFiniteGradientError, NonFiniteUpdateError):
             for name, saved in buffers.items():
                 np.copyto(self._buffers[name], saved)
-            self.rng.bit_generator.state, self.history.activations = rng_state, activations
+            if rng_state is not None:
+                self.rng.bit_generator.state = rng_state
+            self.history.activations = activations
             raise
 
     # ---- data parallel: a batch in shards, each computed on a replica -------------------
