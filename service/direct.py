@@ -87,6 +87,9 @@ class Direct:
     def __init__(self, app: ASGIApp, fastapi: FastAPI):
         self.app, self.fastapi = app, fastapi
         self.routes: dict[tuple[str, str, int], list[_Route]] | None = None  # read once the routes are all included
+        # (method, prefix, path after the id) -> the route that took it, for paths without parameters:
+        # as many as there are such routes, since only a path a route took is kept
+        self.literal: dict[tuple[str, str, str], _Route] = {}
         self.path = re.compile(f"^(/v[12]/models/)({ID_PATTERN})/([A-Za-z0-9_/-]+)$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,10 +98,15 @@ class Direct:
             if self.routes is None:
                 self.routes = direct_routes(self.fastapi)
             prefix, model_id, rest = found.groups()
+            literal = self.literal.get((scope["method"], prefix, rest))
+            if literal is not None:
+                return await self._answer(literal, model_id, {}, scope, receive, send)
             segments = rest.split("/")
             for direct in self.routes.get((scope["method"], prefix, len(segments)), ()):
                 parameters = direct.parameters(segments)
                 if parameters is not None:
+                    if not parameters:  # a path of the route's own segments only: found at once next time
+                        self.literal[(scope["method"], prefix, rest)] = direct
                     return await self._answer(direct, model_id, parameters, scope, receive, send)
         await self.app(scope, receive, send)
 

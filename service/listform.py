@@ -92,6 +92,8 @@ def _brackets(text) -> int:
     """Gives how many '[' the text holds, counted a cache-sized piece at a time (numpy compares
     them a vector at a time: 4 us for 21 KB where bytes.count takes 11, 0.3 ms for 4 MB against 1.9)."""
     octets = np.frombuffer(text, np.uint8)
+    if len(octets) <= COUNT_BYTES:
+        return int(np.count_nonzero(octets == OPEN))
     return sum(int(np.count_nonzero(octets[at:at + COUNT_BYTES] == OPEN)) for at in range(0, len(octets), COUNT_BYTES))
 
 
