@@ -34,4 +34,12 @@ async def authenticate(
     return owner_id(token.decode())
 
 
+async def caller(request: Request) -> str | None:
+    """Gives `authenticate`'s answer for a request taken outside FastAPI's dependencies
+    (service/direct.py), reading the Authorization header only when the server has keys."""
+    if not request.app.state.settings.api_keys:
+        return None
+    return await authenticate(request, await bearer(request))
+
+
 OwnerDep = Annotated[str | None, Depends(authenticate)]

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core import ID_PATTERN, ID_RE
-from service.auth import authenticate, bearer
+from service.auth import caller
 from service.errors import error_for
 
 ID_PARAMETER = f"^{ID_PATTERN}$"  # the pattern a path parameter Direct takes is declared with
@@ -116,7 +116,7 @@ class Direct:
         scope["path_params"] = {"model_id": model_id, **parameters}
         request = Request(scope, receive, send)
         try:
-            owner = await authenticate(request, await bearer(request))
+            owner = await caller(request)
             call = await direct.resolve(model_id, request, owner)
             response = await direct.endpoint(**{direct.call: call}, **parameters)
         except Exception as exc:
