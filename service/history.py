@@ -40,29 +40,29 @@ CREATE TABLE IF NOT EXISTS steps (step INTEGER PRIMARY KEY, record BLOB NOT NULL
 """
 
 
-def flatten(record: dict) -> dict[str, float | None]:
-    """Gives a step record (core's Model.step_record, with `time`) as {flat column name: value}."""
-    flat = {name: record[name] for name in TOP}
+def _names(record: dict) -> list[str]:
+    """Gives a step record's (core's Model.step_record) flat column names, as the CSV header
+    has them: TOP, then `<group>.<name>.<statistic>`; _values gives the values in this order."""
+    names = list(TOP)
     for group in GROUPS:
         for name, stats in record[group].items():
-            for statistic, value in stats.items():
-                flat[f"{group}.{name}.{statistic}"] = value
-    return flat
+            names += (f"{group}.{name}.{statistic}" for statistic in stats)
+    return names
+
+
+def _values(record: dict, now: float) -> list[float | None]:
+    """Gives a record's values in the order of _names, `now` as its time."""
+    values = [now, *(record[name] for name in TOP[1:])]
+    for group in GROUPS:
+        for stats in record[group].values():
+            values += stats.values()
+    return values
 
 
 def _layout(record: dict) -> tuple:
     """Gives what decides a record's flat column names: its parameters' and activations' names
     and statistics, in order (the same from step to step of one model, nearly always)."""
     return tuple((name, tuple(stats)) for group in GROUPS for name, stats in record[group].items())
-
-
-def _values(record: dict, now: float) -> list[float | None]:
-    """Gives a record's values in the order of flatten's names, `now` as its time."""
-    values = [now, *(record[name] for name in TOP[1:])]
-    for group in GROUPS:
-        for stats in record[group].values():
-            values += stats.values()
-    return values
 
 
 class History:
@@ -100,7 +100,7 @@ class History:
         now, layout = time.time(), _layout(record)
         known = self._layouts.get(layout)
         if known is None:  # a record of new names: its columns found (or added) once
-            names = list(flatten({**record, "time": now}))
+            names = _names(record)
             for name in names:
                 if name not in self._position:
                     self._position[name] = len(self.columns)

@@ -90,7 +90,8 @@ def loads(json_part) -> dict | None:
 
 def _brackets(text) -> int:
     """Gives how many '[' the text holds, counted a cache-sized piece at a time (numpy compares
-    them a vector at a time: 4 us for 21 KB where bytes.count takes 11, 0.3 ms for 4 MB against 1.9)."""
+    them a vector at a time: 0.3 ms for 4 MB where bytes.count takes 1.9; ~10 us either way for
+    a 21 KB body inside a request)."""
     octets = np.frombuffer(text, np.uint8)
     if len(octets) <= COUNT_BYTES:
         return int(np.count_nonzero(octets == OPEN))
