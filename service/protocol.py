@@ -46,6 +46,7 @@ WHOLE_BYTES = 256 * 1024  # bodies this large are read into one buffer (see the 
 JOINED_BYTES = 64 * 1024  # a held head is joined to a body piece up to this size, written beside a larger one
 ALIGN = 64  # bytes: any dtype's alignment, and a cache line
 BODY_EXTENSION = "gradserve.body"
+NO_BODY = memoryview(b"")  # a released cycle's body
 
 
 def aligned_buffer(size: int, aligned_at: int) -> memoryview:
@@ -125,6 +126,19 @@ class WholeBodyCycle(OneWriteCycle):
 
     whole: memoryview
     filled = given = 0
+
+    async def send(self, message) -> None:  # type: ignore[override]
+        await super().send(message)
+        if self.response_complete and self.filled == len(self.whole):
+            self.release()
+
+    def release(self) -> None:
+        """Drops the cycle's references to its body, once its answer is sent and its body is in:
+        the app's views of the body keep what they still use, and the protocol, which keeps its
+        last cycle until the connection's next request, keeps nothing of it (a 29 MB upload's
+        pages held until the next such body, which then paged in fresh memory: 17 -> 90 ms)."""
+        self.whole = NO_BODY
+        self.scope.get("extensions", {}).pop(BODY_EXTENSION, None)
 
     async def receive(self):  # type: ignore[override]
         # uvicorn's own receive, the body a view of the buffer instead of a copy of a bytearray
@@ -222,6 +236,8 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets it
         self.transport.set_protocol(self)
         self.on_message_complete()
+        if self.cycle.response_complete:  # answered before its body was in (a 404, say)
+            self.cycle.release()
 
     def on_body(self, body: bytes) -> None:
         # uvicorn's own on_body, with BODY_READ_AHEAD for its 64 KiB HIGH_WATER_LIMIT

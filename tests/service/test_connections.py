@@ -474,3 +474,37 @@ def test_a_request_cycle_is_freed_with_its_last_reference_not_by_the_garbage_col
         assert wait_for(lambda: sum(issubclass(type(o), OneWriteCycle) for o in gc.get_objects()) == 0, 5)
     finally:
         gc.enable()
+
+
+def test_a_large_bodys_buffer_is_freed_once_its_answer_is_sent(make_live, monkeypatch):
+    """A large body's buffer lives as long as its request, not until the connection's next
+    request: after the answer, with the keep-alive connection idle, nothing holds it (it held a
+    29 MB upload's pages until the next such body, which then paged in fresh memory)."""
+    import weakref
+
+    import service.protocol
+
+    buffers = []
+    aligned_buffer = service.protocol.aligned_buffer
+
+    def recorded(size: int, aligned_at: int) -> memoryview:
+        whole = aligned_buffer(size, aligned_at)
+        buffers.append(weakref.ref(whole.obj))  # the numpy array every view of the body keeps
+        return whole
+
+    monkeypatch.setattr(service.protocol, "aligned_buffer", recorded)
+    url = make_live()
+    info = create(httpx.Client(base_url=url), WIDE)
+    x, y = np.ones((600, 512), np.float32), np.zeros(600)  # 1.2 MB: read into one buffer
+    head, body = binary_train_step(info["id"], x, y)
+    sock = raw_connection(url)
+    sock.settimeout(30)
+    for _ in range(2):
+        sock.sendall(head + body)
+        assert answers_of(sock, 1)[0][0] == 200
+        # well within uvicorn's 5 s keep-alive: its close would free the buffer too
+        assert wait_for(lambda: buffers[-1]() is None, 2), "the answered request's body is still held"
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert answers_of(sock, 1)[0][0] == 200  # the connection goes on
+    sock.close()
+    assert len(buffers) == 2
