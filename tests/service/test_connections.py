@@ -504,7 +504,12 @@ def test_a_large_bodys_buffer_is_freed_once_its_answer_is_sent(make_live, monkey
         assert answers_of(sock, 1)[0][0] == 200
         # well within uvicorn's 5 s keep-alive: its close would free the buffer too
         assert wait_for(lambda: buffers[-1]() is None, 2), "the answered request's body is still held"
+    head, body = binary_train_step("no-such-model", x, y)  # answered (404) before its body is in
+    sock.sendall(head + body[:1000])
+    assert answers_of(sock, 1)[0][0] == 404
+    sock.sendall(body[1000:])  # read into the buffer to its end, then released
+    assert wait_for(lambda: buffers[-1]() is None, 2), "the early-answered request's body is still held"
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
     assert answers_of(sock, 1)[0][0] == 200  # the connection goes on
     sock.close()
-    assert len(buffers) == 2
+    assert len(buffers) == 3
