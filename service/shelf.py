@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from core import InputError, Model
@@ -157,16 +158,22 @@ class Shelf:
         return save == "always" or (save == "step" and self.settings.durability == "step")
 
     def work(self, held: Held, fn: Callable[..., T], args: tuple = (), save: Save = "no",
-             keep_tape: bool | None = None) -> T | tuple[Any, str | None]:
+             keep_tape: bool | None = None,
+             later: list[Callable[[], None]] | None = None) -> T | tuple[Any, str | None]:
         """Gives `fn(model, *args)` (a Run's results), then writes the checkpoint as `save` and
         the durability ask ("later": steps taken, written by the next flush or a later save).
 
         With `keep_tape` True or False, fn gives (result, tape) and the answer is (result, the
         tape's id): kept for a later backward if True, None if False. A WithData fn is given the
-        model's data sets after the model.
+        model's data sets after the model. With `later` (a list; not for a Run, nor with a save
+        that writes), the history record of the step fn took is not made but put in `later`,
+        for the caller to make once the answer is on its way, still holding the model.
         """
         self.alive(held)
-        result = self._run(held, fn, args) if isinstance(fn, Run) else self._call(held, fn, args)
+        if isinstance(fn, Run):
+            result = self._run(held, fn, args)
+        else:
+            result = self._call(held, fn, args, later)
         if self.writes(save):
             self.save(held)
         elif save != "no":
@@ -176,15 +183,20 @@ class Shelf:
         result, tape = result
         return result, self.keep_tape(held, tape) if keep_tape else None
 
-    def _call(self, held: Held, fn: Callable[..., T], args: tuple) -> T:
-        """Gives `fn(model, *args)` (with the model's data sets if WithData), recording the step it took."""
+    def _call(self, held: Held, fn: Callable[..., T], args: tuple,
+              later: list[Callable[[], None]] | None = None) -> T:
+        """Gives `fn(model, *args)` (with the model's data sets if WithData), recording the step it
+        took (or, with `later`, putting the recording in it)."""
         steps = held.model.step_count
         if isinstance(fn, WithData):
             result = compute(fn.fn, held.model, held.data, *args)
         else:
             result = compute(fn, held.model, *args)
         if held.history is not None and held.model.step_count != steps:
-            held.history.append(held.model.step_record())
+            if later is None:
+                held.history.append(held.model.step_record())
+            else:
+                later.append(partial(_record, held.history, held.model))
         return result
 
     def _run(self, held: Held, run: Run, args: tuple) -> tuple[list, Exception | None]:
@@ -266,6 +278,10 @@ def _start_over(held: Held, path, error: Exception) -> History | None:
     except (sqlite3.Error, OSError):
         log.exception("no history for %s", held.id)
         return None
+
+
+def _record(history: History, model: Model) -> None:
+    history.append(model.step_record())
 
 
 def compute(fn: Callable[..., T], *args: Any) -> T:

@@ -215,13 +215,16 @@ class ModelStore:
         marks it dirty. With `keep_tape` (True or False) fn gives (result, tape) and run gives
         (result, the tape's id if kept, else None). With a `budget`, fn is called with
         `should_stop=budget.expired`; work that waited past it never starts, and work that core
-        stops for it (StoppedError) answers 503, or 499 when the client has gone. Work on `rows` examples that costs less than a thread
-        hop (INLINE_WORK) runs on the event loop itself.
-        """
-        shelf = self._shelf
-        async with entry.lock:
+        stops for it (StoppedError) answers 503, or 499 when the client has gone. Work on `rows`
+        examples that costs less than a thread hop (INLINE_WORK) runs on the event loop itself,
+        and the history record of the step it took is made after the answer is sent
+        (_made_then_released)."""
+        shelf, lock = self._shelf, entry.lock
+        await lock.acquire()
+        later: list[Callable[[], None]] = []
+        try:
             if budget is None and rows is not None and self._inline(entry, rows, save):
-                return shelf.work(entry, fn, args, save, keep_tape)
+                return shelf.work(entry, fn, args, save, keep_tape, later=later)
             if budget is None:
                 return await off_loop(shelf.work, entry, fn, args, save, keep_tape)
             if budget.expired():
@@ -231,6 +234,11 @@ class ModelStore:
                                       keep_tape)
             except StoppedError as exc:
                 raise budget.refusal(str(exc)) from None
+        finally:
+            if later:  # the record after the answer: see _made_then_released
+                asyncio.get_running_loop().call_soon(_made_then_released, later, lock)
+            else:
+                lock.release()
 
     async def run_on_tape(self, entry: Entry, tape_id: str, fn: Callable[..., T], *args: Any) -> T:
         """Gives `fn(model, tape, *args)` for a pending tape, consuming the tape unless the input was bad."""
@@ -246,6 +254,24 @@ class ModelStore:
     def _inline(self, entry: Entry, rows: int, save: Save) -> bool:
         full = entry.history is not None and entry.history.buffered >= BUFFERED - 1  # its step writes them
         return not self._shelf.writes(save) and not full and rows * entry.num_parameters <= INLINE_WORK
+
+
+def _made_then_released(later: list[Callable[[], None]], lock: asyncio.Lock) -> None:
+    """Makes the records of work run on the event loop, then releases the model's lock.
+
+    Called soon after the work, from the loop: the work's request answers first, since nothing
+    between its return and the socket's write yields to the loop, so the record (~25 us for a
+    small model, as much as parsing its body) is made while the client reads the answer. The
+    lock is held until then, so whatever takes it next (a step, a history read, a checkpoint)
+    finds the record made; and a request that reads without it (a model's description) has its
+    first turn on the loop after this callback, which was scheduled before it arrived."""
+    try:
+        for make in later:
+            make()
+    except Exception:
+        log.exception("recording a step in the history failed")
+    finally:
+        lock.release()
 
 
 def _single_process(model: Model) -> None:

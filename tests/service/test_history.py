@@ -1,5 +1,6 @@
 """The training history over the API: one record per applied step, paged, downsampled, CSV."""
 
+import asyncio
 import csv
 import errno
 import io
@@ -248,3 +249,53 @@ def test_a_checkpoint_write_that_fails_loses_no_record(tmp_path, monkeypatch):
         shelf.work(held, step, (), "step")
     assert shelf.snapshot(held).read()["step"].tolist() == [1, 2, 3]
     shelf.close()
+
+
+def _small_store_step(tmp_path, check_between):
+    """Runs one inline train_step through a ModelStore on its own loop; `check_between(entry)`
+    is called right after the step's answer is in hand, before the loop runs anything else."""
+    from service.routes.training import _train_step
+    from service.schemas import TrainStepRequest
+    from service.store import ModelStore
+
+    async def scenario():
+        store = ModelStore(Settings(data_dir=tmp_path / "data", durability="none"))
+        await store.open()
+        try:
+            await store.create({**MLP, "id": "small"}, None)
+            entry = await store.get("small", None)
+            body = TrainStepRequest.model_construct(inputs=X, targets=Y, lr=None)
+            answer = await store.run(entry, _train_step, body, save="step", rows=len(X))
+            between = check_between(entry)
+            read = await store.history(entry, None, None, None)  # takes the model's lock
+            return answer, between, read, entry
+        finally:
+            await store.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_small_steps_record_is_made_after_its_answer_and_before_the_model_is_free(tmp_path):
+    answer, between, read, entry = _small_store_step(
+        tmp_path, lambda entry: (entry.history.buffered, entry.lock.locked()))
+    # The answer came first, with the model still held for its record ...
+    assert between == (0, True)
+    # ... which the next holder of the lock finds made, and which holds what the step answered.
+    columns = read["columns"]
+    assert list(read["step"]) == [1] and list(columns["loss"]) == [answer["loss"]]
+    assert list(columns["grad_norm"]) == [answer["grad_norm"]]
+    assert not entry.lock.locked()
+
+
+def test_a_record_that_fails_after_the_answer_is_logged_and_frees_the_model(tmp_path, monkeypatch, caplog):
+    from service.history import History
+
+    def broken(self, record):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(History, "append", broken)
+    with caplog.at_level("ERROR", logger="gradserve"):
+        answer, _, read, entry = _small_store_step(tmp_path, lambda entry: None)
+    assert answer["step"] == 1 and read["total"] == 0  # the step stands; its record is lost, and said so
+    assert "recording a step in the history failed" in caplog.text and "the disk went away" in caplog.text
+    assert not entry.lock.locked()
