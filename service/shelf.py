@@ -170,10 +170,7 @@ class Shelf:
         for the caller to make once the answer is on its way, still holding the model.
         """
         self.alive(held)
-        if isinstance(fn, Run):
-            result = self._run(held, fn, args)
-        else:
-            result = self._call(held, fn, args, later)
+        result = self._run(held, fn, args) if isinstance(fn, Run) else self._call(held, fn, args, later)
         if self.writes(save):
             self.save(held)
         elif save != "no":
